@@ -1,0 +1,185 @@
+"""The one interface every inference backend implements.
+
+A request goes in as a `GenerationRequest` (a prompt as text, token ids or chat messages, plus
+`SamplingParams`); an async stream of `GenerationChunk`s comes out, one per generated token
+(or per upstream delta for remote engines), the last one carrying `finish_reason` and `usage`.
+Backends differ in where tokens come from (the embedded PyTorch engine, vLLM/TGI/SGLang over
+HTTP, llama.cpp in-process), never in this shape: routing, caching and the api layer only see it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """Per-request sampling, honoured exactly whatever else shares the batch."""
+
+    max_tokens: int | None = None  # None: up to the context window
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: disabled
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    skip_special_tokens: bool = True
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(slots=True)
+class Prompt:
+    """Exactly one of `text`, `token_ids` or `messages` is set."""
+
+    text: str | None = None
+    token_ids: list[int] | None = None
+    messages: list[ChatMessage] | None = None
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt: Prompt
+    params: SamplingParams
+    arrival_time: float = 0.0  # time.monotonic() when the server received it
+
+
+@dataclass(slots=True)
+class TopLogprob:
+    token: str
+    token_id: int
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob]
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Timings:
+    """Monotonic timestamps (seconds) of one choice's life in the engine."""
+
+    arrival: float
+    scheduled: float | None = None  # left the waiting queue
+    first_token: float | None = None
+    finished: float | None = None
+
+    @property
+    def queue_time(self) -> float | None:
+        return None if self.scheduled is None else self.scheduled - self.arrival
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """New output of one choice since its previous chunk.
+
+    `text` is already stop-string-safe: text that might still turn into a stop string is held
+    back, and a matched stop string is never sent. `usage` is set on the request's last chunk
+    (after every choice has finished) and counts all choices.
+    """
+
+    request_id: str
+    index: int  # choice index, 0..n-1
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None  # the stop string or token that ended it
+    usage: Usage | None = None
+    timings: Timings | None = None
+    prompt_tokens: int = 0
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    kv_cache_usage: float  # 0..1
+    max_num_seqs: int
+    max_waiting: int
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    id: str
+    max_model_len: int
+    owned_by: str = "shipyard"
+    created: int = 0
+
+
+class Engine(abc.ABC):
+    """An inference backend. All methods are called from the server's event loop."""
+
+    model: ModelInfo
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load weights / connect; `ready()` is true once this returns."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Abort in-flight requests and release resources."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Validate and enqueue `request`, then stream its chunks.
+
+        Validation errors (`InvalidRequestError`, `ContextLengthExceededError`) and a full
+        queue (`EngineOverloadedError`) are raised before the first chunk. Closing the
+        iterator early cancels the request and frees its slot.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, request_id: str) -> None:
+        """Abort a request; its stream ends with finish_reason "abort"."""
+
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """True once the model is loaded and the engine can take requests."""
+
+    @abc.abstractmethod
+    async def health(self) -> bool:
+        """True while the engine is working (its loop alive, its upstream answering)."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """Live queue and cache figures."""
+
+    async def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        """Tokens the prompt would take, where the engine can tell (None if it cannot)."""
+        return None

@@ -1,0 +1,147 @@
+"""The step loop's body: admit, prefill, decode, sample, detokenize, emit.
+
+Runs on the engine's own thread and never touches asyncio; it returns plain `GenerationChunk`s
+for the facade to hand over to the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from shipyard.engines.base import GenerationChunk, TokenLogprob, Usage
+from shipyard.engines.transformers_engine.model_runner import ModelRunner
+from shipyard.engines.transformers_engine.sampler import Sampler
+from shipyard.engines.transformers_engine.scheduler import Scheduler
+from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup, SequenceStatus
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, sampler: Sampler, max_model_len: int):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.sampler = sampler
+        self.max_model_len = max_model_len
+
+    def step(self) -> list[GenerationChunk]:
+        touched: list[Sequence] = []
+        admitted = self.scheduler.admit()
+        if admitted:
+            touched += self._prefill(admitted)
+        decoding = [s for s in self.scheduler.running if s.status is SequenceStatus.RUNNING]
+        if decoding:
+            logits = self.runner.decode([s.last_token for s in decoding], [s.length - 1 for s in decoding])
+            self._accept(decoding, self.sampler(logits, decoding))
+            touched += [s for s in decoding if s not in touched] if admitted else decoding
+        finished = [s for s in self.scheduler.running if s.status is SequenceStatus.FINISHED]
+        if finished:
+            self.scheduler.remove_finished(finished)
+        return self._emit(touched)
+
+    def abort(self, request_id: str) -> list[GenerationChunk]:
+        group = self.scheduler.abort(request_id)
+        if group is None:
+            return []
+        now = time.monotonic()
+        for seq in group.sequences:
+            if seq.timings.finished is None:
+                seq.timings.finished = now
+        return self._emit([s for s in group.sequences if s.finish_reason == "abort"])
+
+    def fail_all(self) -> list[GenerationChunk]:
+        """After an unrecoverable step error: end every request with finish_reason "error"."""
+        groups = list(self.scheduler.groups.values())
+        self.scheduler.reset()  # no cache moves: the cache may be what broke
+        now = time.monotonic()
+        chunks: list[GenerationChunk] = []
+        for group in groups:
+            for seq in group.sequences:
+                if seq.status is not SequenceStatus.FINISHED:
+                    seq.status, seq.finish_reason, seq.timings.finished = SequenceStatus.FINISHED, "error", now
+            chunks += self._emit(group.sequences)
+        return chunks
+
+    def _prefill(self, groups: list[SequenceGroup]) -> list[Sequence]:
+        now = time.monotonic()
+        for group in groups:
+            for seq in group.sequences:
+                seq.timings.scheduled = now
+        logits = self.runner.prefill([g.prompt_ids for g in groups], [g.sequences[0].slot for g in groups])
+        rows, seqs = [], []
+        for row, group in enumerate(groups):
+            first = group.sequences[0]
+            for seq in group.sequences:
+                if seq is not first:  # fork: the other choices share the prompt's keys/values
+                    self.scheduler.cache.move(first.slot, seq.slot, len(group.prompt_ids))
+                rows.append(row)
+                seqs.append(seq)
+        self._accept(seqs, self.sampler(logits[rows], seqs))
+        return seqs
+
+    def _accept(self, seqs: list[Sequence], results: list[tuple[int, TokenLogprob | None]]) -> None:
+        now = time.monotonic()
+        for seq, (token, logprob) in zip(seqs, results):
+            self._append_token(seq, token, logprob, now)
+
+    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
+        if seq.timings.first_token is None:
+            seq.timings.first_token = now
+        seq.output_ids.append(token)
+        seq.pending_ids.append(token)
+        if logprob is not None:
+            seq.pending_logprobs.append(logprob)
+        if seq.needs_penalties:
+            if seq.output_counts is None:
+                seq.output_counts = torch.zeros(self.sampler.vocab_size)
+            seq.output_counts[token] += 1
+
+        if token in seq.eos_token_ids and not seq.params.ignore_eos:
+            self._finish(seq, "stop", None, now)
+        elif token in seq.params.stop_token_ids:
+            self._finish(seq, "stop", token, now)
+        else:
+            text, stop = seq.stop_matcher.feed(seq.detokenizer.add(token))
+            seq.pending_text += text
+            if stop is not None:
+                self._finish(seq, "stop", stop, now, flush=False)
+            elif len(seq.output_ids) >= seq.max_tokens or seq.length >= self.max_model_len:
+                self._finish(seq, "length", None, now)
+
+    def _finish(self, seq: Sequence, reason: str, stop_reason: str | int | None, now: float, flush: bool = True):
+        if flush:  # text held for a possible stop string, or a partial character, is real output
+            text, stop = seq.stop_matcher.feed(seq.detokenizer.flush())
+            if stop is not None:
+                reason, stop_reason = "stop", stop
+            else:
+                text += seq.stop_matcher.flush()
+            seq.pending_text += text
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.stop_reason = stop_reason
+        seq.timings.finished = now
+
+    def _emit(self, seqs: list[Sequence]) -> list[GenerationChunk]:
+        chunks: list[GenerationChunk] = []
+        last_of_group: dict[str, GenerationChunk] = {}
+        for seq in seqs:
+            chunk = GenerationChunk(
+                request_id=seq.request_id,
+                index=seq.index,
+                text=seq.pending_text,
+                token_ids=seq.pending_ids,
+                logprobs=seq.pending_logprobs if seq.params.logprobs else None,
+                finish_reason=seq.finish_reason,  # type: ignore[arg-type]
+                stop_reason=seq.stop_reason,
+                timings=seq.timings,
+                prompt_tokens=len(seq.prompt_ids),
+            )
+            seq.pending_text, seq.pending_ids, seq.pending_logprobs = "", [], []
+            chunks.append(chunk)
+            last_of_group[seq.request_id] = chunk
+        for request_id, chunk in last_of_group.items():
+            group = self.scheduler.groups.get(request_id)
+            if group is not None and group.finished:
+                chunk.usage = Usage(prompt_tokens=len(group.prompt_ids), completion_tokens=group.completion_tokens)
+                self.scheduler.forget(group)
+        return chunks

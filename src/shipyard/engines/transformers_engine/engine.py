@@ -1,0 +1,289 @@
+"""The async face of the embedded engine: validates and enqueues on the event loop, runs the
+step loop on a dedicated thread, and hands each step's chunks back in one loop callback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from shipyard.engines.base import (
+    Engine,
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+    Prompt,
+    Timings,
+)
+from shipyard.engines.detokenizer import IncrementalDetokenizer, StopStringMatcher, TokenTextCache
+from shipyard.engines.errors import (
+    ContextLengthExceededError,
+    EngineOverloadedError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
+from shipyard.engines.transformers_engine.core import EngineCore
+from shipyard.engines.transformers_engine.kv_cache import SlotKVCache
+from shipyard.engines.transformers_engine.loader import LoadedModel, load_model
+from shipyard.engines.transformers_engine.model_runner import ModelRunner
+from shipyard.engines.transformers_engine.sampler import Sampler
+from shipyard.engines.transformers_engine.scheduler import Scheduler
+from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup
+
+log = logging.getLogger("shipyard.engine")
+
+
+class TransformersEngineConfig(BaseModel):
+    model: str = Field(description="Path to a local Hugging Face causal-LM folder")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    max_model_len: int | None = Field(None, description="Context window; defaults to the model's own")
+    max_num_seqs: int = Field(64, ge=1, description="KV-cache slots: sequences decoded together")
+    max_waiting: int = Field(256, ge=0, description="Waiting-queue bound; beyond it requests get 503")
+    max_prefill_tokens: int = Field(4096, ge=1, description="Prompt tokens prefilled in one step")
+    num_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is most robust on shared CPUs)")
+    max_n: int = Field(16, ge=1, description="Largest `n` (choices per request) accepted")
+
+
+class TransformersEngine(Engine):
+    def __init__(self, config: TransformersEngineConfig, model_id: str):
+        self.config = config
+        self.model = ModelInfo(id=model_id, max_model_len=config.max_model_len or 0, created=int(time.time()))
+        self._loaded: LoadedModel | None = None
+        self._core: EngineCore | None = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._ready = False
+        self._failed: BaseException | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        torch.set_num_threads(self.config.num_threads)
+        self._loaded = await asyncio.to_thread(
+            load_model, self.config.model, self.config.device, self.config.dtype, self.config.max_model_len
+        )
+        loaded = self._loaded
+        self.model.max_model_len = loaded.max_model_len
+        cache = SlotKVCache(loaded.num_layers, self.config.max_num_seqs, loaded.max_model_len)
+        self._token_text = TokenTextCache(loaded.tokenizer)
+        self._core = EngineCore(
+            ModelRunner(loaded.model, cache, loaded.device),
+            Scheduler(cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
+            Sampler(loaded.vocab_size, self._token_text),
+            loaded.max_model_len,
+        )
+        self._thread = threading.Thread(target=self._run_loop, name="shipyard-engine", daemon=True)
+        self._thread.start()
+        self._ready = True
+        log.info("loaded %s from %s on %s (context %d)", self.model.id, self.config.model, loaded.device, loaded.max_model_len)
+
+    async def stop(self) -> None:
+        self._ready = False
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        for stream in self._streams.values():
+            stream.put_nowait(EngineUnavailableError("engine stopped"))
+        self._streams.clear()
+
+    def ready(self) -> bool:
+        return self._ready and self._failed is None
+
+    async def health(self) -> bool:
+        return self._failed is None and (self._thread is None or self._thread.is_alive())
+
+    def stats(self) -> EngineStats:
+        core = self._core
+        if core is None:
+            return EngineStats(0, 0, 0.0, self.config.max_num_seqs, self.config.max_waiting)
+        scheduler = core.scheduler
+        capacity = self.config.max_num_seqs * max(self.model.max_model_len, 1)
+        return EngineStats(
+            num_waiting=len(scheduler.waiting) + self._inbox.qsize(),
+            num_running=scheduler.num_running_requests,
+            kv_cache_usage=min(1.0, scheduler.kv_tokens_used() / capacity),
+            max_num_seqs=self.config.max_num_seqs,
+            max_waiting=self.config.max_waiting,
+        )
+
+    @property
+    def tokenizer(self):
+        if self._loaded is None:
+            raise EngineUnavailableError("model not loaded")
+        return self._loaded.tokenizer
+
+    # ---------------------------------------------------------------- requests
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        tokenizer = self.tokenizer
+        if prompt.token_ids is not None:
+            ids = list(prompt.token_ids)
+            bad = [t for t in ids if not 0 <= t < len(tokenizer)]
+            if bad:
+                raise InvalidRequestError(f"Token id {bad[0]} is outside the vocabulary (0..{len(tokenizer) - 1}).", "prompt")
+            return ids
+        if prompt.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            try:
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            except Exception as exc:  # a template may reject role orders it does not support
+                raise InvalidRequestError(f"The model's chat template rejected these messages: {exc}", "messages") from exc
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return tokenizer.encode(prompt.text or "", add_special_tokens=True)
+
+    async def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        return len(self.encode_prompt(prompt))
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        if not self.ready():
+            raise EngineUnavailableError("The model is not loaded yet.")
+        params = request.params
+        prompt_ids = self.encode_prompt(request.prompt)
+        if not prompt_ids:
+            raise InvalidRequestError("The prompt is empty.", "prompt")
+        max_len = self.model.max_model_len
+        if len(prompt_ids) >= max_len:
+            raise ContextLengthExceededError(len(prompt_ids), params.max_tokens, max_len)
+        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > max_len:
+            raise ContextLengthExceededError(len(prompt_ids), params.max_tokens, max_len)
+        if params.n > self.config.max_n:
+            raise InvalidRequestError(f"n must be at most {self.config.max_n}.", "n")
+        if params.n > self.config.max_num_seqs:
+            raise InvalidRequestError(f"n must be at most {self.config.max_num_seqs} (KV-cache slots).", "n")
+        vocab = self._core.sampler.vocab_size
+        bad_bias = [t for t in params.logit_bias if not 0 <= t < vocab]
+        if bad_bias:
+            raise InvalidRequestError(f"logit_bias names token {bad_bias[0]}, outside the vocabulary.", "logit_bias")
+        if self.stats().num_waiting >= self.config.max_waiting:
+            raise EngineOverloadedError(
+                f"The server is at capacity ({self.config.max_waiting} requests waiting); retry shortly."
+            )
+
+        group = self._build_group(request, prompt_ids)
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        self._inbox.put(("add", group))
+        self._wake.set()
+        return _RequestStream(self, request.request_id, stream, params.n)
+
+    def _build_group(self, request: GenerationRequest, prompt_ids: list[int]) -> SequenceGroup:
+        params = request.params
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.model.max_model_len - len(prompt_ids)
+        sequences = []
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                # Choice 0 uses the seed itself, so n=1 and n>1 agree on the first choice.
+                generator = torch.Generator().manual_seed((params.seed + index * 1_000_003) % (2**63))
+            sequences.append(
+                Sequence(
+                    request_id=request.request_id,
+                    index=index,
+                    prompt_ids=prompt_ids,
+                    params=params,
+                    max_tokens=max_tokens,
+                    eos_token_ids=self._loaded.eos_token_ids,
+                    detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens),
+                    stop_matcher=StopStringMatcher(params.stop),
+                    timings=Timings(arrival=request.arrival_time or time.monotonic()),
+                    generator=generator,
+                )
+            )
+        return SequenceGroup(request_id=request.request_id, sequences=sequences, prompt_ids=prompt_ids)
+
+    async def cancel(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    # ---------------------------------------------------------------- engine thread
+    def _run_loop(self) -> None:
+        torch.set_num_threads(self.config.num_threads)
+        try:
+            # Inference mode for the thread's whole life: cache tensors created here stay writable here.
+            with torch.inference_mode():
+                self._loop_forever()
+        except BaseException as exc:  # the loop itself broke: report unhealthy rather than hang
+            self._failed = exc
+            log.exception("engine loop died")
+
+    def _loop_forever(self) -> None:
+        core = self._core
+        while not self._stopping:
+            chunks: list[GenerationChunk] = []
+            while True:
+                try:
+                    kind, payload = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "add":
+                    core.scheduler.add(payload)
+                else:
+                    chunks += core.abort(payload)
+            if core.scheduler.has_work():
+                try:
+                    chunks += core.step()
+                except Exception:  # a broken step must not hang every client
+                    log.exception("engine step failed; failing in-flight requests")
+                    chunks += core.fail_all()
+            elif not chunks:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            self._deliver(chunks)
+
+    def _deliver(self, chunks: list[GenerationChunk]) -> None:
+        # One loop callback per step, however many requests it served.
+        if chunks and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._dispatch, chunks)
+
+    def _dispatch(self, chunks: list[GenerationChunk]) -> None:
+        for chunk in chunks:
+            stream = self._streams.get(chunk.request_id)
+            if stream is None:
+                continue
+            stream.put_nowait(chunk)
+            if chunk.usage is not None:  # the request's last chunk
+                self._streams.pop(chunk.request_id, None)
+
+
+class _RequestStream:
+    """Async iterator over one request's chunks; closing it early aborts the request."""
+
+    def __init__(self, engine: TransformersEngine, request_id: str, stream: asyncio.Queue, n: int):
+        self._engine = engine
+        self._request_id = request_id
+        self._stream = stream
+        self._done = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._stream.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.usage is not None:
+            self._done = True
+        return item
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._engine._streams.pop(self._request_id, None)
+            await self._engine.cancel(self._request_id)

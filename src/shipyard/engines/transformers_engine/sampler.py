@@ -1,0 +1,116 @@
+"""Per-row sampling for a batch in which every row has its own parameters.
+
+Vectorised over the batch (one sort serves top-k and top-p for all rows); only the final draw of
+a seeded row uses that row's own `torch.Generator`, so its tokens depend on its seed and its
+logits alone, never on what else shares the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shipyard.engines.base import TokenLogprob, TopLogprob
+from shipyard.engines.detokenizer import TokenTextCache
+from shipyard.engines.transformers_engine.sequence import Sequence
+
+_GREEDY_BELOW = 1e-5
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, token_text: TokenTextCache):
+        self.vocab_size = vocab_size
+        self.token_text = token_text
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[int, TokenLogprob | None]]:
+        """`logits` [B, V] float32, row i for `seqs[i]`. Returns (token id, logprob entry) per row."""
+        logits = logits[:, : self.vocab_size]
+        raw_logprobs = None
+        if any(s.params.logprobs for s in seqs):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = self._apply_penalties_and_bias(logits, seqs)
+
+        tokens = [0] * len(seqs)
+        greedy = [i for i, s in enumerate(seqs) if s.params.temperature < _GREEDY_BELOW]
+        sampled = [i for i, s in enumerate(seqs) if s.params.temperature >= _GREEDY_BELOW]
+        if greedy:
+            picks = logits[greedy].argmax(dim=-1).tolist()
+            for i, token in zip(greedy, picks):
+                tokens[i] = token
+        if sampled:
+            for i, token in zip(sampled, self._sample_rows(logits[sampled], [seqs[i] for i in sampled])):
+                tokens[i] = token
+
+        results: list[tuple[int, TokenLogprob | None]] = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            entry = self._logprob_entry(raw_logprobs[i], token, seq.params.top_logprobs) if seq.params.logprobs else None
+            results.append((token, entry))
+        return results
+
+    def _apply_penalties_and_bias(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        rows = [i for i, s in enumerate(seqs) if s.needs_penalties or s.params.logit_bias]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        for i in rows:
+            seq, row = seqs[i], logits[i]
+            p = seq.params
+            if seq.needs_penalties:
+                counts = seq.output_counts
+                if counts is None:
+                    counts = seq.output_counts = torch.zeros(self.vocab_size)
+                if p.repetition_penalty != 1.0:
+                    seen = counts > 0
+                    seen[torch.tensor(seq.prompt_ids, dtype=torch.long)] = True
+                    scaled = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+                    row.copy_(torch.where(seen, scaled, row))
+                if p.frequency_penalty:
+                    row.sub_(p.frequency_penalty * counts)
+                if p.presence_penalty:
+                    row.sub_(p.presence_penalty * (counts > 0).float())
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias.keys()), dtype=torch.long)
+                row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=row.dtype))
+        return logits
+
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        temperatures = torch.tensor([s.params.temperature for s in seqs], dtype=logits.dtype)
+        scores = logits / temperatures.unsqueeze(1)
+        top_ks = [s.params.top_k if 0 < s.params.top_k < self.vocab_size else self.vocab_size for s in seqs]
+        top_ps = [s.params.top_p for s in seqs]
+        use_top_k = any(k < self.vocab_size for k in top_ks)
+        use_top_p = any(p < 1.0 for p in top_ps)
+
+        order = None
+        if use_top_k or use_top_p:
+            scores, order = scores.sort(dim=-1, descending=True)
+            if use_top_k:
+                ranks = torch.arange(scores.shape[1]).unsqueeze(0)
+                scores = scores.masked_fill(ranks >= torch.tensor(top_ks).unsqueeze(1), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        if use_top_p:
+            # Keep the smallest prefix (in descending order) whose mass reaches top_p; the top token always stays.
+            before = probs.cumsum(dim=-1) - probs
+            probs = probs.masked_fill(before > torch.tensor(top_ps).unsqueeze(1), 0.0)
+
+        picks = [0] * len(seqs)
+        unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
+        for i, seq in enumerate(seqs):
+            if seq.generator is not None:
+                picks[i] = int(torch.multinomial(probs[i], 1, generator=seq.generator))
+        if unseeded:
+            drawn = torch.multinomial(probs[unseeded], 1).squeeze(1).tolist()
+            for i, pick in zip(unseeded, drawn):
+                picks[i] = pick
+        if order is not None:
+            picks = [int(order[i, pick]) for i, pick in enumerate(picks)]
+        return picks
+
+    def _logprob_entry(self, row_logprobs: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
+        text, raw = self.token_text.get(token)
+        top: list[TopLogprob] = []
+        if top_n > 0:
+            values, ids = torch.topk(row_logprobs, min(top_n, row_logprobs.shape[0]))
+            for value, token_id in zip(values.tolist(), ids.tolist()):
+                t_text, t_raw = self.token_text.get(token_id)
+                top.append(TopLogprob(token=t_text, token_id=token_id, logprob=value, bytes=t_raw))
+        return TokenLogprob(token=text, token_id=token, logprob=float(row_logprobs[token]), bytes=raw, top=top)

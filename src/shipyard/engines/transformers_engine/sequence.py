@@ -1,0 +1,73 @@
+"""One choice of one request, from waiting to finished."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from shipyard.engines.base import SamplingParams, Timings, TokenLogprob
+from shipyard.engines.detokenizer import IncrementalDetokenizer, StopStringMatcher
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    index: int  # choice index within the request
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    eos_token_ids: frozenset[int]
+    detokenizer: IncrementalDetokenizer
+    stop_matcher: StopStringMatcher
+    timings: Timings
+    generator: torch.Generator | None = None  # set when the request gave a seed
+    output_ids: list[int] = field(default_factory=list)
+    slot: int = -1
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    # Output since the last chunk was emitted
+    pending_text: str = ""
+    pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Per-token occurrence counts over the output, only for requests with penalties
+    output_counts: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens whose keys/values are (or will be, for the last sampled one) in the cache."""
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def last_token(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+
+    @property
+    def needs_penalties(self) -> bool:
+        p = self.params
+        return p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
+
+
+@dataclass(eq=False)
+class SequenceGroup:
+    """All `n` choices of one request: prefilled once, then forked."""
+
+    request_id: str
+    sequences: list[Sequence]
+    prompt_ids: list[int]
+
+    @property
+    def finished(self) -> bool:
+        return all(s.status is SequenceStatus.FINISHED for s in self.sequences)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(s.output_ids) for s in self.sequences)
