@@ -44,7 +44,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_model_len: int | None = None) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no tqdm bars in server logs
 
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():

@@ -1,0 +1,133 @@
+"""Every failure leaves the server in OpenAI's error shape with the right HTTP status.
+
+`{"error": {"message", "type", "param", "code"}}`; messages never repeat request secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shipyard.engines.errors import (
+    EngineError,
+    EngineOverloadedError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
+from shipyard.routing.router import ModelNotFoundError
+
+log = logging.getLogger("shipyard.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
+    """Map a lower layer's exception to the error clients see."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ModelNotFoundError):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, EngineOverloadedError):
+        retry = str(max(retry_after_s, int(exc.retry_after_s + 0.999)))
+        return APIError(503, str(exc), code="server_overloaded", headers={"Retry-After": retry})
+    if isinstance(exc, EngineUnavailableError):
+        return APIError(503, str(exc), code="engine_unavailable", headers={"Retry-After": str(retry_after_s)})
+    if isinstance(exc, EngineError):
+        return APIError(500, f"The engine failed: {exc}", code="engine_error")
+    return APIError(500, "The server had an error while processing your request.", code="internal_error")
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    location = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request. The body must be valid JSON.", None
+    message = first.get("msg", "Invalid value")
+    if param:
+        message = f"Invalid value for '{param}': {message}"
+    return message, param
+
+
+def _respond(request: Request, error: APIError) -> JSONResponse:
+    record = getattr(request.state, "record", None)
+    if record is not None:
+        record.error_type = error.type
+    return error.response()
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return _respond(request, exc)
+
+    @app.exception_handler(EngineError)
+    @app.exception_handler(ModelNotFoundError)
+    async def _lower_layer(request: Request, exc: Exception):
+        return _respond(request, from_exception(exc, retry_after_s))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return _respond(request, APIError(400, message, param=param, code="invalid_value" if param else "invalid_json"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}."
+        return _respond(request, APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return _respond(request, from_exception(exc))

@@ -1,0 +1,124 @@
+"""Pure-ASGI middleware: request ids, the body-size limit, and one log line + error metric per request.
+
+Pure ASGI (not Starlette's BaseHTTPMiddleware) so streamed responses pass through untouched
+and the log line is written when the last byte has gone, with the real status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shipyard.api.errors import _TYPES, APIError
+from shipyard.monitor.metrics import ServingMetrics
+
+access_log = logging.getLogger("shipyard.access")
+
+
+@dataclass
+class RequestRecord:
+    """Filled in by the handlers as the request travels; logged at the end."""
+
+    request_id: str
+    method: str
+    path: str
+    arrival: float = field(default_factory=time.monotonic)
+    model: str | None = None
+    stream: bool | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    finish_reason: str | None = None
+    error_type: str | None = None
+    status: int = 0
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _is_valid_request_id(value: str) -> bool:
+    return 0 < len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value)
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _is_valid_request_id(given) else f"req-{uuid.uuid4().hex}"
+        record = RequestRecord(request_id=request_id, method=scope.get("method", "WS"), path=scope["path"])
+        scope.setdefault("state", {})["record"] = record
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        id_header = (b"x-request-id", request_id.encode())
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._reject_too_large(record, send_with_id)
+            self._finish(record)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._reject_too_large(record, send_with_id)
+        finally:
+            self._finish(record)
+
+    async def _reject_too_large(self, record: RequestRecord, send: Send) -> None:
+        error = APIError(413, f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                         code="request_too_large")
+        body = json.dumps(error.body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _finish(self, record: RequestRecord) -> None:
+        latency_ms = (time.monotonic() - record.arrival) * 1000
+        if record.status >= 400:
+            record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
+            self.metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
+        if record.path in ("/metrics", "/health", "/ready"):
+            return  # probes would drown the log
+        fields = {k: v for k, v in vars(record).items() if k != "arrival" and v is not None}
+        fields["latency_ms"] = round(latency_ms, 2)
+        if record.ttft_ms is not None:
+            fields["ttft_ms"] = round(record.ttft_ms, 2)
+        summary = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "path", "request_id"))
+        access_log.info("%s %s %s %s", record.request_id, record.method, record.path, summary, extra=fields)

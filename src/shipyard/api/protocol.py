@@ -1,0 +1,183 @@
+"""OpenAI request bodies (chat and legacy completions) and their translation to engine terms.
+
+Fields follow OpenAI's published API; vLLM's well-known extras (`top_k`, `repetition_penalty`,
+`ignore_eos`, `stop_token_ids`, `skip_special_tokens`) are accepted too. Unknown fields are
+ignored, as OpenAI-compatible servers commonly do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shipyard.api.errors import APIError
+from shipyard.engines.base import ChatMessage, Prompt, SamplingParams
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise APIError(400, f"Content parts of type '{part.type}' are not supported by this model; "
+                               "only 'text' parts are.", param="messages", code="unsupported_content")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class _SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+    # vLLM-style extras
+    top_k: int = Field(0, ge=-1)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        if isinstance(value, str):
+            value = [value]
+        if value is not None and any(not s for s in value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value):
+        if value is None:
+            return value
+        for key, bias in value.items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError("logit_bias values must be between -100 and 100")
+        return value
+
+    def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
+        if max_tokens is not None and max_tokens <= 0:
+            raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens",
+                           code="invalid_value")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(self.top_k, 0),
+            n=self.n,
+            stop=list(self.stop or []),
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=self.ignore_eos,
+            seed=self.seed,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            skip_special_tokens=self.skip_special_tokens,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[Message]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if not self.messages:
+            raise ValueError("messages must contain at least one message")
+        return self
+
+    def to_engine(self) -> tuple[Prompt, SamplingParams]:
+        if self.tools and self.tool_choice != "none":
+            raise APIError(400, "Tool calling is not supported by this deployment; omit 'tools' or set "
+                           "tool_choice to 'none'.", param="tools", code="unsupported_parameter")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise APIError(400, "Only response_format type 'text' is supported by this deployment.",
+                           param="response_format", code="unsupported_parameter")
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs",
+                           code="invalid_value")
+        messages = [ChatMessage(role=m.role, content=m.text()) for m in self.messages]
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return Prompt(messages=messages), self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[Prompt]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [Prompt(text=p)]
+        if not p:
+            raise APIError(400, "prompt must not be empty.", param="prompt", code="invalid_value")
+        if all(isinstance(x, int) for x in p):
+            return [Prompt(token_ids=list(p))]
+        if all(isinstance(x, str) for x in p):
+            return [Prompt(text=x) for x in p]
+        if all(isinstance(x, list) for x in p):
+            if any(not x for x in p):
+                raise APIError(400, "Token-id prompts must not be empty.", param="prompt", code="invalid_value")
+            return [Prompt(token_ids=list(x)) for x in p]
+        raise APIError(400, "prompt must be a string, a list of strings, or token ids.", param="prompt")
+
+    def to_engine(self) -> tuple[list[Prompt], SamplingParams]:
+        if self.suffix:
+            raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model.", param="suffix",
+                           code="unsupported_parameter")
+        if self.best_of is not None and self.best_of != self.n:
+            raise APIError(400, "best_of different from n is not supported.", param="best_of",
+                           code="unsupported_parameter")
+        if self.echo and self.stream:
+            raise APIError(400, "echo is not supported with stream.", param="echo", code="unsupported_parameter")
+        logprobs = self.logprobs is not None
+        return self.prompts(), self._sampling(self.max_tokens, logprobs, self.logprobs or 0)

@@ -1,0 +1,114 @@
+"""The `shipyard` command: serve a model, build the demo model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Shipyard: from a model folder to a production, OpenAI-compatible endpoint.",
+                  no_args_is_help=True, add_completion=False)
+model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local Hugging Face model folder"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="shipyard.yaml", exists=True, dir_okay=False),
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000; 0 picks a free one)"),
+    served_model_name: Optional[str] = typer.Option(None, help="Name clients use (default: the folder name)"),
+    log_format: Optional[str] = typer.Option(None, help="text or json"),
+    num_threads: Optional[int] = typer.Option(None, help="torch threads per engine"),
+):
+    """Serve models over an OpenAI-compatible API (the built-in demo model if none is given)."""
+    import uvicorn
+
+    from shipyard.app import build_app
+    from shipyard.config import ShipyardConfig
+    from shipyard.monitor.logs import configure_logging
+
+    cfg = ShipyardConfig.load(config)
+    if model is not None:
+        cfg = cfg.with_model(model, served_model_name)
+    elif not cfg.deployments:
+        cfg = cfg.with_model(str(_ensure_demo_model()), served_model_name or "shipyard-demo")
+    server = cfg.server.model_copy(update={k: v for k, v in
+                                           {"host": host, "port": port, "log_format": log_format}.items()
+                                           if v is not None})
+    cfg = cfg.model_copy(update={"server": server})
+    if num_threads is not None:
+        cfg = cfg.model_copy(update={"deployments": {
+            name: d.model_copy(update={"num_threads": num_threads}) for name, d in cfg.deployments.items()}})
+    configure_logging(server.log_format, server.log_level)
+    uvicorn.run(build_app(cfg), host=server.host, port=server.port, log_config=None,
+                log_level=server.log_level, ws="websockets-sansio", timeout_graceful_shutdown=10)
+
+
+def _ensure_demo_model() -> Path:
+    from shipyard.demo.build import default_demo_path
+
+    path = default_demo_path()
+    if not (path / "config.json").is_file():
+        typer.echo(f"Demo model not found at {path}; building it (about 3 minutes on 2 cores).", err=True)
+        _build_demo(path, tiny=False)
+    return path
+
+
+def _build_demo(out: Path, tiny: bool) -> Path:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from shipyard.demo.build import DEMO, TINY, build_model
+
+    spec = TINY if tiny else DEMO
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()) as progress:
+        task = progress.add_task("training demo model", total=max(spec.steps, 1), loss="-")
+
+        def report(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, loss=f"{loss:.3f}")
+
+        path = build_model(out, spec, progress=report, corpus_chars=200_000 if tiny else None)
+        progress.update(task, completed=max(spec.steps, 1))
+    return path
+
+
+@model_app.command("build-demo")
+def build_demo(
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: the user cache)"),
+    tiny: bool = typer.Option(False, help="A tiny random model for tests (seconds)"),
+    force: bool = typer.Option(False, help="Rebuild even if present"),
+):
+    """Train the demo model (tokenizer + small Llama) on text that ships with Python."""
+    from shipyard.demo.build import DEMO, TINY, default_demo_path
+
+    path = out or default_demo_path(TINY if tiny else DEMO)
+    if (path / "config.json").is_file() and not force:
+        typer.echo(str(path))
+        return
+    _build_demo(path, tiny)
+    typer.echo(str(path))
+
+
+@model_app.command("path")
+def model_path():
+    """Print where the demo model lives (built or not)."""
+    from shipyard.demo.build import default_demo_path
+
+    typer.echo(str(default_demo_path()))
+
+
+@app.command()
+def version():
+    """Print the version."""
+    from shipyard import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()

@@ -1,0 +1,1 @@
+"""What the server observes about itself: metrics and per-request logs."""

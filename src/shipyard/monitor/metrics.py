@@ -1,0 +1,60 @@
+"""Prometheus metrics, named after vLLM's (`vllm:` → `shipyard:`) so existing dashboards fit.
+
+Each app gets its own registry (several servers can live in one process, e.g. in tests). Queue
+and cache gauges are read from the engines at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shipyard.engines.base import Engine
+
+# vLLM's buckets: TTFT and ITL are short, end-to-end and queue times long.
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
+
+
+class _EngineStateCollector(Collector):
+    def __init__(self, engines: Callable[[], dict[str, Engine]]):
+        self._engines = engines
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        running = GaugeMetricFamily("shipyard:num_requests_running", "Requests in the running batch", labels=["model_name"])
+        waiting = GaugeMetricFamily("shipyard:num_requests_waiting", "Requests waiting to be scheduled", labels=["model_name"])
+        kv = GaugeMetricFamily("shipyard:kv_cache_usage_perc", "KV-cache usage, 0 to 1", labels=["model_name"])
+        for name, engine in self._engines().items():
+            stats = engine.stats()
+            running.add_metric([name], stats.num_running)
+            waiting.add_metric([name], stats.num_waiting)
+            kv.add_metric([name], stats.kv_cache_usage)
+        yield from (running, waiting, kv)
+
+
+class ServingMetrics:
+    def __init__(self, engines: Callable[[], dict[str, Engine]]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram("shipyard:time_to_first_token_seconds", "Time to first token", ["model_name"],
+                              buckets=_TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("shipyard:inter_token_latency_seconds", "Time between output tokens", ["model_name"],
+                             buckets=_ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("shipyard:e2e_request_latency_seconds", "End-to-end request latency", ["model_name"],
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("shipyard:request_queue_time_seconds", "Time spent waiting for a batch slot",
+                               ["model_name"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("shipyard:prompt_tokens", "Prefilled prompt tokens", ["model_name"], registry=r)
+        self.generation_tokens = Counter("shipyard:generation_tokens", "Generated tokens", ["model_name"], registry=r)
+        self.success = Counter("shipyard:request_success", "Finished requests by finish reason",
+                               ["model_name", "finished_reason"], registry=r)
+        self.errors = Counter("shipyard:request_errors", "Failed requests by error type and HTTP status",
+                              ["model_name", "error_type", "status"], registry=r)
+        r.register(_EngineStateCollector(engines))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

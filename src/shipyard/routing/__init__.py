@@ -1,0 +1,1 @@
+"""Which engine serves a request. Knows engines and deployments, never HTTP."""
