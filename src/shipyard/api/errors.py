@@ -125,7 +125,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
-        return _respond(request, APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+        return _respond(request, APIError(exc.status_code, message, code=getattr(exc, "code", None),
+                                          headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

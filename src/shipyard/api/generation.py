@@ -39,6 +39,7 @@ class Generation:
         self.failed = False
         self._last_at: dict[tuple[int, int], float] = {}
         self._streams: list[AsyncIterator[GenerationChunk]] = []
+        self._finished_requests = 0
 
     def start(self) -> None:
         """Submit every engine request; validation errors surface here, before any response byte."""
@@ -82,8 +83,13 @@ class Generation:
 
     async def aclose(self) -> None:
         """Abort whatever is still running (client gone, or an error mid-way)."""
+        unfinished = self._finished_requests < len(self._streams)
         for stream in self._streams:
             await stream.aclose()
+        if unfinished and not self.failed:
+            self.metrics.success.labels(self.model, "abort").inc()
+            self.record.finish_reason = "abort"
+            self._finished_requests = len(self._streams)
 
     def _observe(self, prompt_index: int, chunk: GenerationChunk) -> None:
         now = time.monotonic()
@@ -107,6 +113,7 @@ class Generation:
             metrics.success.labels(model, chunk.finish_reason).inc()
             self.record.finish_reason = chunk.finish_reason
         if chunk.usage is not None:  # this engine request is complete
+            self._finished_requests += 1
             self.usage.prompt_tokens += chunk.usage.prompt_tokens
             self.usage.completion_tokens += chunk.usage.completion_tokens
             self.usage.cached_tokens += chunk.usage.cached_tokens

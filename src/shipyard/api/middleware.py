@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.api.errors import _TYPES, APIError
@@ -38,8 +39,13 @@ class RequestRecord:
     status: int = 0
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised from `receive()` mid-body; an HTTPException so FastAPI's body parsing lets it through."""
+
+    code = "request_too_large"
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"Request body too large: the limit is {limit} bytes.")
 
 
 def _is_valid_request_id(value: str) -> bool:
@@ -90,20 +96,20 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge()
+                    raise BodyTooLarge(self.max_body_bytes)
             return message
 
         try:
             await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
+        except BodyTooLarge:  # raised outside FastAPI's handlers (e.g. read by a streaming route)
             if not response_started:
                 await self._reject_too_large(record, send_with_id)
         finally:
             self._finish(record)
 
     async def _reject_too_large(self, record: RequestRecord, send: Send) -> None:
-        error = APIError(413, f"Request body too large: the limit is {self.max_body_bytes} bytes.",
-                         code="request_too_large")
+        too_large = BodyTooLarge(self.max_body_bytes)
+        error = APIError(413, too_large.detail, code=too_large.code)
         body = json.dumps(error.body()).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

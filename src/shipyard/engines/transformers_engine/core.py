@@ -25,15 +25,17 @@ class EngineCore:
         self.max_model_len = max_model_len
 
     def step(self) -> list[GenerationChunk]:
+        # Sequences already running decode one token; newly admitted ones get their first token
+        # from the prefill and join the decode batch next step (so their first token ships at once).
+        decoding = [s for s in self.scheduler.running if s.status is SequenceStatus.RUNNING]
         touched: list[Sequence] = []
         admitted = self.scheduler.admit()
         if admitted:
             touched += self._prefill(admitted)
-        decoding = [s for s in self.scheduler.running if s.status is SequenceStatus.RUNNING]
         if decoding:
             logits = self.runner.decode([s.last_token for s in decoding], [s.length - 1 for s in decoding])
             self._accept(decoding, self.sampler(logits, decoding))
-            touched += [s for s in decoding if s not in touched] if admitted else decoding
+            touched += decoding
         finished = [s for s in self.scheduler.running if s.status is SequenceStatus.FINISHED]
         if finished:
             self.scheduler.remove_finished(finished)
