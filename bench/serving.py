@@ -49,9 +49,10 @@ def make_prompts(count: int) -> list[str]:
     return [" ".join(texts[i % len(texts)].split()[:40]) for i in range(count)]
 
 
-async def one_request(session, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, int, float]:
+async def one_request(session, url: str, model: str, prompt: str, max_tokens: int,
+                      extra: dict) -> tuple[float, int, float]:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **extra}
     start = time.perf_counter()
     ttft, tokens, usage_tokens = None, 0, None
     async with session.post(url, json=body) as response:
@@ -72,7 +73,7 @@ async def one_request(session, url: str, model: str, prompt: str, max_tokens: in
     return ttft if ttft is not None else float("nan"), usage_tokens or tokens, time.perf_counter() - start
 
 
-async def load(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+async def load(url: str, model: str, concurrency: int, requests: int, max_tokens: int, extra: dict) -> dict:
     prompts = make_prompts(requests)
     queue: asyncio.Queue = asyncio.Queue()
     for p in prompts:
@@ -85,12 +86,12 @@ async def load(url: str, model: str, concurrency: int, requests: int, max_tokens
             nonlocal total_tokens
             while not queue.empty():
                 prompt = queue.get_nowait()
-                ttft, tokens, latency = await one_request(session, url, model, prompt, max_tokens)
+                ttft, tokens, latency = await one_request(session, url, model, prompt, max_tokens, extra)
                 ttfts.append(ttft)
                 latencies.append(latency)
                 total_tokens += tokens
 
-        await one_request(session, url, model, "warm up", 4)  # first-call costs are not the steady state
+        await one_request(session, url, model, "warm up", 4, extra)  # first-call costs are not the steady state
         start = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - start
@@ -115,11 +116,12 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise TimeoutError(url)
 
 
-def start_shipyard(model: str, port: int, threads: int, slots: int, max_len: int, log) -> subprocess.Popen:
+def start_shipyard(model: str, port: int, threads: int, slots: int, max_len: int, log,
+                   dtype: str = "auto") -> subprocess.Popen:
     config = RESULTS / "bench-shipyard.yaml"
     config.write_text(json.dumps({"deployments": {"demo": {
         "engine": "transformers", "model": model, "num_threads": threads, "max_num_seqs": slots,
-        "max_model_len": max_len, "max_waiting": 4096}}}))
+        "max_model_len": max_len, "max_waiting": 4096, "dtype": dtype}}}))
     proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(config), "--port", str(port),
                              "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -196,6 +198,9 @@ def main() -> None:
 
         model = str(default_demo_path())
     RESULTS.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
+    pad_id = AutoTokenizer.from_pretrained(model).pad_token_id
     slots, max_len = 32, 1024
     cache_tokens = slots * max_len  # same KV-cache size for both servers
     results: dict = {"model": model, "max_tokens": args.max_tokens, "threads": args.threads,
@@ -205,20 +210,23 @@ def main() -> None:
     def requests_for(c: int) -> int:
         return max(8, c * args.requests_per_worker)
 
-    for system in ("shipyard", "transformers"):
-        if system in args.skip:
+    for system in ("shipyard", "shipyard-bf16", "transformers"):
+        if system.split("-")[0] in args.skip:
             continue
         port = free_port()
-        if system == "shipyard":
-            proc = start_shipyard(model, port, args.threads, slots, max_len, log)
-            name = "demo"
+        if system.startswith("shipyard"):
+            dtype = "bfloat16" if system.endswith("bf16") else "auto"
+            proc = start_shipyard(model, port, args.threads, slots, max_len, log, dtype)
+            name, extra = "demo", {"ignore_eos": True}
         else:
             proc = start_transformers_serve(model, port, args.threads, cache_tokens, log)
-            name = model
+            # transformers serve has no ignore_eos; an EOS id the model never emits (padding) does the same.
+            name, extra = model, {"generation_config": json.dumps(
+                {"eos_token_id": pad_id, "do_sample": False, "max_new_tokens": args.max_tokens})}
         try:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             results["systems"][system] = {
-                c: asyncio.run(load(url, name, c, requests_for(c), args.max_tokens)) for c in args.concurrency}
+                c: asyncio.run(load(url, name, c, requests_for(c), args.max_tokens, extra)) for c in args.concurrency}
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -227,18 +235,20 @@ def main() -> None:
             model, args.threads, args.concurrency, max(8, args.requests_per_worker * 4), args.max_tokens)
 
     print(f"\nmodel={model} max_tokens={args.max_tokens} threads={args.threads} kv_cache_tokens={cache_tokens}")
-    print(f"{'system':<14}{'conc':>6}{'tok/s':>10}{'TTFT p50 ms':>14}{'TTFT p99 ms':>14}")
+    print(f"{'system':<15}{'conc':>6}{'tok/s':>10}{'TTFT p50 ms':>14}{'TTFT p99 ms':>14}")
     for system, by_c in results["systems"].items():
         for c, r in by_c.items():
-            print(f"{system:<14}{c:>6}{r['tokens_per_s']:>10.1f}{r['ttft_p50_ms']:>14.1f}{r['ttft_p99_ms']:>14.1f}")
+            print(f"{system:<15}{c:>6}{r['tokens_per_s']:>10.1f}{r['ttft_p50_ms']:>14.1f}{r['ttft_p99_ms']:>14.1f}")
     systems = results["systems"]
     ratios = {}
     for c in args.concurrency:
-        if "shipyard" in systems:
-            base = systems["shipyard"][c]["tokens_per_s"]
+        for mine in ("shipyard", "shipyard-bf16"):
+            if mine not in systems:
+                continue
+            base = systems[mine][c]["tokens_per_s"]
             for other in ("transformers", "generate"):
                 if other in systems:
-                    ratios[f"shipyard/{other}@{c}"] = base / systems[other][c]["tokens_per_s"]
+                    ratios[f"{mine}/{other}@{c}"] = base / systems[other][c]["tokens_per_s"]
     results["ratios"] = ratios
     for key, value in ratios.items():
         print(f"{key:<32}{value:>8.2f}x")

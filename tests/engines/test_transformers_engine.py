@@ -38,7 +38,7 @@ async def test_greedy_matches_transformers_generate(architecture, tiny_model, tm
 
     path = tiny_model if architecture == "llama" else build_random_model(tmp_path / architecture, architecture,
                                                                          tiny_model)
-    eng = TransformersEngine(TransformersEngineConfig(model=str(path), max_num_seqs=8), architecture)
+    eng = TransformersEngine(TransformersEngineConfig(model=str(path), max_num_seqs=8, dtype="float32"), architecture)
     await eng.start()
     try:
         # Different lengths finish at different steps: slots are freed and compacted mid-flight.

@@ -25,16 +25,26 @@ class EngineCore:
         self.max_model_len = max_model_len
 
     def step(self) -> list[GenerationChunk]:
-        # Sequences already running decode one token; newly admitted ones get their first token
-        # from the prefill and join the decode batch next step (so their first token ships at once).
-        decoding = [s for s in self.scheduler.running if s.status is SequenceStatus.RUNNING]
-        touched: list[Sequence] = []
+        # Sequences already running decode one token; newly admitted prompts are prefilled in the
+        # same forward and get their first token from it, joining the decode rows next step.
+        decoding = list(self.scheduler.running)
         admitted = self.scheduler.admit()
         if admitted:
-            touched += self._prefill(admitted)
+            now = time.monotonic()
+            for group in admitted:
+                for seq in group.sequences:
+                    seq.timings.scheduled = now
+        decode_logits, prefill_logits = self.runner.forward(
+            [s.last_token for s in decoding],
+            [s.length - 1 for s in decoding],
+            [g.prompt_ids for g in admitted],
+            [g.sequences[0].slot for g in admitted],
+        )
+        touched: list[Sequence] = []
+        if admitted:
+            touched += self._start_groups(admitted, prefill_logits)
         if decoding:
-            logits = self.runner.decode([s.last_token for s in decoding], [s.length - 1 for s in decoding])
-            self._accept(decoding, self.sampler(logits, decoding))
+            self._accept(decoding, self.sampler(decode_logits, decoding))
             touched += decoding
         finished = [s for s in self.scheduler.running if s.status is SequenceStatus.FINISHED]
         if finished:
@@ -64,17 +74,13 @@ class EngineCore:
             chunks += self._emit(group.sequences)
         return chunks
 
-    def _prefill(self, groups: list[SequenceGroup]) -> list[Sequence]:
-        now = time.monotonic()
-        for group in groups:
-            for seq in group.sequences:
-                seq.timings.scheduled = now
-        logits = self.runner.prefill([g.prompt_ids for g in groups], [g.sequences[0].slot for g in groups])
+    def _start_groups(self, groups: list[SequenceGroup], logits) -> list[Sequence]:
+        """First tokens of newly prefilled requests; the other choices fork the prompt's cache."""
         rows, seqs = [], []
         for row, group in enumerate(groups):
             first = group.sequences[0]
             for seq in group.sequences:
-                if seq is not first:  # fork: the other choices share the prompt's keys/values
+                if seq is not first:
                     self.scheduler.cache.move(first.slot, seq.slot, len(group.prompt_ids))
                 rows.append(row)
                 seqs.append(seq)

@@ -1,15 +1,93 @@
-"""Prefill and decode forwards of a Hugging Face causal LM over the slot cache.
+"""One forward pass per step, prefills and decodes together, over the slot cache.
 
-The model's own modules do the maths; we hand them explicit `position_ids`, a 4-D boolean
-attention mask (each row sees only its own valid positions) and a `BatchCacheView` as
-`past_key_values`, which every decoder-only architecture in transformers v5 calls `update()` on.
+The step's tokens are laid out flat, as one batch row: first one token for each decoding
+sequence (slots 0..R-1, in order), then every new prompt in full. The model's own modules do
+the maths; attention is ours (`slot_attention`, registered with transformers'
+`AttentionInterface`): decode queries read their slots through one view of the cache, each new
+prompt attends causally within its own slot. Nothing is padded, and a step that admits new
+requests costs one forward, not two.
 """
 
 from __future__ import annotations
 
-import torch
+import threading
+from dataclasses import dataclass
 
-from shipyard.engines.transformers_engine.kv_cache import BatchCacheView, SlotKVCache
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from shipyard.engines.transformers_engine.kv_cache import SlotKVCache
+
+ATTENTION_NAME = "shipyard_slots"
+
+
+@dataclass
+class FlatBatch:
+    cache: SlotKVCache
+    num_decode: int  # tokens 0..R-1 are decode tokens of slots 0..R-1
+    decode_kv_len: int
+    decode_mask: torch.Tensor | None  # [R, 1, 1, decode_kv_len], True = attend
+    prefills: list[tuple[int, int, int]]  # (slot, first flat index, prompt length)
+    write_slots: torch.Tensor  # [T]
+    write_positions: torch.Tensor  # [T]
+
+
+_active = threading.local()  # the batch of the forward running on this thread
+
+
+class _CacheWriter:
+    """What the model sees as `past_key_values`: every layer hands over its new keys/values here."""
+
+    def __init__(self, batch: FlatBatch):
+        self.batch = batch
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        batch, cache = self.batch, self.batch.cache
+        if cache.keys[layer_idx] is None:
+            cache._allocate(layer_idx, key_states)
+        # key_states: [1, H_kv, T, D] -> [T, H_kv, D] at (slot, position) pairs
+        cache.keys[layer_idx][batch.write_slots, :, batch.write_positions] = key_states[0].transpose(0, 1)
+        cache.values[layer_idx][batch.write_slots, :, batch.write_positions] = value_states[0].transpose(0, 1)
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query [1, H, T, D] in the flat layout → output [1, T, H, D] (what HF attention returns)."""
+    batch: FlatBatch = _active.batch
+    keys = batch.cache.keys[module.layer_idx]
+    values = batch.cache.values[module.layer_idx]
+    heads, head_dim = query.shape[1], query.shape[3]
+    kv_heads = keys.shape[1]
+    groups = heads // kv_heads
+    outputs = []
+    if batch.num_decode:
+        r, length = batch.num_decode, batch.decode_kv_len
+        # [R, H_kv, groups, D]: the query heads sharing a KV head ride along the query-length axis,
+        # so grouped-query attention needs no copy of the keys (the mask broadcasts over groups).
+        q = query[0, :, :r].transpose(0, 1).reshape(r, kv_heads, groups, head_dim)
+        out = F.scaled_dot_product_attention(q, keys[:r, :, :length], values[:r, :, :length],
+                                             attn_mask=batch.decode_mask, scale=scaling)
+        outputs.append(out.reshape(r, heads, head_dim))
+    for slot, start, length in batch.prefills:
+        q = query[:, :, start : start + length]
+        k = keys[slot : slot + 1, :, :length]
+        v = values[slot : slot + 1, :, :length]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+        outputs.append(out[0].transpose(0, 1))
+    return torch.cat(outputs, dim=0).unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, slot_attention)
 
 
 class ModelRunner:
@@ -18,64 +96,56 @@ class ModelRunner:
         self.cache = cache
         self.device = device
 
-    def prefill(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
-        """Run whole prompts (left-padded into one batch) into their slots.
+    def forward(
+        self,
+        decode_tokens: list[int],
+        decode_positions: list[int],
+        prompts: list[list[int]],
+        prompt_slots: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode row b (slot b) feeds `decode_tokens[b]` at `decode_positions[b]`; each prompt is
+        written from position 0 of its slot. Returns float32 logits on the CPU: [R, V] for the
+        decode rows and [N, V] for the last position of each prompt."""
+        r = len(decode_tokens)
+        tokens = list(decode_tokens)
+        positions = list(decode_positions)
+        slots = list(range(r))
+        prefills, last_indices = [], []
+        for prompt, slot in zip(prompts, prompt_slots):
+            prefills.append((slot, len(tokens), len(prompt)))
+            tokens += prompt
+            positions += range(len(prompt))
+            slots += [slot] * len(prompt)
+            last_indices.append(len(tokens) - 1)
+        longest = max([p + 1 for p in decode_positions] + [len(p) for p in prompts])
+        self.cache.ensure_capacity(longest)
 
-        Returns the float32 logits of each prompt's last position, shape [N, vocab].
-        Left padding puts every prompt's last token in the last column, so the model
-        computes logits for that column only (`logits_to_keep=1`).
-        """
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
-        self.cache.ensure_capacity(width)
-        n = len(prompts)
-        input_ids = torch.zeros((n, width), dtype=torch.long)
-        position_ids = torch.zeros((n, width), dtype=torch.long)
-        write_positions = torch.empty((n, width), dtype=torch.long)
-        mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
-        for row, (prompt, length) in enumerate(zip(prompts, lengths)):
-            pad = width - length
-            input_ids[row, pad:] = torch.tensor(prompt, dtype=torch.long)
-            positions = torch.arange(length)
-            position_ids[row, pad:] = positions
-            write_positions[row, pad:] = positions
-            # Pad columns write to distinct scratch positions past the prompt (< width); generated
-            # tokens overwrite them later, and no mask ever lets a real query see them.
-            write_positions[row, :pad] = torch.arange(length, width)
-            mask[row, 0, pad:, :length] = torch.tril(torch.ones(length, length, dtype=torch.bool))
-            mask[row, 0, :pad, 0] = True  # a pad query must see something, or SDPA yields NaN
-        view = BatchCacheView(
-            self.cache,
-            torch.tensor(slots, dtype=torch.long, device=self.device),
-            write_positions.to(self.device),
-            kv_len=width,
+        device = self.device
+        position_tensor = torch.tensor(positions, dtype=torch.long)
+        decode_mask, decode_len = None, 0
+        if r:
+            decode_len = max(decode_positions) + 1
+            decode_mask = (torch.arange(decode_len).unsqueeze(0) <= position_tensor[:r].unsqueeze(1)).view(
+                r, 1, 1, decode_len).to(device)
+        _active.batch = FlatBatch(
+            cache=self.cache,
+            num_decode=r,
+            decode_kv_len=decode_len,
+            decode_mask=decode_mask,
+            prefills=prefills,
+            write_slots=torch.tensor(slots, dtype=torch.long, device=device),
+            write_positions=position_tensor.to(device),
         )
-        out = self.model(
-            input_ids=input_ids.to(self.device),
-            position_ids=position_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            past_key_values=view,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :].float()
-
-    def decode(self, last_tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One token for each running sequence; row b is slot b (the running set is packed).
-
-        `positions[b]` is where row b's fed token sits; it attends to positions [0, positions[b]].
-        """
-        batch = len(last_tokens)
-        kv_len = max(positions) + 1
-        self.cache.ensure_capacity(kv_len)
-        pos = torch.tensor(positions, dtype=torch.long).unsqueeze(1)  # [B, 1]
-        mask = (torch.arange(kv_len).unsqueeze(0) <= pos).view(batch, 1, 1, kv_len)
-        view = BatchCacheView(self.cache, slice(0, batch), pos.to(self.device), kv_len=kv_len)
-        out = self.model(
-            input_ids=torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1),
-            position_ids=pos.to(self.device),
-            attention_mask=mask.to(self.device),
-            past_key_values=view,
-            use_cache=True,
-        )
-        return out.logits[:, -1, :].float()
+        keep = torch.tensor(list(range(r)) + last_indices, dtype=torch.long, device=device)
+        try:
+            out = self.model(
+                input_ids=torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(0),
+                position_ids=position_tensor.to(device).unsqueeze(0),
+                past_key_values=_CacheWriter(_active.batch),
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+        finally:
+            _active.batch = None
+        logits = out.logits[0].float().cpu()
+        return logits[:r], logits[r:]
