@@ -47,21 +47,29 @@ def completion_logprobs(entries: list[TokenLogprob], text_offset_start: int) -> 
     }
 
 
-class ChatFormatter:
+class _Formatter:
+    object_name = ""
+
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool):
-        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+        self.base = {"id": completion_id, "object": self.object_name, "created": created, "model": model,
                      "system_fingerprint": SYSTEM_FINGERPRINT}
         self.include_usage = include_usage
 
-    def chunk(self, index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
-        body = {**self.base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                          "finish_reason": finish_reason}]}
+    def _chunk(self, choice: dict) -> dict:
+        body = {**self.base, "choices": [choice]}
         if self.include_usage:
             body["usage"] = None
         return body
 
     def usage_chunk(self, usage: Usage) -> dict:
         return {**self.base, "choices": [], "usage": usage_dict(usage)}
+
+
+class ChatFormatter(_Formatter):
+    object_name = "chat.completion.chunk"
+
+    def chunk(self, index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
+        return self._chunk({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason})
 
     def response(self, choices: list[dict], usage: Usage | None) -> dict:
         return {**self.base, "object": "chat.completion", "choices": choices, "usage": usage_dict(usage)}
@@ -76,21 +84,11 @@ class ChatFormatter:
         }
 
 
-class CompletionFormatter:
-    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool):
-        self.base = {"id": completion_id, "object": "text_completion", "created": created, "model": model,
-                     "system_fingerprint": SYSTEM_FINGERPRINT}
-        self.include_usage = include_usage
+class CompletionFormatter(_Formatter):
+    object_name = "text_completion"
 
     def chunk(self, index: int, text: str, finish_reason: str | None, logprobs: dict | None) -> dict:
-        body = {**self.base, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                          "finish_reason": finish_reason}]}
-        if self.include_usage:
-            body["usage"] = None
-        return body
-
-    def usage_chunk(self, usage: Usage) -> dict:
-        return {**self.base, "choices": [], "usage": usage_dict(usage)}
+        return self._chunk({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason})
 
     def response(self, choices: list[dict], usage: Usage | None) -> dict:
         return {**self.base, "choices": choices, "usage": usage_dict(usage)}

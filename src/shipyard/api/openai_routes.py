@@ -62,57 +62,51 @@ def prepare_completion(body: CompletionRequest, services: Services, record: Requ
     return gen, fmt, params.logprobs
 
 
-async def _collect(request: Request, gen: Generation):
+async def _respond(request: Request, stream: bool, gen: Generation, events, build_body):
+    """SSE for streamed calls; otherwise run to the end (aborting if the client leaves) and build the body."""
+    if stream:
+        return StreamingResponse(sse(events), media_type="text/event-stream", headers=_SSE_HEADERS)
     try:
-        return await run_until_disconnect(request.receive, gen.collect())
+        results = await run_until_disconnect(request.receive, gen.collect())
     except ClientDisconnected:
         await gen.aclose()
-        return None
+        return Response(status_code=_CLIENT_CLOSED)
     finally:
         gen.finish()
-
-
-def _check_failed(gen: Generation) -> None:
     if gen.failed:
         raise APIError(500, "The engine failed while generating this response.", code="engine_error")
+    return JSONResponse(build_body(results), headers=gen.debug_headers())
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     gen, fmt, want_logprobs = prepare_chat(body, services_of(request), request.state.record)
-    if body.stream:
-        return StreamingResponse(sse(chat_events(gen, fmt, want_logprobs)), media_type="text/event-stream",
-                                 headers=_SSE_HEADERS)
-    results = await _collect(request, gen)
-    if results is None:
-        return Response(status_code=_CLIENT_CLOSED)
-    _check_failed(gen)
-    choices = [
-        ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None)
-        for i, c in enumerate(results)
-    ]
-    return JSONResponse(fmt.response(choices, gen.usage), headers=gen.debug_headers())
+
+    def build_body(results):
+        choices = [ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None)
+                   for i, c in enumerate(results)]
+        return fmt.response(choices, gen.usage)
+
+    events = chat_events(gen, fmt, want_logprobs) if body.stream else None
+    return await _respond(request, body.stream, gen, events, build_body)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     gen, fmt, want_logprobs = prepare_completion(body, services_of(request), request.state.record)
-    if body.stream:
-        return StreamingResponse(sse(completion_events(gen, fmt, want_logprobs)), media_type="text/event-stream",
-                                 headers=_SSE_HEADERS)
-    results = await _collect(request, gen)
-    if results is None:
-        return Response(status_code=_CLIENT_CLOSED)
-    _check_failed(gen)
     prompts = body.prompts()
-    choices = []
-    for i, c in enumerate(results):
-        prompt = prompts[i // gen.n]
-        prefix = (prompt.text or "") if body.echo else ""
-        logprobs = completion_logprobs(c.logprobs or [], len(prefix)) if want_logprobs else None
-        choices.append({"index": i, "text": prefix + "".join(c.text), "logprobs": logprobs,
-                        "finish_reason": c.finish_reason})
-    return JSONResponse(fmt.response(choices, gen.usage), headers=gen.debug_headers())
+
+    def build_body(results):
+        choices = []
+        for i, c in enumerate(results):
+            prefix = (prompts[i // gen.n].text or "") if body.echo else ""
+            logprobs = completion_logprobs(c.logprobs or [], len(prefix)) if want_logprobs else None
+            choices.append({"index": i, "text": prefix + "".join(c.text), "logprobs": logprobs,
+                            "finish_reason": c.finish_reason})
+        return fmt.response(choices, gen.usage)
+
+    events = completion_events(gen, fmt, want_logprobs) if body.stream else None
+    return await _respond(request, body.stream, gen, events, build_body)
 
 
 def _model_card(info) -> dict:

@@ -7,56 +7,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from shipyard.api.errors import APIError
 from shipyard.api.formatting import ChatFormatter, CompletionFormatter, chat_logprobs, completion_logprobs
 from shipyard.api.generation import Generation
+from shipyard.engines.base import GenerationChunk
 
 DONE = "[DONE]"
 
 _ENGINE_FAILED = APIError(500, "The engine failed while generating this response.", code="engine_error")
 
 
-async def chat_events(gen: Generation, fmt: ChatFormatter, want_logprobs: bool) -> AsyncIterator[dict | str]:
+async def _events(gen: Generation, fmt: ChatFormatter | CompletionFormatter,
+                  render: Callable[[int, GenerationChunk], list[dict]]) -> AsyncIterator[dict | str]:
+    """Every chunk rendered to objects, then the usage chunk (if asked) and DONE; always closed."""
     try:
-        started: set[int] = set()
-        async for _, chunk in gen.chunks():
-            index = chunk.index
-            if index not in started:
-                started.add(index)
-                yield fmt.chunk(index, {"role": "assistant", "content": ""})
-            if chunk.finish_reason == "error":
-                yield _ENGINE_FAILED.body()
-                break
-            if chunk.text or (want_logprobs and chunk.logprobs):
-                logprobs = chat_logprobs(chunk.logprobs) if want_logprobs and chunk.logprobs else None
-                yield fmt.chunk(index, {"content": chunk.text}, logprobs=logprobs)
-            if chunk.finish_reason is not None:
-                yield fmt.chunk(index, {}, finish_reason=chunk.finish_reason)
-        else:
-            if fmt.include_usage:
-                yield fmt.usage_chunk(gen.usage)
-        yield DONE
-    finally:
-        await gen.aclose()
-        gen.finish()
-
-
-async def completion_events(gen: Generation, fmt: CompletionFormatter, want_logprobs: bool) -> AsyncIterator[dict | str]:
-    try:
-        offsets: dict[int, int] = {}
         async for prompt_index, chunk in gen.chunks():
-            index = prompt_index * gen.n + chunk.index
             if chunk.finish_reason == "error":
                 yield _ENGINE_FAILED.body()
                 break
-            if chunk.text or chunk.finish_reason is not None or (want_logprobs and chunk.logprobs):
-                logprobs = None
-                if want_logprobs and chunk.logprobs:
-                    logprobs = completion_logprobs(chunk.logprobs, offsets.get(index, 0))
-                offsets[index] = offsets.get(index, 0) + len(chunk.text)
-                yield fmt.chunk(index, chunk.text, chunk.finish_reason, logprobs)
+            for event in render(prompt_index, chunk):
+                yield event
         else:
             if fmt.include_usage:
                 yield fmt.usage_chunk(gen.usage)
@@ -64,6 +36,40 @@ async def completion_events(gen: Generation, fmt: CompletionFormatter, want_logp
     finally:
         await gen.aclose()
         gen.finish()
+
+
+def chat_events(gen: Generation, fmt: ChatFormatter, want_logprobs: bool) -> AsyncIterator[dict | str]:
+    started: set[int] = set()
+
+    def render(_: int, chunk: GenerationChunk) -> list[dict]:
+        events = []
+        if chunk.index not in started:  # each choice opens with its role
+            started.add(chunk.index)
+            events.append(fmt.chunk(chunk.index, {"role": "assistant", "content": ""}))
+        if chunk.text or (want_logprobs and chunk.logprobs):
+            logprobs = chat_logprobs(chunk.logprobs) if want_logprobs and chunk.logprobs else None
+            events.append(fmt.chunk(chunk.index, {"content": chunk.text}, logprobs=logprobs))
+        if chunk.finish_reason is not None:
+            events.append(fmt.chunk(chunk.index, {}, finish_reason=chunk.finish_reason))
+        return events
+
+    return _events(gen, fmt, render)
+
+
+def completion_events(gen: Generation, fmt: CompletionFormatter, want_logprobs: bool) -> AsyncIterator[dict | str]:
+    offsets: dict[int, int] = {}
+
+    def render(prompt_index: int, chunk: GenerationChunk) -> list[dict]:
+        index = prompt_index * gen.n + chunk.index
+        if not (chunk.text or chunk.finish_reason is not None or (want_logprobs and chunk.logprobs)):
+            return []
+        logprobs = None
+        if want_logprobs and chunk.logprobs:
+            logprobs = completion_logprobs(chunk.logprobs, offsets.get(index, 0))
+        offsets[index] = offsets.get(index, 0) + len(chunk.text)
+        return [fmt.chunk(index, chunk.text, chunk.finish_reason, logprobs)]
+
+    return _events(gen, fmt, render)
 
 
 async def sse(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
