@@ -208,3 +208,10 @@ def test_content_parts(client, content):
     completion = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": content}],
                                                 max_tokens=2)
     assert completion.choices[0].message.content is not None
+
+
+def test_echo_prepends_the_prompt(client):
+    completion = client.completions.create(model=MODEL_NAME, prompt="def main():", max_tokens=4, echo=True,
+                                           extra_body={"ignore_eos": True})
+    assert completion.choices[0].text.startswith("def main():")
+    assert len(completion.choices[0].text) > len("def main():")

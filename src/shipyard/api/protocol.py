@@ -179,5 +179,8 @@ class CompletionRequest(_SamplingFields):
                            code="unsupported_parameter")
         if self.echo and self.stream:
             raise APIError(400, "echo is not supported with stream.", param="echo", code="unsupported_parameter")
+        prompts = self.prompts()
+        if self.echo and any(p.text is None for p in prompts):
+            raise APIError(400, "echo is supported for text prompts only.", param="echo", code="unsupported_parameter")
         logprobs = self.logprobs is not None
-        return self.prompts(), self._sampling(self.max_tokens, logprobs, self.logprobs or 0)
+        return prompts, self._sampling(self.max_tokens, logprobs, self.logprobs or 0)
