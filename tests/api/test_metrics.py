@@ -55,3 +55,32 @@ def test_one_log_line_per_request(server, client):
     line = lines[0]
     for field in ("model=tiny", "status=200", "prompt_tokens=", "completion_tokens=2", "ttft_ms=", "latency_ms="):
         assert field in line, line
+
+
+def test_not_ready_and_unhealthy_when_the_model_cannot_load(tmp_path):
+    from conftest import ServerProcess
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    proc = ServerProcess({"deployments": {"broken": {"engine": "transformers", "model": str(broken)}}}, tmp_path)
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{proc.base_url}/health", timeout=1).status_code == 503:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        health = httpx.get(f"{proc.base_url}/health")
+        assert health.status_code == 503 and health.json()["error"]["code"] == "engine_unhealthy"
+        ready = httpx.get(f"{proc.base_url}/ready")
+        assert ready.status_code == 503 and ready.json()["models"] == {"broken": False}
+        assert ready.headers["retry-after"]
+        completion = httpx.post(f"{proc.base_url}/v1/completions", json={"model": "broken", "prompt": "x"})
+        assert completion.status_code == 503
+    finally:
+        proc.stop()

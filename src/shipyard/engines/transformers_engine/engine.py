@@ -72,9 +72,13 @@ class TransformersEngine(Engine):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         torch.set_num_threads(self.config.num_threads)
-        self._loaded = await asyncio.to_thread(
-            load_model, self.config.model, self.config.device, self.config.dtype, self.config.max_model_len
-        )
+        try:
+            self._loaded = await asyncio.to_thread(
+                load_model, self.config.model, self.config.device, self.config.dtype, self.config.max_model_len
+            )
+        except Exception as exc:  # never ready, and unhealthy, so an orchestrator restarts or alerts
+            self._failed = exc
+            raise
         loaded = self._loaded
         self.model.max_model_len = loaded.max_model_len
         cache = SlotKVCache(loaded.num_layers, self.config.max_num_seqs, loaded.max_model_len)
