@@ -28,14 +28,17 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m shipyard serve` on a free loopback port, logs captured to a file."""
 
-    def __init__(self, config: dict, workdir: Path, extra_args: list[str] | None = None):
+    def __init__(self, config: dict, workdir: Path, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / f"shipyard-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"server-{self.port}.log"
         self._log = open(self.log_path, "w")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        data_dir = workdir / f"data-{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "SHIPYARD_DATA_DIR": str(data_dir),
+               **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shipyard", "serve", "--config", str(self.config_path),
              "--port", str(self.port), *(extra_args or [])],
@@ -82,7 +85,7 @@ def deployment(model: Path, **settings) -> dict:
 
 @pytest.fixture(scope="session")
 def server(tiny_model, tmp_path_factory):
-    config = {"deployments": {MODEL_NAME: deployment(tiny_model)}}
+    config = {"auth": "disabled", "deployments": {MODEL_NAME: deployment(tiny_model)}}
     proc = ServerProcess(config, tmp_path_factory.mktemp("server"))
     try:
         proc.wait_ready()

@@ -13,7 +13,7 @@ from shipyard.config import ShipyardConfig
 
 
 def test_serve_model_flag_with_json_logs(tiny_model, tmp_path):
-    proc = ServerProcess({}, tmp_path, extra_args=["--model", str(tiny_model), "--served-model-name", "flagged",
+    proc = ServerProcess({"auth": "disabled"}, tmp_path, extra_args=["--model", str(tiny_model), "--served-model-name", "flagged",
                                                    "--log-format", "json"])
     try:
         proc.wait_ready()

@@ -1,25 +1,39 @@
-"""Builds the ASGI app from config: engines → router → api, plus metrics and middleware."""
+"""Builds the ASGI app from config: store → gateway → engines → router → api, plus metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from shipyard import __version__
-from shipyard.api import ops_routes, openai_routes, websocket
+from shipyard.api import admin_routes, ops_routes, openai_routes, websocket
+from shipyard.api.authorization import authorize
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
 from shipyard.config import ShipyardConfig
 from shipyard.engines.base import Engine
 from shipyard.engines.transformers_engine import TransformersEngine
+from shipyard.gateway.admission import TieredAdmission
+from shipyard.gateway.auth import Authenticator, Limits
+from shipyard.gateway.keys import load_pepper
+from shipyard.gateway.keystore import SYSTEM_TENANT, KeySpec, KeyStore
+from shipyard.gateway.limits import InProcessLimiter, RedisLimiter
+from shipyard.gateway.roles import Role
+from shipyard.gateway.service import Gateway
+from shipyard.gateway.usage import UsageMeter
 from shipyard.monitor.metrics import ServingMetrics
 from shipyard.routing.router import Router
+from shipyard.store.db import Database, default_url
 
 log = logging.getLogger("shipyard.app")
+
+ADMIN_KEY_MIN_LENGTH = 20
 
 
 def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
@@ -30,12 +44,38 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
     return engines
 
 
+def _redis_client(config: ShipyardConfig):
+    url = config.gateway.redis_url or os.environ.get("SHIPYARD_REDIS_URL")
+    if not url:
+        return None
+    import redis.asyncio as redis
+
+    return redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30)
+
+
 def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) -> FastAPI:
     router = Router(engines if engines is not None else build_engines(config))
     metrics = ServingMetrics(router.engines)
+    data_dir = config.store.resolved_data_dir()
+    db = Database(config.store.url or default_url(data_dir))
+    keystore = KeyStore(db, load_pepper(data_dir))
+    redis = _redis_client(config)
+    gw = config.gateway
+    authenticator = Authenticator(keystore, redis, gw.key_cache_ttl_s) if config.auth == "enabled" else None
+    limiter = RedisLimiter(redis, fail_open=gw.redis_failure == "open") if redis is not None else InProcessLimiter()
+    meter = UsageMeter(db, data_dir / "usage-spool.jsonl", gw.usage_flush_interval_s)
+    admissions = {name: TieredAdmission(gw.max_inflight, gw.max_queue, gw.queue_timeout_s,
+                                        config.server.retry_after_s) for name in config.deployments}
+    deployment_limits = {name: Limits(rpm=l.rpm, tpm=l.tpm, max_concurrent=l.max_concurrent)
+                         for name, l in gw.deployment_limits.items()}
+    gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
+                      gw.default_completion_estimate)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        await db.migrate()
+        await _bootstrap_admin(keystore, config, data_dir)
+        await meter.start()
         # Load models in the background: /health answers at once, /ready says 503 until loaded.
         loading = asyncio.create_task(router.start())
         loading.add_done_callback(_report_load_failure)
@@ -46,21 +86,42 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
             await router.stop()
+            await meter.stop()  # flush every usage record (to the database or the spool)
+            await db.close()
+            if redis is not None:
+                await redis.aclose()
 
-    app = FastAPI(
-        title="Shipyard",
-        version=__version__,
-        description="OpenAI-compatible inference server.",
-        lifespan=lifespan,
-    )
-    app.state.services = Services(router=router, metrics=metrics)
+    app = FastAPI(title="Shipyard", version=__version__, description="OpenAI-compatible inference server.",
+                  lifespan=lifespan, dependencies=[Depends(authorize)])
+    app.state.services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db)
     app.state.config = config
     install_error_handlers(app, config.server.retry_after_s)
-    app.include_router(openai_routes.router)
-    app.include_router(websocket.router)
-    app.include_router(ops_routes.router)
+    for module in (openai_routes, websocket, ops_routes, admin_routes):
+        app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=config.server.max_body_bytes)
     return app
+
+
+async def _bootstrap_admin(keystore: KeyStore, config: ShipyardConfig, data_dir) -> None:
+    """SHIPYARD_ADMIN_KEY becomes the admin key (hashed); without it, a first admin key is shown once."""
+    admin_key = os.environ.get("SHIPYARD_ADMIN_KEY")
+    if admin_key is not None and len(admin_key) < ADMIN_KEY_MIN_LENGTH:
+        raise SystemExit(f"SHIPYARD_ADMIN_KEY must be at least {ADMIN_KEY_MIN_LENGTH} characters long.")
+    await keystore.bootstrap_admin(admin_key)
+    if config.auth != "enabled" or admin_key is not None or await keystore.has_admin():
+        return
+    _, plaintext = await keystore.create_key(KeySpec(tenant_id=SYSTEM_TENANT, role=Role.ADMIN.value,
+                                                     name="first admin", tier=100))
+    # Shown once, never logged: on a terminal it is printed; otherwise it goes to a 0600 file.
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\nFirst admin API key (shown once, store it now):\n  {plaintext}\n\n")
+    else:
+        path = data_dir / "first-admin-key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(plaintext + "\n")
+        log.warning("created the first admin API key; it is in %s (mode 0600): read it once, then delete it",
+                    path)
 
 
 def _report_load_failure(task: asyncio.Task) -> None:

@@ -12,6 +12,7 @@ deployments:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -42,9 +43,48 @@ class ServerConfig(BaseModel):
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when the queue is full")
 
 
+class LimitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="prompt + completion tokens per minute")
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    redis_url: str | None = Field(None, description="Shared limits and key freshness across processes "
+                                                    "(env SHIPYARD_REDIS_URL)")
+    redis_failure: Literal["open", "closed"] = Field("open", description="When Redis is unreachable: admit "
+                                                                         "with a warning, or refuse with 503")
+    key_cache_ttl_s: float = Field(2.0, ge=0, description="Without Redis: how stale another process's "
+                                                          "cached key may be")
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict, description="model (or 'default') → "
+                                                "{prompt, completion} in USD per million tokens")
+    deployment_limits: dict[str, LimitsConfig] = Field(default_factory=dict, description="global, per model")
+    max_inflight: int = Field(128, ge=1, description="Requests running per deployment before queueing")
+    max_queue: int = Field(512, ge=0, description="Requests waiting per deployment before shedding")
+    queue_timeout_s: float = Field(30.0, gt=0)
+    default_completion_estimate: int = Field(256, ge=1, description="Tokens reserved when max_tokens is unset")
+    usage_flush_interval_s: float = Field(0.5, gt=0)
+
+
+class StoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, description="SQLAlchemy URL; env SHIPYARD_DATABASE_URL; default SQLite in "
+                                              "data_dir")
+    data_dir: str | None = Field(None, description="default: env SHIPYARD_DATA_DIR or ~/.local/share/shipyard")
+
+    def resolved_data_dir(self) -> Path:
+        value = self.data_dir or os.environ.get("SHIPYARD_DATA_DIR") or "~/.local/share/shipyard"
+        return Path(value).expanduser()
+
+
 class ShipyardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: ServerConfig = ServerConfig()
+    auth: Literal["enabled", "disabled"] = Field("enabled", description="'disabled' only for local use")
+    store: StoreConfig = StoreConfig()
+    gateway: GatewayConfig = GatewayConfig()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
 
     @classmethod

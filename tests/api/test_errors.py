@@ -123,7 +123,7 @@ def test_token_ids_outside_vocabulary(server):
 @pytest.fixture(scope="module")
 def full_queue_server(tiny_model, tmp_path_factory):
     """max_waiting 0: every generation request finds the queue full."""
-    proc = ServerProcess({"deployments": {MODEL_NAME: deployment(tiny_model, max_waiting=0)},
+    proc = ServerProcess({"auth": "disabled", "deployments": {MODEL_NAME: deployment(tiny_model, max_waiting=0)},
                           "server": {"retry_after_s": 2}}, tmp_path_factory.mktemp("fullq"))
     try:
         proc.wait_ready()

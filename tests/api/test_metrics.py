@@ -63,7 +63,8 @@ def test_not_ready_and_unhealthy_when_the_model_cannot_load(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
-    proc = ServerProcess({"deployments": {"broken": {"engine": "transformers", "model": str(broken)}}}, tmp_path)
+    proc = ServerProcess({"auth": "disabled", "deployments": {"broken": {"engine": "transformers",
+                                                                          "model": str(broken)}}}, tmp_path)
     try:
         import time
 

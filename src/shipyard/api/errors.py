@@ -18,6 +18,7 @@ from shipyard.engines.errors import (
     EngineUnavailableError,
     InvalidRequestError,
 )
+from shipyard.gateway.errors import GatewayError
 from shipyard.routing.router import ModelNotFoundError
 
 log = logging.getLogger("shipyard.api")
@@ -69,6 +70,8 @@ def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
     """Map a lower layer's exception to the error clients see."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, GatewayError):
+        return APIError(exc.status, str(exc), code=exc.code, headers=exc.headers)
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, InvalidRequestError):
@@ -112,6 +115,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 
     @app.exception_handler(EngineError)
     @app.exception_handler(ModelNotFoundError)
+    @app.exception_handler(GatewayError)
     async def _lower_layer(request: Request, exc: Exception):
         return _respond(request, from_exception(exc, retry_after_s))
 

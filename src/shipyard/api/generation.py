@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shipyard.api.middleware import RequestRecord
@@ -40,6 +40,9 @@ class Generation:
         self._last_at: dict[tuple[int, int], float] = {}
         self._streams: list[AsyncIterator[GenerationChunk]] = []
         self._finished_requests = 0
+        self.finished = False
+        # Called once at the end with (generation, status); the gateway settles and meters here.
+        self.on_finish: Callable[[Generation, int], Awaitable[None]] | None = None
 
     def start(self) -> None:
         """Submit every engine request; validation errors surface here, before any response byte."""
@@ -124,8 +127,15 @@ class Generation:
             self.record.prompt_tokens = self.usage.prompt_tokens
             self.record.completion_tokens = self.usage.completion_tokens
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
+        """Once, when the response is over: latency metric, then the gateway's accounting hook."""
+        if self.finished:
+            return
+        self.finished = True
         self.metrics.e2e.labels(self.model).observe(time.monotonic() - self.record.arrival)
+        if self.on_finish is not None:
+            status = 500 if self.failed else 499 if self.record.finish_reason == "abort" else 200
+            await self.on_finish(self, status)
 
     def debug_headers(self) -> dict[str, str]:
         headers = {}

@@ -30,6 +30,8 @@ class RequestRecord:
     path: str
     arrival: float = field(default_factory=time.monotonic)
     model: str | None = None
+    tenant_id: str | None = None
+    key_id: str | None = None
     stream: bool | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -37,6 +39,13 @@ class RequestRecord:
     finish_reason: str | None = None
     error_type: str | None = None
     status: int = 0
+    client_supplied_id: bool = False
+    rate_limit_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def usage_id(self) -> str:
+        """Unique per request even when clients reuse their x-request-id."""
+        return f"{self.request_id}/{uuid.uuid4().hex[:8]}" if self.client_supplied_id else self.request_id
 
 
 class BodyTooLarge(HTTPException):
@@ -65,7 +74,8 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _is_valid_request_id(given) else f"req-{uuid.uuid4().hex}"
-        record = RequestRecord(request_id=request_id, method=scope.get("method", "WS"), path=scope["path"])
+        record = RequestRecord(request_id=request_id, method=scope.get("method", "WS"), path=scope["path"],
+                               client_supplied_id=request_id == given)
         scope.setdefault("state", {})["record"] = record
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
@@ -79,7 +89,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 record.status = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
+                extra = [(k.encode(), v.encode()) for k, v in record.rate_limit_headers.items()]
+                message["headers"] = [*message.get("headers", []), id_header, *extra]
             await send(message)
 
         declared = headers.get(b"content-length")
@@ -122,7 +133,8 @@ class RequestContextMiddleware:
             self.metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
         if record.path in ("/metrics", "/health", "/ready"):
             return  # probes would drown the log
-        fields = {k: v for k, v in vars(record).items() if k != "arrival" and v is not None}
+        hidden = ("arrival", "client_supplied_id", "rate_limit_headers")
+        fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
         fields["latency_ms"] = round(latency_ms, 2)
         if record.ttft_ms is not None:
             fields["ttft_ms"] = round(record.ttft_ms, 2)

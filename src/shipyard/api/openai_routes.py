@@ -9,13 +9,19 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from shipyard.api.errors import APIError
+from shipyard.api.authorization import principal_of
+from shipyard.api.errors import APIError, from_exception
 from shipyard.api.formatting import ChatFormatter, CompletionFormatter, completion_logprobs
 from shipyard.api.generation import ClientDisconnected, Generation, run_until_disconnect
 from shipyard.api.middleware import RequestRecord
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import chat_events, completion_events, sse
 from shipyard.engines.base import GenerationRequest
+from shipyard.gateway.auth import Principal
+from shipyard.gateway.errors import GatewayError
+from shipyard.gateway.keystore import KeyStore
+from shipyard.gateway.service import Gateway, monotonic_ms
+from shipyard.store.db import Database
 from shipyard.monitor.metrics import ServingMetrics
 from shipyard.routing.router import ModelNotFoundError, Router
 
@@ -30,24 +36,70 @@ _CLIENT_CLOSED = 499
 class Services:
     router: Router
     metrics: ServingMetrics
+    gateway: Gateway
+    keystore: KeyStore | None = None
+    db: Database | None = None
 
 
 def services_of(request) -> Services:
     return request.app.state.services
 
 
-def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord):
+async def _admit(services: Services, principal: Principal, record: RequestRecord, prompt_tokens: int,
+                 max_tokens: int | None, choices: int):
+    """Take the limits and an admission slot; wire the accounting to the end of the response."""
+    gateway = services.gateway
+    usage_id = record.usage_id
+    try:
+        ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices)
+    except GatewayError as exc:
+        gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival))
+        raise
+    record.rate_limit_headers = ticket.headers()
+
+    async def on_finish(gen: Generation, status: int) -> None:
+        await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens or prompt_tokens,
+                             gen.usage.completion_tokens, gen.usage.cached_tokens, monotonic_ms(record.arrival),
+                             record.ttft_ms)
+
+    async def on_error(exc: BaseException) -> None:
+        await gateway.finish(ticket, usage_id, from_exception(exc).status, prompt_tokens, 0, 0,
+                             monotonic_ms(record.arrival), None)
+
+    return on_finish, on_error
+
+
+async def _start(services: Services, principal: Principal, record: RequestRecord, engine,
+                 requests: list[GenerationRequest]) -> Generation:
+    params = requests[0].params
+    prompt_tokens = 0
+    for request in requests:
+        prompt_tokens += await engine.count_prompt_tokens(request.prompt) or 0
+    on_finish, on_error = await _admit(services, principal, record, prompt_tokens, params.max_tokens,
+                                       params.n * len(requests))
+    gen = Generation(engine, requests, params.n, record, services.metrics)
+    gen.on_finish = on_finish
+    try:
+        gen.start()
+    except BaseException as exc:
+        await on_error(exc)
+        raise
+    return gen
+
+
+async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord,
+                       principal: Principal):
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompt, params = body.to_engine()
     requests = [GenerationRequest(record.request_id, prompt, params, record.arrival)]
-    gen = Generation(engine, requests, params.n, record, services.metrics)
-    gen.start()
+    gen = await _start(services, principal, record, engine, requests)
     fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
 
-def prepare_completion(body: CompletionRequest, services: Services, record: RequestRecord):
+async def prepare_completion(body: CompletionRequest, services: Services, record: RequestRecord,
+                             principal: Principal):
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompts, params = body.to_engine()
@@ -56,8 +108,7 @@ def prepare_completion(body: CompletionRequest, services: Services, record: Requ
                           record.arrival)
         for i, p in enumerate(prompts)
     ]
-    gen = Generation(engine, requests, params.n, record, services.metrics)
-    gen.start()
+    gen = await _start(services, principal, record, engine, requests)  # limits see every prompt and choice
     fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -72,7 +123,7 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
         await gen.aclose()
         return Response(status_code=_CLIENT_CLOSED)
     finally:
-        gen.finish()
+        await gen.finish()
     if gen.failed:
         raise APIError(500, "The engine failed while generating this response.", code="engine_error")
     return JSONResponse(build_body(results), headers=gen.debug_headers())
@@ -80,7 +131,8 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    gen, fmt, want_logprobs = prepare_chat(body, services_of(request), request.state.record)
+    gen, fmt, want_logprobs = await prepare_chat(body, services_of(request), request.state.record,
+                                                 principal_of(request))
 
     def build_body(results):
         choices = [ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None)
@@ -93,7 +145,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    gen, fmt, want_logprobs = prepare_completion(body, services_of(request), request.state.record)
+    gen, fmt, want_logprobs = await prepare_completion(body, services_of(request), request.state.record,
+                                                       principal_of(request))
     prompts = body.prompts()
 
     def build_body(results):

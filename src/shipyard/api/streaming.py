@@ -35,7 +35,7 @@ async def _events(gen: Generation, fmt: ChatFormatter | CompletionFormatter,
         yield DONE
     finally:
         await gen.aclose()
-        gen.finish()
+        await gen.finish()
 
 
 def chat_events(gen: Generation, fmt: ChatFormatter, want_logprobs: bool) -> AsyncIterator[dict | str]:

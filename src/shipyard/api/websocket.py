@@ -35,16 +35,18 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
     await websocket.accept()
     connection = websocket.scope["state"]["record"]
     services = services_of(websocket)
+    principal = websocket.state.principal  # authenticated by the app-wide dependency
     count = 0
     try:
         while True:
             text = await websocket.receive_text()
             count += 1
-            record = RequestRecord(request_id=f"{connection.request_id}-{count}", method="WS", path=connection.path)
+            record = RequestRecord(request_id=f"{connection.request_id}-{count}", method="WS", path=connection.path,
+                                   tenant_id=principal.tenant_id, key_id=principal.key_id)
             try:
                 body = model_cls.model_validate_json(text)
                 body.stream = True  # a socket always streams
-                gen, fmt, want_logprobs = prepare(body, services, record)
+                gen, fmt, want_logprobs = await prepare(body, services, record, principal)
             except ValidationError as exc:
                 await websocket.send_text(json.dumps(_validation_error(exc).body()))
                 await websocket.send_text(DONE)

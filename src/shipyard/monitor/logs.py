@@ -8,7 +8,7 @@ import sys
 import time
 
 # Keys a request log line carries as structured fields (besides the message).
-REQUEST_FIELDS = ("request_id", "method", "path", "model", "status", "prompt_tokens", "completion_tokens",
+REQUEST_FIELDS = ("request_id", "method", "path", "model", "tenant_id", "key_id", "status", "prompt_tokens", "completion_tokens",
                   "ttft_ms", "latency_ms", "finish_reason", "error_type", "stream")
 
 

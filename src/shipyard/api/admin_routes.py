@@ -1,0 +1,205 @@
+"""Admin API: tenants, keys (create, list, show, rotate, revoke), usage (JSON or CSV).
+
+Permissions are checked centrally (api/authorization.py); handlers only narrow to the caller's
+tenant. A resource of another tenant answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from shipyard.api.authorization import principal_of
+from shipyard.gateway.auth import Principal, rotation_due
+from shipyard.gateway.errors import NotFound, PermissionDenied
+from shipyard.gateway.keystore import KeySpec, aware
+from shipyard.gateway.roles import Role
+from shipyard.store.models import ApiKey, Tenant, UsageRecord
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+class LimitFields(BaseModel):
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Literal["day", "month"] | None = None
+
+
+class TenantCreate(LimitFields):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class KeyCreate(LimitFields):
+    tenant_id: str | None = Field(None, description="default: the caller's tenant")
+    role: Role = Role.DEVELOPER
+    name: str = ""
+    expires_in_s: float | None = Field(None, gt=0)
+    allowed_models: list[str] | None = None
+    tier: int = Field(0, ge=0, le=100)
+    rotation_period_days: int | None = Field(None, ge=1)
+
+
+class KeyRotate(BaseModel):
+    grace_period_s: float | None = Field(None, ge=0, description="default: the key's policy, else 0")
+
+
+def _keystore(request: Request):
+    return request.app.state.services.keystore
+
+
+def _own_tenant(principal: Principal, tenant_id: str) -> None:
+    if principal.role != Role.ADMIN.value and tenant_id != principal.tenant_id:
+        raise NotFound(f"No tenant '{tenant_id}'.")
+
+
+def tenant_view(t: Tenant) -> dict:
+    return {"id": t.id, "name": t.name, "rpm": t.rpm, "tpm": t.tpm, "max_concurrent": t.max_concurrent,
+            "budget_usd": t.budget_usd, "budget_period": t.budget_period, "created_at": aware(t.created_at)}
+
+
+def key_view(k: ApiKey) -> dict:
+    """Everything about a key except anything secret (no hash, no salt)."""
+    return {
+        "id": k.id, "tenant_id": k.tenant_id, "name": k.name, "role": k.role, "tier": k.tier,
+        "allowed_models": k.allowed_models, "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
+        "budget_usd": k.budget_usd, "budget_period": k.budget_period,
+        "rotation_period_days": k.rotation_period_days, "rotation_due": rotation_due(k),
+        "expires_at": aware(k.expires_at), "created_at": aware(k.created_at), "rotated_at": aware(k.rotated_at),
+        "revoked_at": aware(k.revoked_at), "previous_secret_valid_until": aware(k.previous_valid_until),
+    }
+
+
+@router.get("/whoami")
+async def whoami(request: Request):
+    p = principal_of(request)
+    return {"key_id": p.key_id, "tenant_id": p.tenant_id, "role": p.role, "tier": p.tier,
+            "rotation_due": p.rotation_due}
+
+
+@router.post("/tenants", status_code=201)
+async def create_tenant(body: TenantCreate, request: Request):
+    tenant = await _keystore(request).create_tenant(**body.model_dump())
+    return tenant_view(tenant)
+
+
+@router.get("/tenants")
+async def list_tenants(request: Request):
+    p = principal_of(request)
+    only = None if p.role == Role.ADMIN.value else p.tenant_id
+    return {"object": "list", "data": [tenant_view(t) for t in await _keystore(request).list_tenants(only)]}
+
+
+@router.get("/tenants/{tenant_id}")
+async def get_tenant(tenant_id: str, request: Request):
+    _own_tenant(principal_of(request), tenant_id)
+    return tenant_view(await _keystore(request).get_tenant(tenant_id))
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyCreate, request: Request):
+    p = principal_of(request)
+    tenant_id = body.tenant_id or p.tenant_id
+    _own_tenant(p, tenant_id)
+    if body.role == Role.ADMIN and p.role != Role.ADMIN.value:
+        raise PermissionDenied("Only an admin may create admin keys.")
+    expires = datetime.now(timezone.utc) + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+    fields = body.model_dump(exclude={"tenant_id", "expires_in_s", "role"})
+    row, plaintext = await _keystore(request).create_key(
+        KeySpec(tenant_id=tenant_id, role=body.role.value, expires_at=expires, **fields))
+    return {**key_view(row), "key": plaintext}  # the only time the secret is shown
+
+
+@router.get("/keys")
+async def list_keys(request: Request, tenant_id: str | None = None):
+    p = principal_of(request)
+    if p.role != Role.ADMIN.value:
+        if tenant_id is not None:
+            _own_tenant(p, tenant_id)
+        tenant_id = p.tenant_id
+    return {"object": "list", "data": [key_view(k) for k in await _keystore(request).list_keys(tenant_id)]}
+
+
+async def _own_key(request: Request, key_id: str) -> ApiKey:
+    row = await _keystore(request).get_key(key_id)
+    p = principal_of(request)
+    if p.role != Role.ADMIN.value and row.tenant_id != p.tenant_id:
+        raise NotFound(f"No API key '{key_id}'.")
+    return row
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, request: Request):
+    return key_view(await _own_key(request, key_id))
+
+
+@router.post("/keys/{key_id}/rotate")
+async def rotate_key(key_id: str, request: Request, body: KeyRotate | None = None):
+    row = await _own_key(request, key_id)
+    if row.role == Role.ADMIN.value and principal_of(request).role != Role.ADMIN.value:
+        raise PermissionDenied("Only an admin may rotate admin keys.")
+    grace = body.grace_period_s if body and body.grace_period_s is not None else 0
+    row, plaintext = await _keystore(request).rotate_key(key_id, grace)
+    return {**key_view(row), "key": plaintext}
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, request: Request):
+    row = await _own_key(request, key_id)
+    if row.role == Role.ADMIN.value and principal_of(request).role != Role.ADMIN.value:
+        raise PermissionDenied("Only an admin may revoke admin keys.")
+    return key_view(await _keystore(request).revoke_key(key_id))
+
+
+USAGE_COLUMNS = ("tenant_id", "key_id", "model", "requests", "prompt_tokens", "completion_tokens",
+                 "cached_tokens", "cost_usd")
+
+
+@router.get("/usage")
+async def usage(
+    request: Request,
+    tenant_id: str | None = None,
+    key_id: str | None = None,
+    model: str | None = None,
+    start: datetime | None = Query(None, description="ISO 8601, inclusive"),
+    end: datetime | None = Query(None, description="ISO 8601, exclusive"),
+    group_by: list[Literal["tenant_id", "key_id", "model"]] = Query(["tenant_id", "key_id", "model"]),
+    format: Literal["json", "csv"] = "json",
+):
+    """Totals per group (default: tenant, key and model) over a time range."""
+    p = principal_of(request)
+    if p.role != Role.ADMIN.value:
+        if tenant_id is not None:
+            _own_tenant(p, tenant_id)
+        tenant_id = p.tenant_id
+    columns = [getattr(UsageRecord, g) for g in group_by]
+    query = select(*columns, func.count().label("requests"),
+                   func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
+                   func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
+                   func.coalesce(func.sum(UsageRecord.cached_tokens), 0).label("cached_tokens"),
+                   func.coalesce(func.sum(UsageRecord.cost_usd), 0.0).label("cost_usd")).group_by(*columns)
+    for column, value in (("tenant_id", tenant_id), ("key_id", key_id), ("model", model)):
+        if value is not None:
+            query = query.where(getattr(UsageRecord, column) == value)
+    if start is not None:
+        query = query.where(UsageRecord.created_at >= start)
+    if end is not None:
+        query = query.where(UsageRecord.created_at < end)
+    async with request.app.state.services.db.session() as session:
+        rows = [dict(r._mapping) for r in await session.execute(query)]
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=[c for c in USAGE_COLUMNS if c in rows[0]] if rows else
+                                [*group_by, *USAGE_COLUMNS[3:]])
+        writer.writeheader()
+        writer.writerows(rows)
+        return Response(out.getvalue(), media_type="text/csv")
+    return {"object": "list", "data": rows}

@@ -1,0 +1,78 @@
+"""Authentication and authorization for every route, from one table.
+
+Each route maps to exactly one permission (or is public); a route missing from the table is
+refused, so a new route cannot be reachable by accident. The principal lands in
+`request.state.principal` for the handlers (which only ever narrow by tenant).
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.requests import HTTPConnection
+
+from shipyard.gateway.errors import AuthenticationError, PermissionDenied
+from shipyard.gateway.roles import Permission, allows
+
+PUBLIC = None
+
+ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/ready"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/metrics"): Permission.METRICS_READ,
+    ("POST", "/v1/chat/completions"): Permission.INFERENCE,
+    ("POST", "/v1/completions"): Permission.INFERENCE,
+    ("WS", "/v1/chat/completions"): Permission.INFERENCE,
+    ("WS", "/v1/completions"): Permission.INFERENCE,
+    ("GET", "/v1/models"): Permission.MODELS_READ,
+    ("GET", "/v1/models/{model_id:path}"): Permission.MODELS_READ,
+    ("POST", "/admin/tenants"): Permission.TENANTS_MANAGE,
+    ("GET", "/admin/tenants"): Permission.TENANTS_READ,
+    ("GET", "/admin/tenants/{tenant_id}"): Permission.TENANTS_READ,
+    ("POST", "/admin/keys"): Permission.KEYS_MANAGE,
+    ("GET", "/admin/keys"): Permission.KEYS_READ,
+    ("GET", "/admin/keys/{key_id}"): Permission.KEYS_READ,
+    ("POST", "/admin/keys/{key_id}/rotate"): Permission.KEYS_MANAGE,
+    ("POST", "/admin/keys/{key_id}/revoke"): Permission.KEYS_MANAGE,
+    ("GET", "/admin/usage"): Permission.USAGE_READ,
+    ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)
+}
+AUTHENTICATED_ONLY = {("GET", "/admin/whoami")}
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return conn.headers.get("api-key") or None
+
+
+async def authorize(conn: HTTPConnection) -> None:
+    """FastAPI dependency applied to every route of the app."""
+    route = conn.scope.get("route")
+    method = "WS" if conn.scope["type"] == "websocket" else conn.scope["method"]
+    path = getattr(route, "path", conn.url.path)
+    key = (method, path)
+    if key not in ROUTE_PERMISSIONS:
+        raise PermissionDenied("This route has no access policy.")
+    permission = ROUTE_PERMISSIONS[key]
+    if permission is PUBLIC and key not in AUTHENTICATED_ONLY:
+        return
+    gateway = conn.app.state.services.gateway
+    principal = await gateway.authenticate(bearer_token(conn))
+    conn.state.principal = principal
+    record = conn.scope.get("state", {}).get("record")
+    if record is not None:
+        record.key_id, record.tenant_id = principal.key_id, principal.tenant_id
+    if permission is not PUBLIC and not allows(principal.role, permission):
+        raise PermissionDenied(f"The role '{principal.role}' may not {permission.value.replace(':', ' ')}.")
+
+
+def principal_of(request: Request):
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        raise AuthenticationError("Missing API key.")
+    return principal

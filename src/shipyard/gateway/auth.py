@@ -1,0 +1,131 @@
+"""Authentication: a presented key → a `Principal` (tenant, role, tier, limits), or a refusal.
+
+Rows are cached in-process for speed. Freshness: every change bumps the row's `generation`;
+with Redis configured, each request reads the current generation there (one GET), so a revoke
+or rotation made on any replica applies on all at once. Without Redis (one process), the key
+store invalidates this process's cache directly, and `cache_ttl_s` bounds staleness for other
+processes sharing the database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from shipyard.gateway import keys
+from shipyard.gateway.errors import AuthenticationError, NotFound
+from shipyard.gateway.keystore import BOOTSTRAP_KEY_ID, KeyStore, aware, utcnow
+from shipyard.store.models import ApiKey, Tenant
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    budget_usd: float | None = None
+    budget_period: str | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant_id: str
+    role: str
+    tier: int
+    allowed_models: tuple[str, ...] | None
+    key_limits: Limits
+    tenant_limits: Limits
+    rotation_due: bool = False
+
+
+@dataclass
+class _Cached:
+    row: ApiKey
+    tenant: Tenant
+    fetched_at: float
+
+
+def _limits(source) -> Limits:
+    return Limits(source.rpm, source.tpm, source.max_concurrent, source.budget_usd, source.budget_period)
+
+
+class Authenticator:
+    def __init__(self, store: KeyStore, redis=None, cache_ttl_s: float = 2.0):
+        self.store = store
+        self.redis = redis
+        self.cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, _Cached] = {}
+        store.on_change(self._key_changed)
+
+    async def _key_changed(self, key_id: str, generation: int) -> None:
+        self._cache.pop(key_id, None)
+        if self.redis is not None:
+            await self.redis.set(generation_key(key_id), generation)
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
+        parsed = keys.parse_key(token)
+        key_id, secret = (parsed.public_id, parsed.secret) if parsed else (BOOTSTRAP_KEY_ID, token)
+        cached = await self._lookup(key_id)
+        row = cached.row if cached else None
+        if row is None or not self._secret_matches(row, secret):
+            raise AuthenticationError("Incorrect API key provided.")
+        if row.revoked_at is not None:
+            raise AuthenticationError("This API key has been revoked.")
+        expires = aware(row.expires_at)
+        if expires is not None and expires <= utcnow():
+            raise AuthenticationError("This API key has expired.")
+        return Principal(
+            key_id=row.id,
+            tenant_id=row.tenant_id,
+            role=row.role,
+            tier=row.tier,
+            allowed_models=tuple(row.allowed_models) if row.allowed_models else None,
+            key_limits=_limits(row),
+            tenant_limits=_limits(cached.tenant),
+            rotation_due=rotation_due(row),
+        )
+
+    def _secret_matches(self, row: ApiKey, secret: str) -> bool:
+        pepper = self.store.pepper
+        if keys.verify(pepper, row.secret_salt, row.secret_hash, secret):
+            return True
+        grace = aware(row.previous_valid_until)
+        return grace is not None and utcnow() < grace and keys.verify(pepper, row.previous_salt,
+                                                                      row.previous_hash, secret)
+
+    async def _lookup(self, key_id: str) -> _Cached | None:
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            if self.redis is not None:
+                current = await self.redis.get(generation_key(key_id))
+                if current is None or int(current) == cached.row.generation:
+                    return cached
+            elif time.monotonic() - cached.fetched_at < self.cache_ttl_s:
+                return cached
+        try:
+            row = await self.store.get_key(key_id)
+            tenant = await self.store.get_tenant(row.tenant_id)
+        except NotFound:  # unknown key (or tenant): the same answer as a wrong secret
+            self._cache.pop(key_id, None)
+            return None
+        cached = _Cached(row=row, tenant=tenant, fetched_at=time.monotonic())
+        self._cache[key_id] = cached
+        if self.redis is not None:
+            await self.redis.set(generation_key(key_id), row.generation, nx=True)
+        return cached
+
+
+def generation_key(key_id: str) -> str:
+    return f"shipyard:keygen:{key_id}"
+
+
+def rotation_due(row: ApiKey, now: datetime | None = None) -> bool:
+    """True when a rotation policy exists and the key's secret is older than it allows."""
+    if not row.rotation_period_days:
+        return False
+    last = aware(row.rotated_at) or aware(row.created_at)
+    return ((now or utcnow()) - last).days >= row.rotation_period_days

@@ -1,0 +1,256 @@
+"""Rate limits, concurrency caps and budgets, checked and taken all-or-nothing.
+
+A request names its buckets (per key, per tenant, per deployment): requests/minute and
+tokens/minute as token buckets (full capacity = the limit, refilled evenly over a minute),
+concurrent requests as counters, spend per day/month as counters. `acquire` checks every
+bucket and takes from all of them, or from none; `settle` puts back what was reserved but
+not used (tokens, cost) and releases the concurrency slot.
+
+In-process by default. With Redis, one Lua script does the check-and-take atomically for every
+gateway process, so limits are exact however many replicas share it; there is no local
+pre-check that could let traffic through. When Redis cannot be reached the limiter fails open
+(admits, with a warning) or closed (503), as configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from shipyard.gateway.errors import LimiterUnavailable, RateLimited
+
+log = logging.getLogger("shipyard.limits")
+
+RATE, CONCURRENCY, BUDGET = "rate", "conc", "budget"
+MINUTE_MS = 60_000
+MICRO = 1_000_000_000  # budgets are counted in nano-dollars, as integers
+
+
+@dataclass
+class Bucket:
+    key: str  # storage key, unique per scope and limit
+    kind: str  # RATE | CONCURRENCY | BUDGET
+    limit: float
+    cost: float
+    window_ms: int  # RATE: refill window; BUDGET: time left in the period
+    label: str  # what a refusal names: "requests per minute for this API key"
+    metric: str  # "requests" | "tokens" | "concurrent" | "budget"
+    scope: str  # "key" | "tenant" | "deployment"
+
+
+@dataclass
+class Reservation:
+    buckets: list[Bucket]
+    remaining: list[float] = field(default_factory=list)
+    reset_ms: list[float] = field(default_factory=list)
+    settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers, for the tightest requests and tokens limits."""
+        out: dict[str, str] = {}
+        for metric, suffix in (("requests", "requests"), ("tokens", "tokens")):
+            best = None
+            for i, bucket in enumerate(self.buckets):
+                if bucket.metric != metric or i >= len(self.remaining):
+                    continue
+                ratio = self.remaining[i] / bucket.limit if bucket.limit else 0
+                if best is None or ratio < best[0]:
+                    best = (ratio, bucket, self.remaining[i], self.reset_ms[i])
+            if best is not None:
+                _, bucket, remaining, reset_ms = best
+                out[f"x-ratelimit-limit-{suffix}"] = str(int(bucket.limit))
+                out[f"x-ratelimit-remaining-{suffix}"] = str(max(0, int(remaining)))
+                out[f"x-ratelimit-reset-{suffix}"] = f"{max(reset_ms, 0) / 1000:.3f}s"
+        return out
+
+
+def refusal(bucket: Bucket, retry_after_ms: float, reservation_headers: dict[str, str]) -> RateLimited:
+    retry_s = max(1, math.ceil(retry_after_ms / 1000))
+    if bucket.kind == BUDGET:
+        message = f"Budget exceeded: the {bucket.label} is spent. It renews in {retry_s} s."
+    elif bucket.kind == CONCURRENCY:
+        message = f"Too many concurrent requests: limit of {int(bucket.limit)} {bucket.label}."
+    elif bucket.cost > bucket.limit:
+        message = (f"This request needs {int(bucket.cost)} {bucket.metric}, more than the limit of "
+                   f"{int(bucket.limit)} {bucket.label}.")
+    else:
+        message = f"Rate limit reached: {int(bucket.limit)} {bucket.label}. Retry in {retry_s} s."
+    return RateLimited(message, headers={"Retry-After": str(retry_s), **reservation_headers})
+
+
+class InProcessLimiter:
+    """Exact within one process (the event loop runs each call without interleaving)."""
+
+    def __init__(self):
+        self._rate: dict[str, tuple[float, float]] = {}  # key -> (tokens, ts_ms)
+        self._counters: dict[str, float] = {}
+        self._budget_expiry: dict[str, float] = {}
+
+    async def acquire(self, buckets: list[Bucket]) -> Reservation:
+        now = time.time() * 1000
+        states = []
+        for bucket in buckets:
+            if bucket.kind == RATE:
+                tokens, ts = self._rate.get(bucket.key, (bucket.limit, now))
+                tokens = min(bucket.limit, tokens + (now - ts) * bucket.limit / bucket.window_ms)
+                if tokens < bucket.cost:
+                    retry = (bucket.cost - tokens) * bucket.window_ms / bucket.limit
+                    raise refusal(bucket, retry, {})
+                states.append(tokens)
+            else:
+                if bucket.kind == BUDGET and self._budget_expiry.get(bucket.key, math.inf) < now:
+                    self._counters.pop(bucket.key, None)
+                used = self._counters.get(bucket.key, 0.0)
+                if used + bucket.cost > bucket.limit:
+                    raise refusal(bucket, bucket.window_ms if bucket.kind == BUDGET else 1000, {})
+                states.append(used)
+        reservation = Reservation(buckets)
+        for bucket, state in zip(buckets, states):
+            if bucket.kind == RATE:
+                left = state - bucket.cost
+                self._rate[bucket.key] = (left, now)
+                reservation.remaining.append(left)
+                reservation.reset_ms.append((bucket.limit - left) * bucket.window_ms / bucket.limit)
+            else:
+                self._counters[bucket.key] = state + bucket.cost
+                if bucket.kind == BUDGET:
+                    self._budget_expiry[bucket.key] = now + bucket.window_ms
+                reservation.remaining.append(bucket.limit - state - bucket.cost)
+                reservation.reset_ms.append(bucket.window_ms if bucket.kind == BUDGET else 0)
+        return reservation
+
+    async def settle(self, reservation: Reservation, actual: dict[str, float]) -> None:
+        if reservation.settled:
+            return
+        reservation.settled = True
+        for bucket in reservation.buckets:
+            if bucket.kind == CONCURRENCY:
+                self._counters[bucket.key] = max(0.0, self._counters.get(bucket.key, 0.0) - bucket.cost)
+            elif bucket.metric in actual:
+                delta = actual[bucket.metric] - bucket.cost
+                if bucket.kind == RATE and bucket.key in self._rate:
+                    tokens, ts = self._rate[bucket.key]
+                    self._rate[bucket.key] = (tokens - delta, ts)
+                elif bucket.kind == BUDGET:
+                    self._counters[bucket.key] = self._counters.get(bucket.key, 0.0) + delta
+
+
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+local n = #KEYS
+local state = {}
+for i = 1, n do
+  local b = 1 + (i - 1) * 4
+  local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if kind == 'rate' then
+    local v = redis.call('HMGET', KEYS[i], 't', 'ts')
+    local tokens = tonumber(v[1]) or limit
+    local ts = tonumber(v[2]) or now
+    tokens = math.min(limit, tokens + (now - ts) * limit / window)
+    if tokens < cost then return {0, i, tostring((cost - tokens) * window / limit)} end
+    state[i] = tokens
+  else
+    local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if used + cost > limit then
+      if kind == 'budget' then return {0, i, tostring(window)} end
+      return {0, i, '1000'}
+    end
+    state[i] = used
+  end
+end
+local out = {1}
+for i = 1, n do
+  local b = 1 + (i - 1) * 4
+  local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if kind == 'rate' then
+    local left = state[i] - cost
+    redis.call('HSET', KEYS[i], 't', tostring(left), 'ts', tostring(now))
+    redis.call('PEXPIRE', KEYS[i], 2 * window)
+    table.insert(out, tostring(left))
+    table.insert(out, tostring((limit - left) * window / limit))
+  else
+    redis.call('INCRBYFLOAT', KEYS[i], cost)
+    if kind == 'budget' then redis.call('PEXPIRE', KEYS[i], window) else redis.call('PEXPIRE', KEYS[i], 600000) end
+    table.insert(out, tostring(limit - state[i] - cost))
+    if kind == 'budget' then table.insert(out, tostring(window)) else table.insert(out, '0') end
+  end
+end
+return out
+"""
+
+_SETTLE = """
+for i = 1, #KEYS do
+  local kind, delta = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  if kind == 'rate' then
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBYFLOAT', KEYS[i], 't', -delta) end
+  elseif kind == 'conc' then
+    if tonumber(redis.call('INCRBYFLOAT', KEYS[i], -delta)) < 0 then redis.call('SET', KEYS[i], '0') end
+  else
+    redis.call('INCRBYFLOAT', KEYS[i], delta)
+  end
+end
+return 1
+"""
+
+
+class RedisLimiter:
+    def __init__(self, redis, fail_open: bool = True, prefix: str = "shipyard:limit:"):
+        self.redis = redis
+        self.fail_open = fail_open
+        self.prefix = prefix
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._settle = redis.register_script(_SETTLE)
+        self._last_warning = 0.0
+
+    async def acquire(self, buckets: list[Bucket]) -> Reservation:
+        if not buckets:
+            return Reservation([])
+        args: list = [time.time() * 1000]
+        for b in buckets:
+            args += [b.kind, b.limit, b.cost, b.window_ms]
+        try:
+            result = await self._acquire(keys=[self.prefix + b.key for b in buckets], args=args)
+        except Exception as exc:
+            return self._unavailable(exc, buckets)
+        if int(result[0]) == 0:
+            bucket = buckets[int(result[1]) - 1]
+            raise refusal(bucket, float(result[2]), {})
+        reservation = Reservation(buckets)
+        values = [float(v) for v in result[1:]]
+        reservation.remaining = values[0::2]
+        reservation.reset_ms = values[1::2]
+        return reservation
+
+    async def settle(self, reservation: Reservation, actual: dict[str, float]) -> None:
+        if reservation.settled or not reservation.buckets or not reservation.remaining:
+            reservation.settled = True
+            return
+        reservation.settled = True
+        keys, args = [], []
+        for bucket in reservation.buckets:
+            if bucket.kind == CONCURRENCY:
+                delta = bucket.cost
+            elif bucket.metric in actual:
+                delta = actual[bucket.metric] - bucket.cost
+            else:
+                continue
+            keys.append(self.prefix + bucket.key)
+            args += [bucket.kind, delta]
+        if not keys:
+            return
+        try:
+            await self._settle(keys=keys, args=args)
+        except Exception as exc:
+            log.warning("could not settle rate-limit reservation (Redis unreachable): %s", type(exc).__name__)
+
+    def _unavailable(self, exc: Exception, buckets: list[Bucket]) -> Reservation:
+        if not self.fail_open:
+            raise LimiterUnavailable("The rate limiter is unavailable; retry shortly.",
+                                     headers={"Retry-After": "1"}) from exc
+        now = time.monotonic()
+        if now - self._last_warning > 10:  # one warning per 10 s, not one per request
+            self._last_warning = now
+            log.warning("Redis unreachable (%s): rate limits fail open", type(exc).__name__)
+        return Reservation(buckets, settled=True)

@@ -1,0 +1,150 @@
+"""The gateway's one entry point for the api layer: authenticate, admit, and account.
+
+`admit()` runs after the request is parsed and its prompt counted: the model must be allowed
+for the key, every limit (key, tenant, deployment) is taken atomically with an estimate
+(prompt + max_tokens, and its cost), then tiered admission decides whether it may run now.
+`finish()` settles the estimate to the real counts, frees the admission slot and meters usage.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from shipyard.gateway.admission import TieredAdmission
+from shipyard.gateway.auth import Authenticator, Limits, Principal
+from shipyard.gateway.errors import GatewayError, PermissionDenied
+from shipyard.gateway.limits import BUDGET, CONCURRENCY, MICRO, MINUTE_MS, RATE, Bucket, Reservation
+from shipyard.gateway.usage import Usage, UsageMeter, now_iso, price_of
+
+# With auth disabled (local use only) every request runs as this principal.
+ANONYMOUS = Principal(key_id="anonymous", tenant_id="local", role="admin", tier=0, allowed_models=None,
+                      key_limits=Limits(), tenant_limits=Limits())
+
+
+@dataclass
+class Ticket:
+    principal: Principal
+    model: str
+    reservation: Reservation
+    admission: TieredAdmission | None
+    estimated_tokens: int
+    admitted: bool = False
+    finished: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return self.reservation.headers()
+
+
+def period_window(period: str, now: datetime | None = None) -> tuple[str, int]:
+    """(period id, milliseconds left in it) for 'day' or 'month' budgets, in UTC."""
+    now = now or datetime.now(timezone.utc)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        end_ts = start.timestamp() + 86400
+        return start.strftime("%Y-%m-%d"), int((end_ts - now.timestamp()) * 1000)
+    days = calendar.monthrange(now.year, now.month)[1]
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end_ts = start.timestamp() + days * 86400
+    return start.strftime("%Y-%m"), int((end_ts - now.timestamp()) * 1000)
+
+
+class Gateway:
+    def __init__(self, authenticator: Authenticator | None, limiter, meter: UsageMeter | None,
+                 admissions: dict[str, TieredAdmission], deployment_limits: dict[str, Limits],
+                 prices: dict[str, dict[str, float]], default_completion_estimate: int = 256):
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.meter = meter
+        self.admissions = admissions
+        self.deployment_limits = deployment_limits
+        self.prices = prices
+        self.default_completion_estimate = default_completion_estimate
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.authenticator is not None
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if self.authenticator is None:
+            return ANONYMOUS
+        return await self.authenticator.authenticate(token)
+
+    def check_model(self, principal: Principal, model: str) -> None:
+        if principal.allowed_models is not None and model not in principal.allowed_models:
+            raise PermissionDenied(f"This API key may not use the model '{model}'.")
+
+    def _buckets(self, principal: Principal, model: str, tokens: int, cost: float) -> list[Bucket]:
+        scopes = (("key", principal.key_id, principal.key_limits, "for this API key"),
+                  ("tenant", principal.tenant_id, principal.tenant_limits, "for this tenant"),
+                  ("deployment", model, self.deployment_limits.get(model, Limits()), f"for the model '{model}'"))
+        buckets = []
+        for scope, ident, limits, whose in scopes:
+            base = f"{scope}:{ident}"
+            if limits.rpm:
+                buckets.append(Bucket(f"{base}:rpm", RATE, limits.rpm, 1, MINUTE_MS,
+                                      f"requests per minute {whose}", "requests", scope))
+            if limits.tpm:
+                buckets.append(Bucket(f"{base}:tpm", RATE, limits.tpm, tokens, MINUTE_MS,
+                                      f"tokens per minute {whose}", "tokens", scope))
+            if limits.max_concurrent:
+                buckets.append(Bucket(f"{base}:conc", CONCURRENCY, limits.max_concurrent, 1, 0,
+                                      f"concurrent requests {whose}", "concurrent", scope))
+            if limits.budget_usd is not None:
+                period, left_ms = period_window(limits.budget_period or "month")
+                buckets.append(Bucket(f"{base}:budget:{period}", BUDGET, round(limits.budget_usd * MICRO),
+                                      round(cost * MICRO), left_ms, f"{limits.budget_period or 'month'}ly budget {whose}",
+                                      "budget", scope))
+        return buckets
+
+    async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int | None,
+                    n: int) -> Ticket:
+        self.check_model(principal, model)
+        completion = (max_tokens or self.default_completion_estimate) * n
+        tokens = prompt_tokens + completion
+        cost = price_of(self.prices, model, prompt_tokens, completion)
+        reservation = await self.limiter.acquire(self._buckets(principal, model, tokens, cost))
+        ticket = Ticket(principal, model, reservation, self.admissions.get(model), tokens)
+        if ticket.admission is not None:
+            try:
+                await ticket.admission.enter(principal.tier)
+            except BaseException:
+                await self.limiter.settle(reservation, {"requests": 0, "tokens": 0, "budget": 0})
+                raise
+        ticket.admitted = True
+        return ticket
+
+    async def finish(self, ticket: Ticket, request_id: str, status: int, prompt_tokens: int,
+                     completion_tokens: int, cached_tokens: int, latency_ms: float, ttft_ms: float | None) -> None:
+        if ticket.finished:
+            return
+        ticket.finished = True
+        if ticket.admission is not None and ticket.admitted:
+            ticket.admission.leave()
+        cost = price_of(self.prices, ticket.model, prompt_tokens, completion_tokens)
+        actual = {"tokens": prompt_tokens + completion_tokens, "budget": round(cost * MICRO)}
+        if status >= 400 and completion_tokens == 0:
+            actual["requests"] = 0  # refused after admission (e.g. context too long): not a request served
+        await self.limiter.settle(ticket.reservation, actual)
+        self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
+                    cached_tokens, latency_ms, ttft_ms, cost)
+
+    def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
+               completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,
+               ttft_ms: float | None = None, cost: float = 0.0) -> None:
+        if self.meter is None:
+            return
+        self.meter.record(Usage(request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id,
+                                model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                cached_tokens=cached_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, status=status,
+                                cost_usd=cost, created_at=now_iso()))
+
+
+def status_of(error: BaseException) -> int:
+    return error.status if isinstance(error, GatewayError) else 500
+
+
+def monotonic_ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000

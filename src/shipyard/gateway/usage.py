@@ -1,0 +1,155 @@
+"""Usage metering: one record per request, written in batches off the hot path, never lost.
+
+`record()` only appends to an in-memory buffer. A background task writes batches; if the
+database refuses, the batch goes to a local spool file (JSON lines, fsynced) and is replayed,
+oldest first, once the database answers again. Shutdown flushes the buffer (to the database, or
+the spool). Inserts ignore duplicate request ids, so a replay after a partial failure never
+counts a request twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from shipyard.store.db import Database
+from shipyard.store.models import UsageRecord
+
+log = logging.getLogger("shipyard.usage")
+
+
+@dataclass
+class Usage:
+    request_id: str
+    tenant_id: str
+    key_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    status: int
+    cost_usd: float
+    created_at: str  # ISO 8601, UTC
+
+
+def price_of(prices: dict[str, dict[str, float]], model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    """Cost in USD from a per-million-token price table (`default` applies to unlisted models)."""
+    price = prices.get(model) or prices.get("default") or {}
+    return (prompt_tokens * price.get("prompt", 0.0) + completion_tokens * price.get("completion", 0.0)) / 1e6
+
+
+class UsageMeter:
+    def __init__(self, db: Database, spool_path: Path, flush_interval_s: float = 0.5, batch_size: int = 500):
+        self.db = db
+        self.spool_path = spool_path
+        self.flush_interval_s = flush_interval_s
+        self.batch_size = batch_size
+        self._buffer: list[Usage] = []
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.written = 0
+
+    def record(self, usage: Usage) -> None:
+        self._buffer.append(usage)
+        if len(self._buffer) >= self.batch_size:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Replay the spool (if any), then write the buffer; whatever fails goes to the spool."""
+        async with self._lock:
+            if self._has_spool() and not await self._replay_spool():
+                batch, self._buffer = self._buffer, []
+                self._spool(batch)
+                return
+            while self._buffer:
+                batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size:]
+                if not await self._write(batch):
+                    self._spool(batch + self._buffer)
+                    self._buffer = []
+                    return
+
+    async def _write(self, batch: list[Usage]) -> bool:
+        rows = [{**asdict(u), "created_at": datetime.fromisoformat(u.created_at)} for u in batch]
+        statement = insert(UsageRecord)
+        if self.db.is_sqlite:
+            statement = statement.prefix_with("OR IGNORE")
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            statement = pg_insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
+        try:
+            async with self.db.engine.begin() as connection:
+                await connection.execute(statement, rows)
+        except Exception as exc:
+            log.warning("usage write failed (%s); spooling %d records to %s", type(exc).__name__, len(batch),
+                        self.spool_path)
+            return False
+        self.written += len(batch)
+        return True
+
+    def _has_spool(self) -> bool:
+        return self.spool_path.exists() or self.spool_path.with_suffix(".replaying").exists()
+
+    def _spool(self, batch: list[Usage]) -> None:
+        if not batch:
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool_path, "a") as f:
+            for usage in batch:
+                f.write(json.dumps(asdict(usage)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def _replay_spool(self) -> bool:
+        """Write every spooled record; on success remove the spool."""
+        replaying = self.spool_path.with_suffix(".replaying")
+        if not replaying.exists():
+            os.replace(self.spool_path, replaying)
+        elif self.spool_path.exists():  # a previous replay was interrupted: append what was spooled since
+            with open(self.spool_path) as src, open(replaying, "a") as dst:
+                dst.write(src.read())
+            os.remove(self.spool_path)
+        records = [Usage(**json.loads(line)) for line in replaying.read_text().splitlines() if line.strip()]
+        for start in range(0, len(records), self.batch_size):
+            if not await self._write(records[start : start + self.batch_size]):
+                os.replace(replaying, self.spool_path)  # keep everything for the next attempt
+                return False
+        os.remove(replaying)
+        if records:
+            log.info("replayed %d spooled usage records", len(records))
+        return True
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
