@@ -116,3 +116,42 @@ async def async_client(server):
     async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0,
                                   timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from services import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from services import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_server(tiny_model, tmp_path_factory):
+    """A server with authentication on and SHIPYARD_ADMIN_KEY set."""
+    from gateway_support import ADMIN_KEY, gateway_config
+
+    proc = ServerProcess(gateway_config(tiny_model, usage_flush_interval_s=0.1), tmp_path_factory.mktemp("auth"),
+                         env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY})
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(auth_server):
+    from gateway_support import AdminClient
+
+    return AdminClient(auth_server.base_url)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +29,9 @@ class TransformersDeployment(TransformersEngineConfig):
     engine: Literal["transformers"] = "transformers"
 
 
-# Later engines (vLLM, TGI, llama.cpp, ...) join this union, told apart by `engine`.
-Deployment = Annotated[TransformersDeployment, Field(discriminator="engine")]
+# Later engines (vLLM, TGI, llama.cpp, ...) join here as a union told apart by `engine`; with one
+# member, `engine` may be left out.
+Deployment = TransformersDeployment
 
 
 class ServerConfig(BaseModel):
