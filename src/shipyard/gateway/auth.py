@@ -9,6 +9,7 @@ processes sharing the database.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ from shipyard.gateway import keys
 from shipyard.gateway.errors import AuthenticationError, NotFound
 from shipyard.gateway.keystore import BOOTSTRAP_KEY_ID, KeyStore, aware, utcnow
 from shipyard.store.models import ApiKey, Tenant
+
+log = logging.getLogger("shipyard.auth")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,10 @@ class Authenticator:
     async def _key_changed(self, key_id: str, generation: int) -> None:
         self._cache.pop(key_id, None)
         if self.redis is not None:
-            await self.redis.set(generation_key(key_id), generation)
+            try:
+                await self.redis.set(generation_key(key_id), generation)
+            except Exception as exc:  # other replicas re-read the database while Redis is away
+                log.warning("could not publish a key change to Redis (%s)", type(exc).__name__)
 
     async def authenticate(self, token: str | None) -> Principal:
         if not token:
@@ -101,9 +107,12 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None:
             if self.redis is not None:
-                current = await self.redis.get(generation_key(key_id))
-                if current is None or int(current) == cached.row.generation:
-                    return cached
+                try:
+                    current = await self.redis.get(generation_key(key_id))
+                    if current is None or int(current) == cached.row.generation:
+                        return cached
+                except Exception:  # Redis away: the database is the truth, read it
+                    pass
             elif time.monotonic() - cached.fetched_at < self.cache_ttl_s:
                 return cached
         try:
@@ -115,7 +124,10 @@ class Authenticator:
         cached = _Cached(row=row, tenant=tenant, fetched_at=time.monotonic())
         self._cache[key_id] = cached
         if self.redis is not None:
-            await self.redis.set(generation_key(key_id), row.generation, nx=True)
+            try:
+                await self.redis.set(generation_key(key_id), row.generation, nx=True)
+            except Exception:
+                pass
         return cached
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from shipyard.gateway import keys
 from shipyard.gateway.errors import Conflict, NotFound
@@ -91,7 +92,10 @@ class KeyStore:
         async with self.db.session() as session:
             if await session.get(Tenant, SYSTEM_TENANT) is None:
                 session.add(Tenant(id=SYSTEM_TENANT, name=SYSTEM_TENANT, created_at=utcnow()))
-                await session.commit()
+                try:
+                    await session.commit()
+                except IntegrityError:  # another process created it first
+                    await session.rollback()
 
     # ------------------------------------------------------------------ keys
     async def create_key(self, spec: KeySpec) -> tuple[ApiKey, str]:
@@ -158,6 +162,12 @@ class KeyStore:
         await self.ensure_system_tenant()
         if admin_key is None:
             return
+        try:
+            await self._store_bootstrap_key(admin_key)
+        except IntegrityError:  # several processes starting together: one wrote it, check again
+            await self._store_bootstrap_key(admin_key)
+
+    async def _store_bootstrap_key(self, admin_key: str) -> None:
         async with self.db.session() as session:
             row = await session.get(ApiKey, BOOTSTRAP_KEY_ID)
             if row is not None and keys.verify(self.pepper, row.secret_salt, row.secret_hash, admin_key):

@@ -1,8 +1,8 @@
 """Rate limits, concurrency caps and budgets, checked and taken all-or-nothing.
 
 A request names its buckets (per key, per tenant, per deployment): requests/minute and
-tokens/minute as token buckets (full capacity = the limit, refilled evenly over a minute),
-concurrent requests as counters, spend per day/month as counters. `acquire` checks every
+tokens/minute as sliding-window logs (never more than the limit in any 60 seconds, bursts
+included), concurrent requests as counters, spend per day/month as counters. `acquire` checks every
 bucket and takes from all of them, or from none; `settle` puts back what was reserved but
 not used (tokens, cost) and releases the concurrency slot.
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from shipyard.gateway.errors import LimiterUnavailable, RateLimited
@@ -43,6 +45,7 @@ class Bucket:
 @dataclass
 class Reservation:
     buckets: list[Bucket]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
     remaining: list[float] = field(default_factory=list)
     reset_ms: list[float] = field(default_factory=list)
     settled: bool = False
@@ -80,44 +83,65 @@ def refusal(bucket: Bucket, retry_after_ms: float, reservation_headers: dict[str
     return RateLimited(message, headers={"Retry-After": str(retry_s), **reservation_headers})
 
 
+class _Window:
+    """A sliding-window log: (time ms, amount, reservation id) entries of the last window."""
+
+    def __init__(self):
+        self.entries: deque[list] = deque()
+        self.total = 0.0
+
+    def expire(self, now: float, window_ms: float) -> None:
+        while self.entries and self.entries[0][0] <= now - window_ms:
+            self.total -= self.entries.popleft()[1]
+
+    def retry_after(self, now: float, window_ms: float, limit: float, cost: float) -> float:
+        """When enough entries will have left the window for `cost` to fit."""
+        total = self.total
+        for ts, amount, _ in self.entries:
+            total -= amount
+            if total + cost <= limit:
+                return ts + window_ms - now
+        return window_ms
+
+    def reset_ms(self, now: float, window_ms: float) -> float:
+        return self.entries[0][0] + window_ms - now if self.entries else 0.0
+
+
 class InProcessLimiter:
     """Exact within one process (the event loop runs each call without interleaving)."""
 
     def __init__(self):
-        self._rate: dict[str, tuple[float, float]] = {}  # key -> (tokens, ts_ms)
+        self._windows: dict[str, _Window] = {}
         self._counters: dict[str, float] = {}
         self._budget_expiry: dict[str, float] = {}
 
     async def acquire(self, buckets: list[Bucket]) -> Reservation:
         now = time.time() * 1000
-        states = []
         for bucket in buckets:
             if bucket.kind == RATE:
-                tokens, ts = self._rate.get(bucket.key, (bucket.limit, now))
-                tokens = min(bucket.limit, tokens + (now - ts) * bucket.limit / bucket.window_ms)
-                if tokens < bucket.cost:
-                    retry = (bucket.cost - tokens) * bucket.window_ms / bucket.limit
-                    raise refusal(bucket, retry, {})
-                states.append(tokens)
+                window = self._windows.setdefault(bucket.key, _Window())
+                window.expire(now, bucket.window_ms)
+                if window.total + bucket.cost > bucket.limit:
+                    raise refusal(bucket, window.retry_after(now, bucket.window_ms, bucket.limit, bucket.cost), {})
             else:
                 if bucket.kind == BUDGET and self._budget_expiry.get(bucket.key, math.inf) < now:
                     self._counters.pop(bucket.key, None)
-                used = self._counters.get(bucket.key, 0.0)
-                if used + bucket.cost > bucket.limit:
+                if self._counters.get(bucket.key, 0.0) + bucket.cost > bucket.limit:
                     raise refusal(bucket, bucket.window_ms if bucket.kind == BUDGET else 1000, {})
-                states.append(used)
         reservation = Reservation(buckets)
-        for bucket, state in zip(buckets, states):
+        for bucket in buckets:
             if bucket.kind == RATE:
-                left = state - bucket.cost
-                self._rate[bucket.key] = (left, now)
-                reservation.remaining.append(left)
-                reservation.reset_ms.append((bucket.limit - left) * bucket.window_ms / bucket.limit)
+                window = self._windows[bucket.key]
+                window.entries.append([now, bucket.cost, reservation.id])
+                window.total += bucket.cost
+                reservation.remaining.append(bucket.limit - window.total)
+                reservation.reset_ms.append(window.reset_ms(now, bucket.window_ms))
             else:
-                self._counters[bucket.key] = state + bucket.cost
+                used = self._counters.get(bucket.key, 0.0) + bucket.cost
+                self._counters[bucket.key] = used
                 if bucket.kind == BUDGET:
                     self._budget_expiry[bucket.key] = now + bucket.window_ms
-                reservation.remaining.append(bucket.limit - state - bucket.cost)
+                reservation.remaining.append(bucket.limit - used)
                 reservation.reset_ms.append(bucket.window_ms if bucket.kind == BUDGET else 0)
         return reservation
 
@@ -130,27 +154,54 @@ class InProcessLimiter:
                 self._counters[bucket.key] = max(0.0, self._counters.get(bucket.key, 0.0) - bucket.cost)
             elif bucket.metric in actual:
                 delta = actual[bucket.metric] - bucket.cost
-                if bucket.kind == RATE and bucket.key in self._rate:
-                    tokens, ts = self._rate[bucket.key]
-                    self._rate[bucket.key] = (tokens - delta, ts)
+                if bucket.kind == RATE:
+                    window = self._windows.get(bucket.key)
+                    for entry in window.entries if window else ():
+                        if entry[2] == reservation.id:
+                            entry[1] += delta
+                            window.total += delta
+                            break
                 elif bucket.kind == BUDGET:
                     self._counters[bucket.key] = self._counters.get(bucket.key, 0.0) + delta
 
 
-_ACQUIRE = """
-local now = tonumber(ARGV[1])
+# Rate buckets: a sorted set of reservation ids scored by time (KEY), their amounts in a hash
+# (KEY:amt) and the window's running total (KEY:sum).
+_EXPIRE = """
+local function expire(key, now, window)
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - window)
+  if #old > 0 then
+    local amounts = redis.call('HMGET', key .. ':amt', unpack(old))
+    local freed = 0
+    for j = 1, #old do freed = freed + (tonumber(amounts[j]) or 0) end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    redis.call('HDEL', key .. ':amt', unpack(old))
+    redis.call('INCRBYFLOAT', key .. ':sum', -freed)
+  end
+  return tonumber(redis.call('GET', key .. ':sum') or '0')
+end
+"""
+
+_ACQUIRE = _EXPIRE + """
+local now, id = tonumber(ARGV[1]), ARGV[2]
 local n = #KEYS
 local state = {}
 for i = 1, n do
-  local b = 1 + (i - 1) * 4
+  local b = 2 + (i - 1) * 4
   local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'rate' then
-    local v = redis.call('HMGET', KEYS[i], 't', 'ts')
-    local tokens = tonumber(v[1]) or limit
-    local ts = tonumber(v[2]) or now
-    tokens = math.min(limit, tokens + (now - ts) * limit / window)
-    if tokens < cost then return {0, i, tostring((cost - tokens) * window / limit)} end
-    state[i] = tokens
+    local total = expire(KEYS[i], now, window)
+    if total + cost > limit then
+      -- the earliest time enough of the window has expired for this request to fit
+      local entries = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
+      local retry = window
+      for j = 1, #entries, 2 do
+        total = total - (tonumber(redis.call('HGET', KEYS[i] .. ':amt', entries[j])) or 0)
+        if total + cost <= limit then retry = tonumber(entries[j + 1]) + window - now; break end
+      end
+      return {0, i, tostring(retry)}
+    end
+    state[i] = total
   else
     local used = tonumber(redis.call('GET', KEYS[i]) or '0')
     if used + cost > limit then
@@ -162,14 +213,16 @@ for i = 1, n do
 end
 local out = {1}
 for i = 1, n do
-  local b = 1 + (i - 1) * 4
+  local b = 2 + (i - 1) * 4
   local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'rate' then
-    local left = state[i] - cost
-    redis.call('HSET', KEYS[i], 't', tostring(left), 'ts', tostring(now))
-    redis.call('PEXPIRE', KEYS[i], 2 * window)
-    table.insert(out, tostring(left))
-    table.insert(out, tostring((limit - left) * window / limit))
+    redis.call('ZADD', KEYS[i], now, id)
+    redis.call('HSET', KEYS[i] .. ':amt', id, cost)
+    redis.call('INCRBYFLOAT', KEYS[i] .. ':sum', cost)
+    for _, k in ipairs({KEYS[i], KEYS[i] .. ':amt', KEYS[i] .. ':sum'}) do redis.call('PEXPIRE', k, 2 * window) end
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    table.insert(out, tostring(limit - state[i] - cost))
+    table.insert(out, tostring(tonumber(oldest[2]) + window - now))
   else
     redis.call('INCRBYFLOAT', KEYS[i], cost)
     if kind == 'budget' then redis.call('PEXPIRE', KEYS[i], window) else redis.call('PEXPIRE', KEYS[i], 600000) end
@@ -181,10 +234,14 @@ return out
 """
 
 _SETTLE = """
+local id = ARGV[1]
 for i = 1, #KEYS do
-  local kind, delta = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local kind, delta = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
   if kind == 'rate' then
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBYFLOAT', KEYS[i], 't', -delta) end
+    if redis.call('HEXISTS', KEYS[i] .. ':amt', id) == 1 then
+      redis.call('HINCRBYFLOAT', KEYS[i] .. ':amt', id, delta)
+      redis.call('INCRBYFLOAT', KEYS[i] .. ':sum', delta)
+    end
   elseif kind == 'conc' then
     if tonumber(redis.call('INCRBYFLOAT', KEYS[i], -delta)) < 0 then redis.call('SET', KEYS[i], '0') end
   else
@@ -207,7 +264,8 @@ class RedisLimiter:
     async def acquire(self, buckets: list[Bucket]) -> Reservation:
         if not buckets:
             return Reservation([])
-        args: list = [time.time() * 1000]
+        reservation = Reservation(buckets)
+        args: list = [time.time() * 1000, reservation.id]
         for b in buckets:
             args += [b.kind, b.limit, b.cost, b.window_ms]
         try:
@@ -217,7 +275,6 @@ class RedisLimiter:
         if int(result[0]) == 0:
             bucket = buckets[int(result[1]) - 1]
             raise refusal(bucket, float(result[2]), {})
-        reservation = Reservation(buckets)
         values = [float(v) for v in result[1:]]
         reservation.remaining = values[0::2]
         reservation.reset_ms = values[1::2]
@@ -228,7 +285,7 @@ class RedisLimiter:
             reservation.settled = True
             return
         reservation.settled = True
-        keys, args = [], []
+        keys, args = [], [reservation.id]
         for bucket in reservation.buckets:
             if bucket.kind == CONCURRENCY:
                 delta = bucket.cost
