@@ -1,0 +1,169 @@
+"""`shipyard keys|tenants|usage`: the admin API from the command line.
+
+Talks to a running server (`--url`, env SHIPYARD_URL) with an admin or tenant-admin key
+(`--key`, env SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY). A new key's secret is printed once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
+console = Console()
+
+URL = typer.Option(None, "--url", help="Server URL (env SHIPYARD_URL, default http://127.0.0.1:8000)")
+KEY = typer.Option(None, "--key", help="API key (env SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY)")
+AS_JSON = typer.Option(False, "--json", help="Print JSON")
+
+
+def _client(url: str | None, key: str | None) -> httpx.Client:
+    key = key or os.environ.get("SHIPYARD_API_KEY") or os.environ.get("SHIPYARD_ADMIN_KEY")
+    if not key:
+        raise typer.BadParameter("an API key is needed: --key, SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY")
+    base = url or os.environ.get("SHIPYARD_URL") or "http://127.0.0.1:8000"
+    return httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach {client.base_url}: {exc}[/red]")
+        raise typer.Exit(2)
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:
+            message = response.text
+        console.print(f"[red]{response.status_code}: {message}[/red]")
+        raise typer.Exit(1)
+    return response
+
+
+def _show(rows: list[dict] | dict, columns: list[str], as_json: bool) -> None:
+    """A table, or JSON (an object for one item, a list for a listing)."""
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    rows = [rows] if isinstance(rows, dict) else rows
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    console.print(table)
+
+
+def _limits(rpm, tpm, max_concurrent, budget_usd, budget_period) -> dict:
+    values = {"rpm": rpm, "tpm": tpm, "max_concurrent": max_concurrent, "budget_usd": budget_usd,
+              "budget_period": budget_period}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@tenants_app.command("create")
+def tenants_create(name: str, rpm: Optional[int] = None, tpm: Optional[int] = None,
+                   max_concurrent: Optional[int] = None, budget_usd: Optional[float] = None,
+                   budget_period: Optional[str] = None, url: Optional[str] = URL, key: Optional[str] = KEY,
+                   as_json: bool = AS_JSON):
+    """Create a tenant (admin only)."""
+    with _client(url, key) as client:
+        body = {"name": name, **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
+        _show(_call(client, "POST", "/admin/tenants", json=body).json(), ["id", "name", "rpm", "tpm"], as_json)
+
+
+@tenants_app.command("list")
+def tenants_list(url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+    """List tenants (yours only, unless admin)."""
+    with _client(url, key) as client:
+        _show(_call(client, "GET", "/admin/tenants").json()["data"], ["id", "name", "rpm", "tpm", "budget_usd"],
+              as_json)
+
+
+KEY_COLUMNS = ["id", "tenant_id", "name", "role", "tier", "rpm", "tpm", "expires_at", "revoked_at", "rotation_due"]
+
+
+@keys_app.command("create")
+def keys_create(tenant: Optional[str] = typer.Option(None, help="Tenant id (default: yours)"),
+                role: str = typer.Option("developer", help="admin, tenant-admin, developer, viewer"),
+                name: str = "", tier: int = 0, expires_in_s: Optional[float] = None,
+                allowed_model: Optional[list[str]] = typer.Option(None, help="Repeat to allow several"),
+                rotation_period_days: Optional[int] = None, rpm: Optional[int] = None, tpm: Optional[int] = None,
+                max_concurrent: Optional[int] = None, budget_usd: Optional[float] = None,
+                budget_period: Optional[str] = None, url: Optional[str] = URL, key: Optional[str] = KEY,
+                as_json: bool = AS_JSON):
+    """Create a key; its secret is printed once."""
+    body = {"tenant_id": tenant, "role": role, "name": name, "tier": tier, "expires_in_s": expires_in_s,
+            "allowed_models": allowed_model or None, "rotation_period_days": rotation_period_days,
+            **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
+    with _client(url, key) as client:
+        created = _call(client, "POST", "/admin/keys", json=body).json()
+    _print_secret(created, as_json)
+
+
+def _print_secret(created: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(created, indent=2, default=str))
+        return
+    _show(created, KEY_COLUMNS[:5], False)
+    console.print("[bold]Key (shown once, store it now):[/bold]")
+    sys.stdout.write(created["key"] + "\n")
+
+
+@keys_app.command("list")
+def keys_list(tenant: Optional[str] = None, url: Optional[str] = URL, key: Optional[str] = KEY,
+              as_json: bool = AS_JSON):
+    """List keys (never their secrets)."""
+    with _client(url, key) as client:
+        params = {"tenant_id": tenant} if tenant else {}
+        _show(_call(client, "GET", "/admin/keys", params=params).json()["data"], KEY_COLUMNS, as_json)
+
+
+@keys_app.command("show")
+def keys_show(key_id: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+    """Show one key."""
+    with _client(url, key) as client:
+        _show(_call(client, "GET", f"/admin/keys/{key_id}").json(), KEY_COLUMNS, as_json)
+
+
+@keys_app.command("rotate")
+def keys_rotate(key_id: str, grace_period_s: float = typer.Option(0.0, help="Old secret keeps working this long"),
+                url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+    """Issue a new secret for a key; the old one works for the grace period."""
+    with _client(url, key) as client:
+        rotated = _call(client, "POST", f"/admin/keys/{key_id}/rotate", json={"grace_period_s": grace_period_s}).json()
+    _print_secret(rotated, as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+    """Revoke a key, at once, on every replica."""
+    with _client(url, key) as client:
+        _show(_call(client, "POST", f"/admin/keys/{key_id}/revoke").json(), KEY_COLUMNS, as_json)
+
+
+def usage(tenant: Optional[str] = None, key_id: Optional[str] = typer.Option(None, "--key-id"),
+          model: Optional[str] = None, start: Optional[str] = typer.Option(None, help="ISO 8601"),
+          end: Optional[str] = typer.Option(None, help="ISO 8601"),
+          group_by: Optional[list[str]] = typer.Option(None, help="tenant_id, key_id, model (repeat)"),
+          csv: bool = typer.Option(False, "--csv", help="CSV instead of a table"),
+          url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+    """Usage totals by tenant, key and model over a time range."""
+    params = {k: v for k, v in {"tenant_id": tenant, "key_id": key_id, "model": model, "start": start,
+                                "end": end}.items() if v}
+    if group_by:
+        params["group_by"] = group_by
+    with _client(url, key) as client:
+        if csv:
+            sys.stdout.write(_call(client, "GET", "/admin/usage", params={**params, "format": "csv"}).text)
+            return
+        rows = _call(client, "GET", "/admin/usage", params=params).json()["data"]
+    columns = [*(group_by or ["tenant_id", "key_id", "model"]), "requests", "prompt_tokens", "completion_tokens",
+               "cost_usd"]
+    _show(rows, columns, as_json)
