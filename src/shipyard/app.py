@@ -104,7 +104,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
 async def _bootstrap_admin(keystore: KeyStore, config: ShipyardConfig, data_dir) -> None:
     """SHIPYARD_ADMIN_KEY becomes the admin key (hashed); without it, a first admin key is shown once."""
-    admin_key = os.environ.get("SHIPYARD_ADMIN_KEY")
+    admin_key = os.environ.get("SHIPYARD_ADMIN_KEY") or None
     if admin_key is not None and len(admin_key) < ADMIN_KEY_MIN_LENGTH:
         raise SystemExit(f"SHIPYARD_ADMIN_KEY must be at least {ADMIN_KEY_MIN_LENGTH} characters long.")
     await keystore.bootstrap_admin(admin_key)
