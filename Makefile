@@ -5,6 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# The admin API key of the local server (any string of 20+ characters; stored hashed).
+SHIPYARD_ADMIN_KEY ?= sy-local-admin-change-me-0000
+export SHIPYARD_ADMIN_KEY
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -30,6 +33,7 @@ demo-model: install
 	$(BIN)/shipyard model build-demo
 
 serve: demo-model
+	@echo "API key for this server (set SHIPYARD_ADMIN_KEY to choose your own): $$SHIPYARD_ADMIN_KEY"
 	$(BIN)/shipyard serve --host $(HOST) --port $(PORT)
 
 # Tests start their own Redis and PostgreSQL servers; install them from Debian when missing.

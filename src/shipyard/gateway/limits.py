@@ -88,11 +88,26 @@ class _Window:
 
     def __init__(self):
         self.entries: deque[list] = deque()
+        self.by_id: dict[str, list] = {}  # settle finds its entry without a scan
         self.total = 0.0
+
+    def add(self, now: float, amount: float, reservation_id: str) -> None:
+        entry = [now, amount, reservation_id]
+        self.entries.append(entry)
+        self.by_id[reservation_id] = entry
+        self.total += amount
+
+    def adjust(self, reservation_id: str, delta: float) -> None:
+        entry = self.by_id.get(reservation_id)
+        if entry is not None:
+            entry[1] += delta
+            self.total += delta
 
     def expire(self, now: float, window_ms: float) -> None:
         while self.entries and self.entries[0][0] <= now - window_ms:
-            self.total -= self.entries.popleft()[1]
+            entry = self.entries.popleft()
+            self.total -= entry[1]
+            self.by_id.pop(entry[2], None)
 
     def retry_after(self, now: float, window_ms: float, limit: float, cost: float) -> float:
         """When enough entries will have left the window for `cost` to fit."""
@@ -132,8 +147,7 @@ class InProcessLimiter:
         for bucket in buckets:
             if bucket.kind == RATE:
                 window = self._windows[bucket.key]
-                window.entries.append([now, bucket.cost, reservation.id])
-                window.total += bucket.cost
+                window.add(now, bucket.cost, reservation.id)
                 reservation.remaining.append(bucket.limit - window.total)
                 reservation.reset_ms.append(window.reset_ms(now, bucket.window_ms))
             else:
@@ -155,12 +169,8 @@ class InProcessLimiter:
             elif bucket.metric in actual:
                 delta = actual[bucket.metric] - bucket.cost
                 if bucket.kind == RATE:
-                    window = self._windows.get(bucket.key)
-                    for entry in window.entries if window else ():
-                        if entry[2] == reservation.id:
-                            entry[1] += delta
-                            window.total += delta
-                            break
+                    if bucket.key in self._windows:
+                        self._windows[bucket.key].adjust(reservation.id, delta)
                 elif bucket.kind == BUDGET:
                     self._counters[bucket.key] = self._counters.get(bucket.key, 0.0) + delta
 

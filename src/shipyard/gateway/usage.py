@@ -57,6 +57,7 @@ class UsageMeter:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._stopping = False
         self.written = 0
 
     def record(self, usage: Usage) -> None:
@@ -68,16 +69,15 @@ class UsageMeter:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        # A flag, not task.cancel(): on 3.11 a cancel racing wait_for's own wake-up can be lost.
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
         await self.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             except asyncio.TimeoutError:
