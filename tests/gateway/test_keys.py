@@ -57,11 +57,30 @@ def test_expired_key_gets_401_without_echoing_it(auth_server, admin):
     assert secret not in response.text and created["key"] not in response.text
 
 
-def test_rotation_policy_flags_keys(auth_server, admin):
-    created = admin.key(admin.tenant("policy"), rotation_period_days=1)
+def test_rotation_policy_flags_keys_and_sets_the_grace(auth_server, admin):
+    tenant = admin.tenant("policy")
+    created = admin.key(tenant, rotation_period_days=1, rotation_grace_s=30)
     assert created["rotation_due"] is False
     listed = admin.get(f"/admin/keys/{created['id']}").json()
     assert listed["rotation_period_days"] == 1 and "key" not in listed
+    assert admin.get("/admin/keys", params={"tenant_id": tenant, "rotation_due": "true"}).json()["data"] == []
+    rotated = admin.post(f"/admin/keys/{created['id']}/rotate").json()  # no grace in the call: the policy's
+    assert rotated["previous_secret_valid_until"] is not None
+    assert _ok(auth_server.base_url, created["key"]) == 200 and _ok(auth_server.base_url, rotated["key"]) == 200
+
+
+def test_rotation_due_after_the_period():
+    from datetime import timedelta
+
+    from shipyard.gateway.auth import rotation_due
+    from shipyard.gateway.keystore import utcnow
+    from shipyard.store.models import ApiKey
+
+    key = ApiKey(rotation_period_days=30, created_at=utcnow() - timedelta(days=31))
+    assert rotation_due(key)
+    key.rotated_at = utcnow() - timedelta(days=2)
+    assert not rotation_due(key)
+    assert not rotation_due(ApiKey(created_at=utcnow() - timedelta(days=999)))
 
 
 def test_openai_client_error_classes(auth_server, admin):
@@ -83,6 +102,7 @@ def test_openai_client_error_classes(auth_server, admin):
     with pytest.raises(openai.RateLimitError) as excinfo:
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "x"}], max_tokens=1)
     assert int(excinfo.value.response.headers["retry-after"]) >= 1
+    assert excinfo.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert "requests per minute for this API key" in excinfo.value.message
 
 

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from shipyard.api.authorization import principal_of
-from shipyard.gateway.auth import Principal, rotation_due
+from shipyard.gateway.auth import Principal
+from shipyard.gateway.auth import rotation_due as is_rotation_due
 from shipyard.gateway.errors import NotFound, PermissionDenied
 from shipyard.gateway.keystore import KeySpec, aware
 from shipyard.gateway.roles import Role
@@ -45,7 +46,8 @@ class KeyCreate(LimitFields):
     expires_in_s: float | None = Field(None, gt=0)
     allowed_models: list[str] | None = None
     tier: int = Field(0, ge=0, le=100)
-    rotation_period_days: int | None = Field(None, ge=1)
+    rotation_period_days: int | None = Field(None, ge=1, description="policy: rotate at least this often")
+    rotation_grace_s: float | None = Field(None, ge=0, description="policy: old secret's grace on rotation")
 
 
 class KeyRotate(BaseModel):
@@ -72,7 +74,8 @@ def key_view(k: ApiKey) -> dict:
         "id": k.id, "tenant_id": k.tenant_id, "name": k.name, "role": k.role, "tier": k.tier,
         "allowed_models": k.allowed_models, "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
         "budget_usd": k.budget_usd, "budget_period": k.budget_period,
-        "rotation_period_days": k.rotation_period_days, "rotation_due": rotation_due(k),
+        "rotation_period_days": k.rotation_period_days, "rotation_grace_s": k.rotation_grace_s,
+        "rotation_due": is_rotation_due(k),
         "expires_at": aware(k.expires_at), "created_at": aware(k.created_at), "rotated_at": aware(k.rotated_at),
         "revoked_at": aware(k.revoked_at), "previous_secret_valid_until": aware(k.previous_valid_until),
     }
@@ -119,13 +122,17 @@ async def create_key(body: KeyCreate, request: Request):
 
 
 @router.get("/keys")
-async def list_keys(request: Request, tenant_id: str | None = None):
+async def list_keys(request: Request, tenant_id: str | None = None,
+                    rotation_due: bool | None = Query(None, description="only keys past (or within) their policy")):
     p = principal_of(request)
     if p.role != Role.ADMIN.value:
         if tenant_id is not None:
             _own_tenant(p, tenant_id)
         tenant_id = p.tenant_id
-    return {"object": "list", "data": [key_view(k) for k in await _keystore(request).list_keys(tenant_id)]}
+    views = [key_view(k) for k in await _keystore(request).list_keys(tenant_id)]
+    if rotation_due is not None:
+        views = [v for v in views if v["rotation_due"] == rotation_due]
+    return {"object": "list", "data": views}
 
 
 async def _own_key(request: Request, key_id: str) -> ApiKey:
@@ -146,7 +153,7 @@ async def rotate_key(key_id: str, request: Request, body: KeyRotate | None = Non
     row = await _own_key(request, key_id)
     if row.role == Role.ADMIN.value and principal_of(request).role != Role.ADMIN.value:
         raise PermissionDenied("Only an admin may rotate admin keys.")
-    grace = body.grace_period_s if body and body.grace_period_s is not None else 0
+    grace = body.grace_period_s if body is not None else None
     row, plaintext = await _keystore(request).rotate_key(key_id, grace)
     return {**key_view(row), "key": plaintext}
 

@@ -49,6 +49,7 @@ class KeySpec:
     budget_usd: float | None = None
     budget_period: str | None = None
     rotation_period_days: int | None = None
+    rotation_grace_s: float | None = None
 
 
 class KeyStore:
@@ -124,7 +125,8 @@ class KeyStore:
             return list((await session.execute(query)).scalars())
 
     async def rotate_key(self, key_id: str, grace_seconds: float | None = None) -> tuple[ApiKey, str]:
-        """New secret for the same key id; the old one keeps working for `grace_seconds`."""
+        """New secret for the same key id; the old one keeps working for `grace_seconds`
+        (default: the key's rotation policy, else none)."""
         secret, salt = keys.new_secret(), keys.new_salt()
         async with self.db.session() as session:
             row = await session.get(ApiKey, key_id)
@@ -133,6 +135,8 @@ class KeyStore:
             if row.revoked_at is not None:
                 raise Conflict("A revoked key cannot be rotated.")
             now = utcnow()
+            if grace_seconds is None:
+                grace_seconds = row.rotation_grace_s
             if grace_seconds and grace_seconds > 0:
                 row.previous_salt, row.previous_hash = row.secret_salt, row.secret_hash
                 row.previous_valid_until = now + timedelta(seconds=grace_seconds)

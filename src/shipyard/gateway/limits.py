@@ -69,8 +69,13 @@ class Reservation:
         return out
 
 
-def refusal(bucket: Bucket, retry_after_ms: float, reservation_headers: dict[str, str]) -> RateLimited:
+def refusal(bucket: Bucket, retry_after_ms: float) -> RateLimited:
     retry_s = max(1, math.ceil(retry_after_ms / 1000))
+    headers = {"Retry-After": str(retry_s)}
+    if bucket.metric in ("requests", "tokens"):  # the limit that refused, in OpenAI's header names
+        headers.update({f"x-ratelimit-limit-{bucket.metric}": str(int(bucket.limit)),
+                        f"x-ratelimit-remaining-{bucket.metric}": "0",
+                        f"x-ratelimit-reset-{bucket.metric}": f"{max(retry_after_ms, 0) / 1000:.3f}s"})
     if bucket.kind == BUDGET:
         message = f"Budget exceeded: the {bucket.label} is spent. It renews in {retry_s} s."
     elif bucket.kind == CONCURRENCY:
@@ -80,7 +85,7 @@ def refusal(bucket: Bucket, retry_after_ms: float, reservation_headers: dict[str
                    f"{int(bucket.limit)} {bucket.label}.")
     else:
         message = f"Rate limit reached: {int(bucket.limit)} {bucket.label}. Retry in {retry_s} s."
-    return RateLimited(message, headers={"Retry-After": str(retry_s), **reservation_headers})
+    return RateLimited(message, headers=headers)
 
 
 class _Window:
@@ -137,12 +142,12 @@ class InProcessLimiter:
                 window = self._windows.setdefault(bucket.key, _Window())
                 window.expire(now, bucket.window_ms)
                 if window.total + bucket.cost > bucket.limit:
-                    raise refusal(bucket, window.retry_after(now, bucket.window_ms, bucket.limit, bucket.cost), {})
+                    raise refusal(bucket, window.retry_after(now, bucket.window_ms, bucket.limit, bucket.cost))
             else:
                 if bucket.kind == BUDGET and self._budget_expiry.get(bucket.key, math.inf) < now:
                     self._counters.pop(bucket.key, None)
                 if self._counters.get(bucket.key, 0.0) + bucket.cost > bucket.limit:
-                    raise refusal(bucket, bucket.window_ms if bucket.kind == BUDGET else 1000, {})
+                    raise refusal(bucket, bucket.window_ms if bucket.kind == BUDGET else 1000)
         reservation = Reservation(buckets)
         for bucket in buckets:
             if bucket.kind == RATE:
@@ -284,7 +289,7 @@ class RedisLimiter:
             return self._unavailable(exc, buckets)
         if int(result[0]) == 0:
             bucket = buckets[int(result[1]) - 1]
-            raise refusal(bucket, float(result[2]), {})
+            raise refusal(bucket, float(result[2]))
         values = [float(v) for v in result[1:]]
         reservation.remaining = values[0::2]
         reservation.reset_ms = values[1::2]

@@ -47,6 +47,7 @@ class ApiKey(Base):
     budget_usd: Mapped[float | None] = mapped_column(Float)
     budget_period: Mapped[str | None] = mapped_column(String(16))
     rotation_period_days: Mapped[int | None] = mapped_column(Integer)
+    rotation_grace_s: Mapped[float | None] = mapped_column(Float)  # policy default for rotate()
     generation: Mapped[int] = mapped_column(Integer, default=0)  # bumped by rotate/revoke: caches compare it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
