@@ -26,6 +26,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+BENCH_KEY = "sy-bench-admin-key-0123456789"  # Shipyard runs with authentication on, as in production
 
 
 def free_port() -> int:
@@ -55,7 +56,7 @@ async def one_request(session, url: str, model: str, prompt: str, max_tokens: in
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **extra}
     start = time.perf_counter()
     ttft, tokens, usage_tokens = None, 0, None
-    async with session.post(url, json=body) as response:
+    async with session.post(url, json=body, headers={"authorization": f"Bearer {BENCH_KEY}"}) as response:
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {await response.text()}")
         async for raw in response.content:
@@ -122,9 +123,10 @@ def start_shipyard(model: str, port: int, threads: int, slots: int, max_len: int
     config.write_text(json.dumps({"deployments": {"demo": {
         "engine": "transformers", "model": model, "num_threads": threads, "max_num_seqs": slots,
         "max_model_len": max_len, "max_waiting": 4096, "dtype": dtype}}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHIPYARD_ADMIN_KEY": BENCH_KEY,
+           "SHIPYARD_DATA_DIR": str(RESULTS / "bench-data")}
     proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(config), "--port", str(port),
-                             "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                             "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_http(f"http://127.0.0.1:{port}/ready", proc)
     return proc
 
