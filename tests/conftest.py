@@ -63,7 +63,20 @@ class ServerProcess:
             self._log.flush()
         return self.log_path.read_text()
 
+    def __enter__(self) -> ServerProcess:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
+        if self._log.closed:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
@@ -86,12 +99,8 @@ def deployment(model: Path, **settings) -> dict:
 @pytest.fixture(scope="session")
 def server(tiny_model, tmp_path_factory):
     config = {"auth": "disabled", "deployments": {MODEL_NAME: deployment(tiny_model)}}
-    proc = ServerProcess(config, tmp_path_factory.mktemp("server"))
-    try:
-        proc.wait_ready()
+    with ServerProcess(config, tmp_path_factory.mktemp("server")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -141,13 +150,9 @@ def auth_server(tiny_model, tmp_path_factory):
     """A server with authentication on and SHIPYARD_ADMIN_KEY set."""
     from gateway_support import ADMIN_KEY, gateway_config
 
-    proc = ServerProcess(gateway_config(tiny_model, usage_flush_interval_s=0.1), tmp_path_factory.mktemp("auth"),
-                         env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY})
-    try:
-        proc.wait_ready()
+    with ServerProcess(gateway_config(tiny_model, usage_flush_interval_s=0.1), tmp_path_factory.mktemp("auth"),
+                       env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
