@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, Limits, Principal
-from shipyard.gateway.errors import GatewayError, PermissionDenied
+from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.limits import BUDGET, CONCURRENCY, MICRO, MINUTE_MS, RATE, Bucket, Reservation
 from shipyard.gateway.usage import Usage, UsageMeter, now_iso, price_of
 
@@ -140,10 +140,6 @@ class Gateway:
                                 model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                 cached_tokens=cached_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, status=status,
                                 cost_usd=cost, created_at=now_iso()))
-
-
-def status_of(error: BaseException) -> int:
-    return error.status if isinstance(error, GatewayError) else 500
 
 
 def monotonic_ms(since: float) -> float:

@@ -181,7 +181,7 @@ class TransformersEngine(Engine):
         self._streams[request.request_id] = stream
         self._inbox.put(("add", group))
         self._wake.set()
-        return _RequestStream(self, request.request_id, stream, params.n)
+        return _RequestStream(self, request.request_id, stream)
 
     def _build_group(self, request: GenerationRequest, prompt_ids: list[int]) -> SequenceGroup:
         params = request.params
@@ -266,7 +266,7 @@ class TransformersEngine(Engine):
 class _RequestStream:
     """Async iterator over one request's chunks; closing it early aborts the request."""
 
-    def __init__(self, engine: TransformersEngine, request_id: str, stream: asyncio.Queue, n: int):
+    def __init__(self, engine: TransformersEngine, request_id: str, stream: asyncio.Queue):
         self._engine = engine
         self._request_id = request_id
         self._stream = stream

@@ -45,7 +45,7 @@ class SlotKVCache:
                 store[layer] = grown
         self.capacity = new_capacity
 
-    def _allocate(self, layer: int, like: torch.Tensor) -> None:
+    def allocate_layer(self, layer: int, like: torch.Tensor) -> None:
         shape = (self.num_slots, like.shape[1], self.capacity, like.shape[3])
         self.keys[layer] = like.new_zeros(shape)
         self.values[layer] = like.new_zeros(shape)
@@ -56,11 +56,3 @@ class SlotKVCache:
             for tensor in store:
                 if tensor is not None:
                     tensor[dst, :, :length].copy_(tensor[src, :, :length])
-
-    def bytes_per_token(self) -> int:
-        total = 0
-        for store in (self.keys, self.values):
-            for tensor in store:
-                if tensor is not None:
-                    total += tensor.shape[1] * tensor.shape[3] * tensor.element_size()
-        return total

@@ -45,7 +45,7 @@ class _CacheWriter:
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         batch, cache = self.batch, self.batch.cache
         if cache.keys[layer_idx] is None:
-            cache._allocate(layer_idx, key_states)
+            cache.allocate_layer(layer_idx, key_states)
         # key_states: [1, H_kv, T, D] -> [T, H_kv, D] at (slot, position) pairs
         cache.keys[layer_idx][batch.write_slots, :, batch.write_positions] = key_states[0].transpose(0, 1)
         cache.values[layer_idx][batch.write_slots, :, batch.write_positions] = value_states[0].transpose(0, 1)
