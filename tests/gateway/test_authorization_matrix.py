@@ -135,3 +135,25 @@ def test_every_route_has_a_policy(tiny_model, tmp_path, monkeypatch):
         methods = getattr(route, "methods", None) or {"WS"}
         for method in methods - {"HEAD"}:
             assert (method, route.path) in ROUTE_PERMISSIONS, (method, route.path)
+
+
+@pytest.mark.parametrize("role, expected", [("admin", None), ("developer", None), ("viewer", 403),
+                                            ("tenant-admin", 403), ("no key", 401), ("bad key", 401)])
+async def test_websocket_routes_are_authorized_like_http(auth_server, world, role, expected):
+    import json
+
+    import websockets
+
+    key = {"no key": None, "bad key": "sy-nosuchkey00-0123456789abcdef"}.get(role, world["keys"].get(role))
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    url = auth_server.base_url.replace("http", "ws") + "/v1/chat/completions"
+    if expected is not None:
+        with pytest.raises(websockets.InvalidStatus) as excinfo:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        assert excinfo.value.response.status_code == expected
+        return
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await ws.send(json.dumps(chat_body(2)))
+        first = json.loads(await ws.recv())
+        assert first["object"] == "chat.completion.chunk"
