@@ -3,7 +3,8 @@
     python bench/gateway.py [--requests 5000] [--redis-url redis://127.0.0.1:6379/0]
 
 Runs the real stages in-process against a cache-warm key with key and tenant limits set (so
-every bucket is evaluated): authenticate → authorize → admit (limits + tiered admission) →
+every bucket is evaluated), as an inference route runs them: authenticate (with Redis, the key's
+freshness is checked as a fence inside the limits script) → authorize → admit (limits + tiered admission) →
 finish (settle, usage record into the batch writer) → metrics. Once with the in-process limiter,
 once with Redis on loopback (a redis-server is started for the run when none is given).
 Prints p50/p99 per stage and in total; writes bench/results/gateway.json.
@@ -60,7 +61,7 @@ async def run(requests: int, redis_url: str | None, workdir: Path) -> dict:
                                       "total": []}
     for i in range(requests + 200):
         t0 = time.perf_counter_ns()
-        principal = await gateway.authenticate(token)
+        principal = await gateway.authenticate(token, defer_freshness=True)  # as inference routes do
         if not allows(principal.role, Permission.INFERENCE):
             raise SystemExit("bench key cannot infer")
         t1 = time.perf_counter_ns()
@@ -79,6 +80,7 @@ async def run(requests: int, redis_url: str | None, workdir: Path) -> dict:
             for name, value in (("auth", t1 - t0), ("limits+admission", t2 - t1), ("settle+usage", t3 - t2),
                                 ("metrics", t4 - t3), ("total", t4 - t0)):
                 stages[name].append(value / 1000)
+    await limiter.close()
     await meter.stop()
     if redis is not None:
         await redis.aclose()

@@ -86,6 +86,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
             await router.stop()
+            await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
             await db.close()
             if redis is not None:

@@ -117,3 +117,30 @@ def test_saturated_deployment_sheds_low_tiers_over_http(tiny_model, tmp_path):
         assert low[0] == 503 and low[1]["Retry-After"] and low[2]["error"]["code"] == "server_overloaded"
     finally:
         server.stop()
+
+
+async def test_redis_limiter_settles_in_batches_and_checks_fences(redis_server):
+    import redis.asyncio as aioredis
+
+    from shipyard.gateway.errors import StaleCredentials
+    from shipyard.gateway.limits import RedisLimiter
+
+    client = aioredis.from_url(redis_server.url)
+    limiter = RedisLimiter(client, prefix=f"test:{time.time_ns()}:")
+    try:
+        tokens = lambda cost: _bucket(RATE, 100, cost=cost, key="t", metric="tokens")  # noqa: E731
+        first = await limiter.acquire([tokens(60), _bucket(CONCURRENCY, 1, key="c")])
+        with pytest.raises(RateLimited):
+            await limiter.acquire([_bucket(CONCURRENCY, 1, key="c")])
+        await limiter.settle(first, {"tokens": 10})
+        await limiter.flush()
+        await limiter.acquire([tokens(90), _bucket(CONCURRENCY, 1, key="c")])  # refund and release applied
+        with pytest.raises(RateLimited):
+            await limiter.acquire([tokens(1)])
+        await client.set("test:gen", 3)
+        await limiter.acquire([], fence=("test:gen", 3))
+        with pytest.raises(StaleCredentials):
+            await limiter.acquire([tokens(0)], fence=("test:gen", 2))
+    finally:
+        await limiter.close()
+        await client.aclose()

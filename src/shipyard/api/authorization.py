@@ -7,9 +7,13 @@ refused, so a new route cannot be reachable by accident. The principal lands in
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
+from shipyard.gateway.auth import Principal
 from shipyard.gateway.errors import AuthenticationError, PermissionDenied
 from shipyard.gateway.roles import Permission, allows
 
@@ -62,13 +66,33 @@ async def authorize(conn: HTTPConnection) -> None:
     if permission is PUBLIC and key not in AUTHENTICATED_ONLY:
         return
     gateway = conn.app.state.services.gateway
-    principal = await gateway.authenticate(bearer_token(conn))
+    token = bearer_token(conn)
+    # Inference re-checks a cached key's freshness inside the limits script (one round trip fewer);
+    # everything else checks it here.
+    inference = permission is Permission.INFERENCE
+    principal = await gateway.authenticate(token, defer_freshness=inference)
     conn.state.principal = principal
+    conn.state.caller = Caller(principal, lambda: gateway.authenticate(token))
     record = conn.scope.get("state", {}).get("record")
     if record is not None:
         record.key_id, record.tenant_id = principal.key_id, principal.tenant_id
     if permission is not PUBLIC and not allows(principal.role, permission):
         raise PermissionDenied(f"The role '{principal.role}' may not {permission.value.replace(':', ' ')}.")
+
+
+@dataclass
+class Caller:
+    """Who is calling, and how to check them again (the token stays inside the closure)."""
+
+    principal: Principal
+    reauthenticate: Callable[[], Awaitable[Principal]] = field(repr=False)
+
+
+def caller_of(conn: HTTPConnection) -> Caller:
+    caller = getattr(conn.state, "caller", None)
+    if caller is None:
+        raise AuthenticationError("Missing API key.")
+    return caller
 
 
 def principal_of(request: Request):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from shipyard.api.authorization import principal_of
+from shipyard.api.authorization import Caller, caller_of
 from shipyard.api.errors import APIError, from_exception
 from shipyard.api.formatting import ChatFormatter, CompletionFormatter, completion_logprobs
 from shipyard.api.generation import ClientDisconnected, Generation, run_until_disconnect
@@ -17,8 +17,7 @@ from shipyard.api.middleware import RequestRecord
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import chat_events, completion_events, sse
 from shipyard.engines.base import GenerationRequest
-from shipyard.gateway.auth import Principal
-from shipyard.gateway.errors import GatewayError
+from shipyard.gateway.errors import GatewayError, StaleCredentials
 from shipyard.gateway.keystore import KeyStore
 from shipyard.gateway.service import Gateway, monotonic_ms
 from shipyard.store.db import Database
@@ -45,13 +44,18 @@ def services_of(request) -> Services:
     return request.app.state.services
 
 
-async def _admit(services: Services, principal: Principal, record: RequestRecord, prompt_tokens: int,
+async def _admit(services: Services, caller: Caller, record: RequestRecord, prompt_tokens: int,
                  max_tokens: int | None, choices: int):
     """Take the limits and an admission slot; wire the accounting to the end of the response."""
     gateway = services.gateway
     usage_id = record.usage_id
+    principal = caller.principal
     try:
-        ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices)
+        try:
+            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices)
+        except StaleCredentials:  # the key changed on another replica: check it again, once
+            principal = await caller.reauthenticate()
+            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices)
     except GatewayError as exc:
         gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival))
         raise
@@ -69,13 +73,13 @@ async def _admit(services: Services, principal: Principal, record: RequestRecord
     return on_finish, on_error
 
 
-async def _start(services: Services, principal: Principal, record: RequestRecord, engine,
+async def _start(services: Services, caller: Caller, record: RequestRecord, engine,
                  requests: list[GenerationRequest]) -> Generation:
     params = requests[0].params
     prompt_tokens = 0
     for request in requests:
         prompt_tokens += await engine.count_prompt_tokens(request.prompt) or 0
-    on_finish, on_error = await _admit(services, principal, record, prompt_tokens, params.max_tokens,
+    on_finish, on_error = await _admit(services, caller, record, prompt_tokens, params.max_tokens,
                                        params.n * len(requests))
     gen = Generation(engine, requests, params.n, record, services.metrics)
     gen.on_finish = on_finish
@@ -87,19 +91,18 @@ async def _start(services: Services, principal: Principal, record: RequestRecord
     return gen
 
 
-async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord,
-                       principal: Principal):
+async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord, caller: Caller):
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompt, params = body.to_engine()
     requests = [GenerationRequest(record.request_id, prompt, params, record.arrival)]
-    gen = await _start(services, principal, record, engine, requests)
+    gen = await _start(services, caller, record, engine, requests)
     fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
 
 async def prepare_completion(body: CompletionRequest, services: Services, record: RequestRecord,
-                             principal: Principal):
+                             caller: Caller):
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompts, params = body.to_engine()
@@ -108,7 +111,7 @@ async def prepare_completion(body: CompletionRequest, services: Services, record
                           record.arrival)
         for i, p in enumerate(prompts)
     ]
-    gen = await _start(services, principal, record, engine, requests)  # limits see every prompt and choice
+    gen = await _start(services, caller, record, engine, requests)  # limits see every prompt and choice
     fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -132,7 +135,7 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     gen, fmt, want_logprobs = await prepare_chat(body, services_of(request), request.state.record,
-                                                 principal_of(request))
+                                                 caller_of(request))
 
     def build_body(results):
         choices = [ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None)
@@ -146,7 +149,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     gen, fmt, want_logprobs = await prepare_completion(body, services_of(request), request.state.record,
-                                                       principal_of(request))
+                                                       caller_of(request))
     prompts = body.prompts()
 
     def build_body(results):

@@ -13,6 +13,7 @@ import json
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from shipyard.api.authorization import caller_of
 from shipyard.api.errors import APIError, from_exception
 from shipyard.api.middleware import RequestRecord
 from shipyard.api.openai_routes import prepare_chat, prepare_completion, services_of
@@ -35,7 +36,8 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
     await websocket.accept()
     connection = websocket.scope["state"]["record"]
     services = services_of(websocket)
-    principal = websocket.state.principal  # authenticated by the app-wide dependency
+    caller = caller_of(websocket)  # authenticated by the app-wide dependency
+    principal = caller.principal
     count = 0
     try:
         while True:
@@ -46,7 +48,7 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
             try:
                 body = model_cls.model_validate_json(text)
                 body.stream = True  # a socket always streams
-                gen, fmt, want_logprobs = await prepare(body, services, record, principal)
+                gen, fmt, want_logprobs = await prepare(body, services, record, caller)
             except ValidationError as exc:
                 await websocket.send_text(json.dumps(_validation_error(exc).body()))
                 await websocket.send_text(DONE)

@@ -41,6 +41,10 @@ class Principal:
     key_limits: Limits
     tenant_limits: Limits
     rotation_due: bool = False
+    generation: int = 0
+    # False when the cached row was not checked against Redis yet: the limits script checks it
+    # (as a fence) in the same round trip, and a mismatch sends the caller back here.
+    fresh: bool = True
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Authenticator:
         self._cache: dict[str, _Cached] = {}
         store.on_change(self._key_changed)
 
+    def forget(self, key_id: str) -> None:
+        """Drop a cached row (its fence failed): the next lookup reads the database."""
+        self._cache.pop(key_id, None)
+
     async def _key_changed(self, key_id: str, generation: int) -> None:
         self._cache.pop(key_id, None)
         if self.redis is not None:
@@ -70,12 +78,13 @@ class Authenticator:
             except Exception as exc:  # other replicas re-read the database while Redis is away
                 log.warning("could not publish a key change to Redis (%s)", type(exc).__name__)
 
-    async def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None, defer_freshness: bool = False) -> Principal:
+        """`defer_freshness`: with Redis, skip the generation read and leave it to the caller's fence."""
         if not token:
             raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         parsed = keys.parse_key(token)
         key_id, secret = (parsed.public_id, parsed.secret) if parsed else (BOOTSTRAP_KEY_ID, token)
-        cached = await self._lookup(key_id)
+        cached, fresh = await self._lookup(key_id, defer_freshness)
         row = cached.row if cached else None
         if row is None or not self._secret_matches(row, secret):
             raise AuthenticationError("Incorrect API key provided.")
@@ -93,6 +102,8 @@ class Authenticator:
             key_limits=_limits(row),
             tenant_limits=_limits(cached.tenant),
             rotation_due=rotation_due(row),
+            generation=row.generation,
+            fresh=fresh,
         )
 
     def _secret_matches(self, row: ApiKey, secret: str) -> bool:
@@ -103,24 +114,27 @@ class Authenticator:
         return grace is not None and utcnow() < grace and keys.verify(pepper, row.previous_salt,
                                                                       row.previous_hash, secret)
 
-    async def _lookup(self, key_id: str) -> _Cached | None:
+    async def _lookup(self, key_id: str, defer_freshness: bool = False) -> tuple[_Cached | None, bool]:
+        """(cached row, whether it is known fresh)."""
         cached = self._cache.get(key_id)
         if cached is not None:
             if self.redis is not None:
+                if defer_freshness:
+                    return cached, False
                 try:
                     current = await self.redis.get(generation_key(key_id))
                     if current is None or int(current) == cached.row.generation:
-                        return cached
+                        return cached, True
                 except Exception:  # Redis away: the database is the truth, read it
                     pass
             elif time.monotonic() - cached.fetched_at < self.cache_ttl_s:
-                return cached
+                return cached, True
         try:
             row = await self.store.get_key(key_id)
             tenant = await self.store.get_tenant(row.tenant_id)
         except NotFound:  # unknown key (or tenant): the same answer as a wrong secret
             self._cache.pop(key_id, None)
-            return None
+            return None, True
         cached = _Cached(row=row, tenant=tenant, fetched_at=time.monotonic())
         self._cache[key_id] = cached
         if self.redis is not None:
@@ -128,7 +142,7 @@ class Authenticator:
                 await self.redis.set(generation_key(key_id), row.generation, nx=True)
             except Exception:
                 pass
-        return cached
+        return cached, True
 
 
 def generation_key(key_id: str) -> str:

@@ -50,3 +50,10 @@ class LimiterUnavailable(GatewayError):
 
     status = 503
     code = "rate_limiter_unavailable"
+
+
+class StaleCredentials(GatewayError):
+    """The cached key changed elsewhere (rotated, revoked): authenticate again, then retry."""
+
+    status = 401
+    code = "invalid_api_key"

@@ -14,6 +14,7 @@ pre-check that could let traffic through. When Redis cannot be reached the limit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from shipyard.gateway.errors import LimiterUnavailable, RateLimited
+from shipyard.gateway.errors import LimiterUnavailable, RateLimited, StaleCredentials
 
 log = logging.getLogger("shipyard.limits")
 
@@ -130,12 +131,16 @@ class _Window:
 class InProcessLimiter:
     """Exact within one process (the event loop runs each call without interleaving)."""
 
+    async def close(self) -> None:
+        pass
+
     def __init__(self):
         self._windows: dict[str, _Window] = {}
         self._counters: dict[str, float] = {}
         self._budget_expiry: dict[str, float] = {}
 
-    async def acquire(self, buckets: list[Bucket]) -> Reservation:
+    async def acquire(self, buckets: list[Bucket], fence: tuple[str, int] | None = None) -> Reservation:
+        # No fence without Redis: principals are always read fresh then.
         now = time.time() * 1000
         for bucket in buckets:
             if bucket.kind == RATE:
@@ -197,12 +202,19 @@ local function expire(key, now, window)
 end
 """
 
+# ARGV[3] is the fence: when not '', KEYS[#KEYS] holds the key's generation, which must equal it
+# (a revoke or rotation elsewhere bumped it): {2} then, and nothing is taken.
 _ACQUIRE = _EXPIRE + """
-local now, id = tonumber(ARGV[1]), ARGV[2]
+local now, id, fence = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local n = #KEYS
+if fence ~= '' then
+  local current = redis.call('GET', KEYS[n])
+  if current and tonumber(current) ~= tonumber(fence) then return {2} end
+  n = n - 1
+end
 local state = {}
 for i = 1, n do
-  local b = 2 + (i - 1) * 4
+  local b = 3 + (i - 1) * 4
   local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'rate' then
     local total = expire(KEYS[i], now, window)
@@ -228,7 +240,7 @@ for i = 1, n do
 end
 local out = {1}
 for i = 1, n do
-  local b = 2 + (i - 1) * 4
+  local b = 3 + (i - 1) * 4
   local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'rate' then
     redis.call('ZADD', KEYS[i], now, id)
@@ -248,10 +260,10 @@ end
 return out
 """
 
+# Settlements of many reservations at once: KEYS[i] with (kind, delta, reservation id) in ARGV.
 _SETTLE = """
-local id = ARGV[1]
 for i = 1, #KEYS do
-  local kind, delta = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  local kind, delta, id = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), ARGV[3 * i]
   if kind == 'rate' then
     if redis.call('HEXISTS', KEYS[i] .. ':amt', id) == 1 then
       redis.call('HINCRBYFLOAT', KEYS[i] .. ':amt', id, delta)
@@ -268,25 +280,39 @@ return 1
 
 
 class RedisLimiter:
-    def __init__(self, redis, fail_open: bool = True, prefix: str = "shipyard:limit:"):
+    def __init__(self, redis, fail_open: bool = True, prefix: str = "shipyard:limit:",
+                 settle_interval_s: float = 0.002):
         self.redis = redis
         self.fail_open = fail_open
         self.prefix = prefix
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._last_warning = 0.0
+        self.settle_interval_s = settle_interval_s
+        self._pending: list[tuple[str, str, float, str]] = []
+        self._flusher: asyncio.Future | None = None
+        self._wake = asyncio.Event()
 
-    async def acquire(self, buckets: list[Bucket]) -> Reservation:
-        if not buckets:
+    async def acquire(self, buckets: list[Bucket], fence: tuple[str, int] | None = None) -> Reservation:
+        if not buckets and fence is None:
             return Reservation([])
         reservation = Reservation(buckets)
-        args: list = [time.time() * 1000, reservation.id]
+        args: list = [time.time() * 1000, reservation.id, "" if fence is None else fence[1]]
+        keys = [self.prefix + b.key for b in buckets]
+        if fence is not None:
+            keys.append(fence[0])
         for b in buckets:
             args += [b.kind, b.limit, b.cost, b.window_ms]
         try:
-            result = await self._acquire(keys=[self.prefix + b.key for b in buckets], args=args)
+            result = await self._acquire(keys=keys, args=args)
         except Exception as exc:
+            if fence is not None:  # cannot check the key's freshness here: the caller re-reads it
+                raise StaleCredentials("re-check the key") from exc
             return self._unavailable(exc, buckets)
+        if int(result[0]) == 2:
+            raise StaleCredentials("The API key changed; authenticate again.")
+        if not buckets:
+            return reservation
         if int(result[0]) == 0:
             bucket = buckets[int(result[1]) - 1]
             raise refusal(bucket, float(result[2]))
@@ -296,11 +322,14 @@ class RedisLimiter:
         return reservation
 
     async def settle(self, reservation: Reservation, actual: dict[str, float]) -> None:
+        """Queue the reservation's corrections; a background flush sends every queued one in one
+        script call (every `settle_interval_s`, or sooner when many wait), so settling costs the
+        request no round trip. Corrections only ever return what was reserved and unused, or add
+        what was used beyond it, a few milliseconds later."""
         if reservation.settled or not reservation.buckets or not reservation.remaining:
             reservation.settled = True
             return
         reservation.settled = True
-        keys, args = [], [reservation.id]
         for bucket in reservation.buckets:
             if bucket.kind == CONCURRENCY:
                 delta = bucket.cost
@@ -308,14 +337,39 @@ class RedisLimiter:
                 delta = actual[bucket.metric] - bucket.cost
             else:
                 continue
-            keys.append(self.prefix + bucket.key)
-            args += [bucket.kind, delta]
-        if not keys:
-            return
+            self._pending.append((self.prefix + bucket.key, bucket.kind, delta, reservation.id))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_soon())
+        elif len(self._pending) >= 256:
+            self._wake.set()
+
+    async def _flush_soon(self) -> None:
         try:
-            await self._settle(keys=keys, args=args)
-        except Exception as exc:
-            log.warning("could not settle rate-limit reservation (Redis unreachable): %s", type(exc).__name__)
+            await asyncio.wait_for(self._wake.wait(), self.settle_interval_s)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:256], self._pending[256:]
+            keys, args = [], []
+            for key, kind, delta, reservation_id in batch:
+                keys.append(key)
+                args += [kind, delta, reservation_id]
+            try:
+                await self._settle(keys=keys, args=args)
+            except Exception as exc:
+                log.warning("could not settle %d rate-limit corrections (Redis unreachable): %s", len(batch),
+                            type(exc).__name__)
+
+    async def close(self) -> None:
+        """At shutdown: send what is still queued."""
+        if self._flusher is not None and not self._flusher.done():
+            self._wake.set()
+            await self._flusher
+        await self.flush()
 
     def _unavailable(self, exc: Exception, buckets: list[Bucket]) -> Reservation:
         if not self.fail_open:

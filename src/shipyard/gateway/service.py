@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from shipyard.gateway.admission import TieredAdmission
-from shipyard.gateway.auth import Authenticator, Limits, Principal
-from shipyard.gateway.errors import PermissionDenied
+from shipyard.gateway.auth import Authenticator, Limits, Principal, generation_key
+from shipyard.gateway.errors import PermissionDenied, StaleCredentials
 from shipyard.gateway.limits import BUDGET, CONCURRENCY, MICRO, MINUTE_MS, RATE, Bucket, Reservation
 from shipyard.gateway.usage import Usage, UsageMeter, now_iso, price_of
 
@@ -67,10 +67,10 @@ class Gateway:
     def auth_enabled(self) -> bool:
         return self.authenticator is not None
 
-    async def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None, defer_freshness: bool = False) -> Principal:
         if self.authenticator is None:
             return ANONYMOUS
-        return await self.authenticator.authenticate(token)
+        return await self.authenticator.authenticate(token, defer_freshness)
 
     def check_model(self, principal: Principal, model: str) -> None:
         if principal.allowed_models is not None and model not in principal.allowed_models:
@@ -101,11 +101,17 @@ class Gateway:
 
     async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int | None,
                     n: int) -> Ticket:
+        """Raises StaleCredentials when the principal came from a cache that another replica made stale."""
         self.check_model(principal, model)
         completion = (max_tokens or self.default_completion_estimate) * n
         tokens = prompt_tokens + completion
         cost = price_of(self.prices, model, prompt_tokens, completion)
-        reservation = await self.limiter.acquire(self._buckets(principal, model, tokens, cost))
+        fence = None if principal.fresh else (generation_key(principal.key_id), principal.generation)
+        try:
+            reservation = await self.limiter.acquire(self._buckets(principal, model, tokens, cost), fence)
+        except StaleCredentials:
+            self.authenticator.forget(principal.key_id)
+            raise
         ticket = Ticket(principal, model, reservation, self.admissions.get(model), tokens)
         if ticket.admission is not None:
             try:
