@@ -46,17 +46,21 @@ class ServerProcess:
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
+        self.wait_for("/ready", 200, timeout)
+
+    def wait_for(self, path: str, status: int, timeout: float = 120.0) -> None:
+        """Poll `path` until it answers `status` (the server must stay up meanwhile)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}{path}", timeout=1).status_code == status:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"{path} never answered {status} within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         if not self._log.closed:

@@ -66,16 +66,7 @@ def test_not_ready_and_unhealthy_when_the_model_cannot_load(tmp_path):
     proc = ServerProcess({"auth": "disabled", "deployments": {"broken": {"engine": "transformers",
                                                                           "model": str(broken)}}}, tmp_path)
     try:
-        import time
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{proc.base_url}/health", timeout=1).status_code == 503:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        proc.wait_for("/health", 503, timeout=60)
         health = httpx.get(f"{proc.base_url}/health")
         assert health.status_code == 503 and health.json()["error"]["code"] == "engine_unhealthy"
         ready = httpx.get(f"{proc.base_url}/ready")
