@@ -62,6 +62,14 @@ class ServerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"{path} never answered {status} within {timeout}s:\n{self.log()}")
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """The access line is written after the last response byte: a client can be faster."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} never appeared in the log:\n{self.log()}")
+            time.sleep(0.05)
+
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()

@@ -21,6 +21,7 @@ def test_serve_model_flag_with_json_logs(tiny_model, tmp_path):
         assert [m["id"] for m in models["data"]] == ["flagged"]
         httpx.post(f"{proc.base_url}/v1/completions", json={"model": "flagged", "prompt": "x", "max_tokens": 2},
                    headers={"x-request-id": "json-log-1"})
+        proc.wait_for_log('"request_id":"json-log-1"')
     finally:
         proc.stop()
     records = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]

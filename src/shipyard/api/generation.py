@@ -34,7 +34,6 @@ class Generation:
         self.metrics = metrics
         self.model = record.model or ""
         self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
         self.usage = Usage(prompt_tokens=0, completion_tokens=0)
         self.failed = False
         self._last_at: dict[tuple[int, int], float] = {}
@@ -109,7 +108,6 @@ class Generation:
                 for _ in chunk.token_ids:
                     metrics.itl.labels(model).observe(gap)
             self._last_at[key] = now
-            self.last_token_at = now
         if chunk.finish_reason == "error":
             self.failed = True
         elif chunk.finish_reason is not None:

@@ -122,7 +122,6 @@ class GenerationChunk:
     stop_reason: str | int | None = None  # the stop string or token that ended it
     usage: Usage | None = None
     timings: Timings | None = None
-    prompt_tokens: int = 0
 
 
 @dataclass(slots=True)

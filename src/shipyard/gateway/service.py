@@ -30,7 +30,6 @@ class Ticket:
     model: str
     reservation: Reservation
     admission: TieredAdmission | None
-    estimated_tokens: int
     admitted: bool = False
     finished: bool = False
 
@@ -62,10 +61,6 @@ class Gateway:
         self.deployment_limits = deployment_limits
         self.prices = prices
         self.default_completion_estimate = default_completion_estimate
-
-    @property
-    def auth_enabled(self) -> bool:
-        return self.authenticator is not None
 
     async def authenticate(self, token: str | None, defer_freshness: bool = False) -> Principal:
         if self.authenticator is None:
@@ -112,7 +107,7 @@ class Gateway:
         except StaleCredentials:
             self.authenticator.forget(principal.key_id)
             raise
-        ticket = Ticket(principal, model, reservation, self.admissions.get(model), tokens)
+        ticket = Ticket(principal, model, reservation, self.admissions.get(model))
         if ticket.admission is not None:
             try:
                 await ticket.admission.enter(principal.tier)

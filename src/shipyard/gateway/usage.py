@@ -58,7 +58,6 @@ class UsageMeter:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = False
-        self.written = 0
 
     def record(self, usage: Usage) -> None:
         self._buffer.append(usage)
@@ -115,7 +114,6 @@ class UsageMeter:
             log.warning("usage write failed (%s); spooling %d records to %s", type(exc).__name__, len(batch),
                         self.spool_path)
             return False
-        self.written += len(batch)
         return True
 
     def _has_spool(self) -> bool:

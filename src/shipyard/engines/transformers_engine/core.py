@@ -142,7 +142,6 @@ class EngineCore:
                 finish_reason=seq.finish_reason,  # type: ignore[arg-type]
                 stop_reason=seq.stop_reason,
                 timings=seq.timings,
-                prompt_tokens=len(seq.prompt_ids),
             )
             seq.pending_text, seq.pending_ids, seq.pending_logprobs = "", [], []
             chunks.append(chunk)
