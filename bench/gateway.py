@@ -34,7 +34,8 @@ async def run(requests: int, redis_url: str | None, workdir: Path) -> dict:
     from shipyard.gateway.admission import TieredAdmission
     from shipyard.gateway.auth import Authenticator
     from shipyard.gateway.keystore import KeySpec, KeyStore
-    from shipyard.gateway.limits import InProcessLimiter, RedisLimiter
+    from shipyard.gateway.limits import InProcessLimiter
+    from shipyard.gateway.redis_limits import RedisLimiter
     from shipyard.gateway.roles import Permission, allows
     from shipyard.gateway.service import Gateway
     from shipyard.gateway.usage import UsageMeter

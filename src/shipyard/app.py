@@ -11,9 +11,10 @@ import sys
 from fastapi import Depends, FastAPI
 
 from shipyard import __version__
-from shipyard.api import admin_routes, ops_routes, openai_routes, websocket
+from shipyard.api import admin_routes, ops_routes, openai_routes, tokenize_routes, websocket
 from shipyard.api.authorization import authorize
 from shipyard.api.errors import install_error_handlers
+from shipyard.api.guard import RequestGuard
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
 from shipyard.config import ShipyardConfig
@@ -23,7 +24,8 @@ from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, Limits
 from shipyard.gateway.keys import load_pepper
 from shipyard.gateway.keystore import SYSTEM_TENANT, KeySpec, KeyStore
-from shipyard.gateway.limits import InProcessLimiter, RedisLimiter
+from shipyard.gateway.limits import InProcessLimiter
+from shipyard.gateway.redis_limits import RedisLimiter
 from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
 from shipyard.gateway.usage import UsageMeter
@@ -50,7 +52,10 @@ def _redis_client(config: ShipyardConfig):
         return None
     import redis.asyncio as redis
 
-    return redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30)
+    # A blocking pool: a burst waits (briefly) for a connection instead of failing as if Redis were down.
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=1.0, socket_timeout=1.0,
+                                                 socket_connect_timeout=1.0, health_check_interval=30)
+    return redis.Redis(connection_pool=pool)
 
 
 def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) -> FastAPI:
@@ -94,12 +99,20 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     app = FastAPI(title="Shipyard", version=__version__, description="OpenAI-compatible inference server.",
                   lifespan=lifespan, dependencies=[Depends(authorize)])
-    app.state.services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db)
+    app.state.services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
+                                  max_sequences_per_request=config.server.max_sequences_per_request)
     app.state.config = config
     install_error_handlers(app, config.server.retry_after_s)
-    for module in (openai_routes, websocket, ops_routes, admin_routes):
+    modules = (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes)
+    for module in modules:
         app.include_router(module.router)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=config.server.max_body_bytes)
+    routes = [route for module in modules for route in module.router.routes]
+    # Outermost first: the request context (ids, body bounds and timeouts, the access log), then
+    # the guard (authentication and content type, before any body byte is read).
+    app.add_middleware(RequestGuard, routes=routes, gateway=gateway)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=config.server.max_body_bytes,
+                       body_timeout_s=config.server.body_timeout_s,
+                       body_idle_timeout_s=config.server.body_idle_timeout_s)
     return app
 
 

@@ -30,8 +30,7 @@ def serve(
     num_threads: Optional[int] = typer.Option(None, help="torch threads per engine"),
 ):
     """Serve models over an OpenAI-compatible API (the built-in demo model if none is given)."""
-    import uvicorn
-
+    from shipyard.api.server import run as run_server
     from shipyard.app import build_app
     from shipyard.config import ShipyardConfig
     from shipyard.monitor.logs import configure_logging
@@ -49,8 +48,7 @@ def serve(
         cfg = cfg.model_copy(update={"deployments": {
             name: d.model_copy(update={"num_threads": num_threads}) for name, d in cfg.deployments.items()}})
     configure_logging(server.log_format, server.log_level)
-    uvicorn.run(build_app(cfg), host=server.host, port=server.port, log_config=None,
-                log_level=server.log_level, ws="websockets-sansio", timeout_graceful_shutdown=10)
+    run_server(build_app(cfg), server)
 
 
 def _ensure_demo_model() -> Path:

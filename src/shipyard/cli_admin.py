@@ -70,11 +70,12 @@ def _limits(rpm, tpm, max_concurrent, budget_usd, budget_period) -> dict:
 @tenants_app.command("create")
 def tenants_create(name: str, rpm: Optional[int] = None, tpm: Optional[int] = None,
                    max_concurrent: Optional[int] = None, budget_usd: Optional[float] = None,
-                   budget_period: Optional[str] = None, url: Optional[str] = URL, key: Optional[str] = KEY,
-                   as_json: bool = AS_JSON):
+                   budget_period: Optional[str] = None,
+                   max_tier: int = typer.Option(0, help="Highest key tier a tenant-admin may give"),
+                   url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Create a tenant (admin only)."""
     with _client(url, key) as client:
-        body = {"name": name, **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
+        body = {"name": name, "max_tier": max_tier, **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
         _show(_call(client, "POST", "/admin/tenants", json=body).json(), ["id", "name", "rpm", "tpm"], as_json)
 
 
@@ -91,7 +92,7 @@ KEY_COLUMNS = ["id", "tenant_id", "name", "role", "tier", "rpm", "tpm", "expires
 
 @keys_app.command("create")
 def keys_create(tenant: Optional[str] = typer.Option(None, help="Tenant id (default: yours)"),
-                role: str = typer.Option("developer", help="admin, tenant-admin, developer, viewer"),
+                role: str = typer.Option("developer", help="admin, tenant-admin, developer, viewer, metrics"),
                 name: str = "", tier: int = 0, expires_in_s: Optional[float] = None,
                 allowed_model: Optional[list[str]] = typer.Option(None, help="Repeat to allow several"),
                 rotation_period_days: Optional[int] = None, rpm: Optional[int] = None, tpm: Optional[int] = None,
@@ -133,11 +134,14 @@ def keys_show(key_id: str, url: Optional[str] = URL, key: Optional[str] = KEY, a
 
 
 @keys_app.command("rotate")
-def keys_rotate(key_id: str, grace_period_s: float = typer.Option(0.0, help="Old secret keeps working this long"),
+def keys_rotate(key_id: str,
+                grace_period_s: Optional[float] = typer.Option(
+                    None, help="Old secret keeps working this long (default: the key's own grace policy)"),
                 url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Issue a new secret for a key; the old one works for the grace period."""
+    body = {} if grace_period_s is None else {"grace_period_s": grace_period_s}
     with _client(url, key) as client:
-        rotated = _call(client, "POST", f"/admin/keys/{key_id}/rotate", json={"grace_period_s": grace_period_s}).json()
+        rotated = _call(client, "POST", f"/admin/keys/{key_id}/rotate", json=body).json()
     _print_secret(rotated, as_json)
 
 

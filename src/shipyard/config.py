@@ -42,6 +42,13 @@ class ServerConfig(BaseModel):
     log_level: str = "info"
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="Larger request bodies get 413")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when the queue is full")
+    max_sequences_per_request: int = Field(64, ge=1, description="prompts × n in one call; more is a 400")
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body must arrive within this (else 408)")
+    body_idle_timeout_s: float = Field(10.0, gt=0, description="Longest pause between body chunks (else 408)")
+    header_timeout_s: float = Field(10.0, gt=0, description="Request headers must arrive within this")
+    keep_alive_s: float = Field(5.0, gt=0, description="Idle time before a kept-alive connection closes")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="In-flight requests get this long to finish at "
+                                                             "shutdown, then end with an error event")
 
 
 class LimitsConfig(BaseModel):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shipyard.engines.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from shipyard.engines.detokenizer import IncrementalDetokenizer
+from shipyard.engines.stop_strings import StopStringMatcher
 
 
 @pytest.mark.parametrize("text", ["héllo wörld — 日本語のテキスト 🚀 done", "plain ascii text, with spaces  and\nnewlines"])

@@ -123,7 +123,7 @@ async def test_redis_limiter_settles_in_batches_and_checks_fences(redis_server):
     import redis.asyncio as aioredis
 
     from shipyard.gateway.errors import StaleCredentials
-    from shipyard.gateway.limits import RedisLimiter
+    from shipyard.gateway.redis_limits import RedisLimiter
 
     client = aioredis.from_url(redis_server.url)
     limiter = RedisLimiter(client, prefix=f"test:{time.time_ns()}:")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from shipyard.api.authorization import principal_of
@@ -21,37 +21,56 @@ from shipyard.gateway.auth import Principal
 from shipyard.gateway.auth import rotation_due as is_rotation_due
 from shipyard.gateway.errors import NotFound, PermissionDenied
 from shipyard.gateway.keystore import KeySpec, aware
-from shipyard.gateway.roles import Role
+from shipyard.gateway.roles import ADMIN_GRANTED, Role
 from shipyard.store.models import ApiKey, Tenant, UsageRecord
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-class LimitFields(BaseModel):
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
+INT32_MAX = 2**31 - 1  # the integer columns' range on PostgreSQL
+MAX_EXPIRY_S = 10 * 366 * 86400  # ten years
+MAX_GRACE_S = 30 * 86400
+MAX_BUDGET_USD = 1e9
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitFields(_Strict):
+    rpm: int | None = Field(None, ge=1, le=INT32_MAX)
+    tpm: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_concurrent: int | None = Field(None, ge=1, le=INT32_MAX)
+    budget_usd: float | None = Field(None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
     budget_period: Literal["day", "month"] | None = None
 
 
 class TenantCreate(LimitFields):
     name: str = Field(min_length=1, max_length=200)
+    max_tier: int = Field(0, ge=0, le=100, description="highest tier of the keys a tenant-admin may create")
+
+
+class TenantUpdate(LimitFields):
+    """Fields left out stay as they are; an explicit null removes a limit."""
+
+    max_tier: int | None = Field(None, ge=0, le=100)
 
 
 class KeyCreate(LimitFields):
-    tenant_id: str | None = Field(None, description="default: the caller's tenant")
+    tenant_id: str | None = Field(None, max_length=64, description="default: the caller's tenant")
     role: Role = Role.DEVELOPER
-    name: str = ""
-    expires_in_s: float | None = Field(None, gt=0)
-    allowed_models: list[str] | None = None
+    name: str = Field("", max_length=200)
+    expires_in_s: float | None = Field(None, gt=0, le=MAX_EXPIRY_S, allow_inf_nan=False)
+    allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, max_length=100)
     tier: int = Field(0, ge=0, le=100)
-    rotation_period_days: int | None = Field(None, ge=1, description="policy: rotate at least this often")
-    rotation_grace_s: float | None = Field(None, ge=0, description="policy: old secret's grace on rotation")
+    rotation_period_days: int | None = Field(None, ge=1, le=3660, description="policy: rotate at least this often")
+    rotation_grace_s: float | None = Field(None, ge=0, le=MAX_GRACE_S, allow_inf_nan=False,
+                                           description="policy: old secret's grace on rotation")
 
 
-class KeyRotate(BaseModel):
-    grace_period_s: float | None = Field(None, ge=0, description="default: the key's policy, else 0")
+class KeyRotate(_Strict):
+    grace_period_s: float | None = Field(None, ge=0, le=MAX_GRACE_S, allow_inf_nan=False,
+                                         description="default: the key's policy, else 0")
 
 
 def _keystore(request: Request):
@@ -65,7 +84,8 @@ def _own_tenant(principal: Principal, tenant_id: str) -> None:
 
 def tenant_view(t: Tenant) -> dict:
     return {"id": t.id, "name": t.name, "rpm": t.rpm, "tpm": t.tpm, "max_concurrent": t.max_concurrent,
-            "budget_usd": t.budget_usd, "budget_period": t.budget_period, "created_at": aware(t.created_at)}
+            "budget_usd": t.budget_usd, "budget_period": t.budget_period, "max_tier": t.max_tier,
+            "created_at": aware(t.created_at)}
 
 
 def key_view(k: ApiKey) -> dict:
@@ -94,6 +114,14 @@ async def create_tenant(body: TenantCreate, request: Request):
     return tenant_view(tenant)
 
 
+@router.patch("/tenants/{tenant_id}")
+async def update_tenant(tenant_id: str, body: TenantUpdate, request: Request):
+    fields = body.model_dump(exclude_unset=True)
+    if "max_tier" in fields and fields["max_tier"] is None:
+        fields["max_tier"] = 0
+    return tenant_view(await _keystore(request).update_tenant(tenant_id, **fields))
+
+
 @router.get("/tenants")
 async def list_tenants(request: Request):
     p = principal_of(request)
@@ -112,8 +140,13 @@ async def create_key(body: KeyCreate, request: Request):
     p = principal_of(request)
     tenant_id = body.tenant_id or p.tenant_id
     _own_tenant(p, tenant_id)
-    if body.role == Role.ADMIN and p.role != Role.ADMIN.value:
-        raise PermissionDenied("Only an admin may create admin keys.")
+    if p.role != Role.ADMIN.value:
+        if body.role in ADMIN_GRANTED:
+            raise PermissionDenied(f"Only an admin may create keys of the role '{body.role.value}'.")
+        ceiling = (await _keystore(request).get_tenant(tenant_id)).max_tier
+        if body.tier > ceiling:
+            raise PermissionDenied(f"Tier {body.tier} is above this tenant's ceiling of {ceiling}; an admin "
+                                   "can raise the ceiling.")
     expires = datetime.now(timezone.utc) + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
     fields = body.model_dump(exclude={"tenant_id", "expires_in_s", "role"})
     row, plaintext = await _keystore(request).create_key(

@@ -42,6 +42,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("POST", "/admin/keys/{key_id}/rotate"): Permission.KEYS_MANAGE,
     ("POST", "/admin/keys/{key_id}/revoke"): Permission.KEYS_MANAGE,
     ("GET", "/admin/usage"): Permission.USAGE_READ,
+    ("PATCH", "/admin/tenants/{tenant_id}"): Permission.TENANTS_MANAGE,
+    ("POST", "/tokenize"): Permission.INFERENCE,
+    ("POST", "/detokenize"): Permission.INFERENCE,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)
 }
 AUTHENTICATED_ONLY = {("GET", "/admin/whoami")}
@@ -65,17 +68,14 @@ async def authorize(conn: HTTPConnection) -> None:
     permission = ROUTE_PERMISSIONS[key]
     if permission is PUBLIC and key not in AUTHENTICATED_ONLY:
         return
-    gateway = conn.app.state.services.gateway
-    token = bearer_token(conn)
-    # Inference re-checks a cached key's freshness inside the limits script (one round trip fewer);
-    # everything else checks it here.
-    inference = permission is Permission.INFERENCE
-    principal = await gateway.authenticate(token, defer_freshness=inference)
-    conn.state.principal = principal
-    conn.state.caller = Caller(principal, lambda: gateway.authenticate(token))
-    record = conn.scope.get("state", {}).get("record")
-    if record is not None:
-        record.key_id, record.tenant_id = principal.key_id, principal.tenant_id
+    principal = getattr(conn.state, "principal", None)
+    if principal is None:  # the request guard authenticates first; this covers apps built without it
+        gateway = conn.app.state.services.gateway
+        token = bearer_token(conn)
+        principal = await gateway.authenticate(token, defer_freshness=permission is Permission.INFERENCE)
+        conn.state.principal = principal
+        conn.state.caller = Caller(principal, lambda: gateway.authenticate(token))
+        conn.state.token_check = lambda: gateway.authenticate(token, defer_freshness=True)
     if permission is not PUBLIC and not allows(principal.role, permission):
         raise PermissionDenied(f"The role '{principal.role}' may not {permission.value.replace(':', ' ')}.")
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -29,10 +30,13 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    499: "client_disconnected",  # nginx's "client closed request": not a server error
     500: "server_error",
     502: "server_error",
     503: "service_unavailable",
@@ -65,6 +69,18 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
+    async def send(self, send, close: bool = False, websocket: bool = False) -> None:
+        """Answer from plain ASGI (middleware, before the app ran). `close` drops the connection
+        afterwards: the client may still be sending a body we will never read."""
+        body = json.dumps(self.body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   *[(k.lower().encode(), v.encode()) for k, v in self.headers.items()]]
+        if close:
+            headers.append((b"connection", b"close"))
+        prefix = "websocket.http" if websocket else "http"
+        await send({"type": f"{prefix}.response.start", "status": self.status, "headers": headers})
+        await send({"type": f"{prefix}.response.body", "body": body})
+
 
 def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
     """Map a lower layer's exception to the error clients see."""
@@ -83,7 +99,25 @@ def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
         return APIError(503, str(exc), code="engine_unavailable", headers={"Retry-After": str(retry_after_s)})
     if isinstance(exc, EngineError):
         return APIError(500, f"The engine failed: {exc}", code="engine_error")
+    store_error = _store_error(exc, retry_after_s)
+    if store_error is not None:
+        return store_error
     return APIError(500, "The server had an error while processing your request.", code="internal_error")
+
+
+def _store_error(exc: BaseException, retry_after_s: int) -> APIError | None:
+    """Database and network faults are the store's, not the request's: 503 (or 409 for a lost race)."""
+    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+    from sqlalchemy.orm.exc import StaleDataError
+
+    if isinstance(exc, (IntegrityError, StaleDataError)):
+        return APIError(409, "The resource was changed by a concurrent request; retry.", code="conflict")
+    if isinstance(exc, DataError):
+        return APIError(400, "A value is out of the range the store accepts.", code="invalid_value")
+    if isinstance(exc, (DBAPIError, OSError, TimeoutError, ConnectionError)):
+        return APIError(503, "A backing store is unavailable; retry shortly.", code="store_unavailable",
+                        headers={"Retry-After": str(retry_after_s)})
+    return None
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -134,5 +168,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error")
-        return _respond(request, from_exception(exc))
+        error = from_exception(exc, retry_after_s)
+        if error.status >= 500 and error.code == "internal_error":
+            log.exception("unhandled error")
+        else:  # an expected fault (a store outage, a lost race): one line, no traceback
+            log.warning("%s %s: %s (%s)", request.method, request.url.path, error.code, type(exc).__name__)
+        return _respond(request, error)

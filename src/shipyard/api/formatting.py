@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+
 from shipyard import __version__
 from shipyard.engines.base import TokenLogprob, Usage
 
@@ -34,17 +36,52 @@ def chat_logprobs(entries: list[TokenLogprob]) -> dict:
     }
 
 
-def completion_logprobs(entries: list[TokenLogprob], text_offset_start: int) -> dict:
-    offsets, offset = [], text_offset_start
+class TextOffsets:
+    """Where each token starts in the text, counted from the tokens' own bytes: a character split
+    over several tokens is counted once, so offsets never drift."""
+
+    def __init__(self, start: int = 0):
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.offset = start
+
+    def take(self, raw: list[int]) -> int:
+        at = self.offset
+        self.offset += len(self._decoder.decode(bytes(raw)))
+        return at
+
+
+def completion_logprobs(entries: list[TokenLogprob], offsets: TextOffsets) -> dict:
+    """Legacy completions logprobs. `top_logprobs` always holds the chosen token too, so it may
+    have `logprobs + 1` entries, as OpenAI's does; a prompt's first token has null entries."""
+    tops = []
     for e in entries:
-        offsets.append(offset)
-        offset += len(e.token)
+        if e.logprob is None:
+            tops.append(None)
+            continue
+        top = {t.token: t.logprob for t in e.top}
+        top.setdefault(e.token, e.logprob)
+        tops.append(top)
     return {
         "tokens": [e.token for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
-        "text_offset": offsets,
+        "top_logprobs": tops,
+        "text_offset": [offsets.take(e.bytes) for e in entries],
     }
+
+
+def vllm_prompt_logprobs(entries: list[TokenLogprob]) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt token, {token id: {logprob, rank, decoded_token}}
+    for the token itself and the top ones; None for the first token."""
+    out: list[dict | None] = []
+    for e in entries:
+        if e.logprob is None:
+            out.append(None)
+            continue
+        position = {str(t.token_id): {"logprob": t.logprob, "rank": rank, "decoded_token": t.token}
+                    for rank, t in enumerate(e.top, start=1)}
+        position.setdefault(str(e.token_id), {"logprob": e.logprob, "rank": e.rank, "decoded_token": e.token})
+        out.append(position)
+    return out
 
 
 class _Formatter:

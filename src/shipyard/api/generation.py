@@ -1,20 +1,31 @@
 """One client request's generation: its engine request(s), merged, measured, and closed.
 
 A completions call with several prompts becomes one engine request per prompt; their choices
-are numbered `prompt_index * n + choice`. Timing metrics are taken here, on the server's side
-of the engine, so TTFT includes queueing exactly as a client would feel it.
+are numbered `prompt_index * n + choice`. Engine request ids are made here, never taken from
+the client, so two requests can never share a stream. Timing metrics are taken on the server's
+side of the engine, so TTFT includes queueing exactly as a client would feel it. Completion
+tokens are counted as they arrive: a request that ends early (client gone, shutdown, engine
+error) is billed for what it generated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from shipyard.api.drain import Drain
 from shipyard.api.middleware import RequestRecord
 from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, TokenLogprob, Usage
 from shipyard.monitor.metrics import ServingMetrics
+
+_INTERRUPTED = object()  # the drain's signal, queued like a chunk
+
+
+def new_engine_request_id() -> str:
+    return f"gen-{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -26,7 +37,7 @@ class ChoiceResult:
 
 class Generation:
     def __init__(self, engine: Engine, requests: list[GenerationRequest], n: int, record: RequestRecord,
-                 metrics: ServingMetrics):
+                 metrics: ServingMetrics, prompt_tokens: int = 0, drain: Drain | None = None):
         self.engine = engine
         self.requests = requests
         self.n = n
@@ -34,11 +45,16 @@ class Generation:
         self.metrics = metrics
         self.model = record.model or ""
         self.first_token_at: float | None = None
-        self.usage = Usage(prompt_tokens=0, completion_tokens=0)
+        self.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0)
+        self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
         self.failed = False
+        self.interrupted = False  # ended by the shutdown drain
         self._last_at: dict[tuple[int, int], float] = {}
         self._streams: list[AsyncIterator[GenerationChunk]] = []
         self._finished_requests = 0
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._drain = drain
+        self._forget_drain: Callable[[], None] | None = None
         self.finished = False
         # Called once at the end with (generation, status); the gateway settles and meters here.
         self.on_finish: Callable[[Generation, int], Awaitable[None]] | None = None
@@ -52,31 +68,39 @@ class Generation:
             for stream in self._streams:
                 asyncio.ensure_future(stream.aclose())
             raise
+        if self._drain is not None:
+            self._forget_drain = self._drain.register(self.interrupt)
+
+    def interrupt(self) -> None:
+        """The shutdown grace period is over: end this generation at the next chunk boundary."""
+        self._queue.put_nowait((-1, _INTERRUPTED))
 
     async def chunks(self) -> AsyncIterator[tuple[int, GenerationChunk]]:
         """(prompt index, chunk) in arrival order, measured on the way."""
-        if len(self._streams) == 1:
-            async for chunk in self._streams[0]:
-                self._observe(0, chunk)
-                yield 0, chunk
-            return
-        queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
             try:
                 async for chunk in stream:
-                    queue.put_nowait((index, chunk))
+                    self._queue.put_nowait((index, chunk))
+            except Exception as exc:  # the engine stopped under us: end like a failed step
+                self._queue.put_nowait((index, exc))
             finally:
-                queue.put_nowait((index, None))
+                self._queue.put_nowait((index, None))
 
         tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(self._streams)]
         try:
             remaining = len(tasks)
             while remaining:
-                index, chunk = await queue.get()
+                index, chunk = await self._queue.get()
+                if chunk is _INTERRUPTED:
+                    self.interrupted = True
+                    return
                 if chunk is None:
                     remaining -= 1
                     continue
+                if isinstance(chunk, Exception):
+                    self.failed = True
+                    return
                 self._observe(index, chunk)
                 yield index, chunk
         finally:
@@ -84,7 +108,7 @@ class Generation:
                 task.cancel()
 
     async def aclose(self) -> None:
-        """Abort whatever is still running (client gone, or an error mid-way)."""
+        """Abort whatever is still running (client gone, shutdown, or an error mid-way)."""
         unfinished = self._finished_requests < len(self._streams)
         for stream in self._streams:
             await stream.aclose()
@@ -96,7 +120,12 @@ class Generation:
     def _observe(self, prompt_index: int, chunk: GenerationChunk) -> None:
         now = time.monotonic()
         metrics, model = self.metrics, self.model
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs[prompt_index] = chunk.prompt_logprobs
         if chunk.token_ids:
+            self.usage.completion_tokens += len(chunk.token_ids)  # billed even if the request ends early
+            self.record.completion_tokens = self.usage.completion_tokens
+            metrics.generation_tokens.labels(model).inc(len(chunk.token_ids))
             key = (prompt_index, chunk.index)
             previous = self._last_at.get(key)
             if self.first_token_at is None:
@@ -115,25 +144,31 @@ class Generation:
             self.record.finish_reason = chunk.finish_reason
         if chunk.usage is not None:  # this engine request is complete
             self._finished_requests += 1
-            self.usage.prompt_tokens += chunk.usage.prompt_tokens
-            self.usage.completion_tokens += chunk.usage.completion_tokens
             self.usage.cached_tokens += chunk.usage.cached_tokens
             metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
-            metrics.generation_tokens.labels(model).inc(chunk.usage.completion_tokens)
             if chunk.timings is not None and chunk.timings.queue_time is not None:
                 metrics.queue.labels(model).observe(chunk.timings.queue_time)
             self.record.prompt_tokens = self.usage.prompt_tokens
-            self.record.completion_tokens = self.usage.completion_tokens
+
+    @property
+    def status(self) -> int:
+        if self.failed:
+            return 500
+        if self.interrupted:
+            return 503
+        return 499 if self.record.finish_reason == "abort" else 200
 
     async def finish(self) -> None:
         """Once, when the response is over: latency metric, then the gateway's accounting hook."""
         if self.finished:
             return
         self.finished = True
+        if self._forget_drain is not None:
+            self._forget_drain()
+        self.record.prompt_tokens = self.usage.prompt_tokens
         self.metrics.e2e.labels(self.model).observe(time.monotonic() - self.record.arrival)
         if self.on_finish is not None:
-            status = 500 if self.failed else 499 if self.record.finish_reason == "abort" else 200
-            await self.on_finish(self, status)
+            await self.on_finish(self, self.status)
 
     def debug_headers(self) -> dict[str, str]:
         headers = {}

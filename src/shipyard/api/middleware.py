@@ -6,7 +6,7 @@ and the log line is written when the last byte has gone, with the real status.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
@@ -54,7 +54,17 @@ class BodyTooLarge(HTTPException):
     code = "request_too_large"
 
     def __init__(self, limit: int):
-        super().__init__(413, f"Request body too large: the limit is {limit} bytes.")
+        super().__init__(413, f"Request body too large: the limit is {limit} bytes.",
+                         headers={"Connection": "close"})
+
+
+class BodyTimeout(HTTPException):
+    """The client stopped sending its body: 408, and the connection is closed."""
+
+    code = "request_timeout"
+
+    def __init__(self, message: str):
+        super().__init__(408, message, headers={"Connection": "close"})
 
 
 def _is_valid_request_id(value: str) -> bool:
@@ -62,10 +72,13 @@ def _is_valid_request_id(value: str) -> bool:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, max_body_bytes: int, body_timeout_s: float = 30.0,
+                 body_idle_timeout_s: float = 10.0):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.body_idle_timeout_s = body_idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -78,7 +91,7 @@ class RequestContextMiddleware:
                                client_supplied_id=request_id == given)
         scope.setdefault("state", {})["record"] = record
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
+            await self._websocket(scope, receive, send, record)
             return
 
         id_header = (b"x-request-id", request_id.encode())
@@ -95,48 +108,81 @@ class RequestContextMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._reject_too_large(record, send_with_id)
-            self._finish(record)
+            await self._reject(record, send_with_id, BodyTooLarge(self.max_body_bytes))
+            finish_record(record, self.metrics)
             return
 
         received = 0
+        body_done = False
+        deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only a disconnect can come: no timeout applies
+                return await receive()
+            left = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), min(self.body_idle_timeout_s, max(left, 0.001)))
+            except asyncio.TimeoutError:
+                raise BodyTimeout("The request body did not arrive in time; the connection is closed.") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         try:
             await self.app(scope, limited_receive, send_with_id)
-        except BodyTooLarge:  # raised outside FastAPI's handlers (e.g. read by a streaming route)
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised outside FastAPI's handlers (e.g. a streaming route)
             if not response_started:
-                await self._reject_too_large(record, send_with_id)
+                await self._reject(record, send_with_id, exc)
         finally:
-            self._finish(record)
+            finish_record(record, self.metrics)
 
-    async def _reject_too_large(self, record: RequestRecord, send: Send) -> None:
-        too_large = BodyTooLarge(self.max_body_bytes)
-        error = APIError(413, too_large.detail, code=too_large.code)
-        body = json.dumps(error.body()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> None:
+        """The handshake is logged like a request when it is refused; an accepted socket logs each
+        request it carries (api/websocket.py), then nothing more."""
 
-    def _finish(self, record: RequestRecord) -> None:
-        latency_ms = (time.monotonic() - record.arrival) * 1000
-        if record.status >= 400:
-            record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
-            self.metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
-        if record.path in ("/metrics", "/health", "/ready"):
-            return  # probes would drown the log
-        hidden = ("arrival", "client_supplied_id", "rate_limit_headers")
-        fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
-        fields["latency_ms"] = round(latency_ms, 2)
-        if record.ttft_ms is not None:
-            fields["ttft_ms"] = round(record.ttft_ms, 2)
-        summary = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "path", "request_id"))
-        access_log.info("%s %s %s %s", record.request_id, record.method, record.path, summary, extra=fields)
+        async def send_watching(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                record.status = 101
+            elif message["type"] == "websocket.http.response.start":
+                record.status = message["status"]
+            elif message["type"] == "websocket.close" and record.status == 0:
+                record.status = 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watching)
+        finally:
+            if record.status != 101:
+                finish_record(record, self.metrics)
+
+    async def _reject(self, record: RequestRecord, send: Send, exc: BodyTooLarge | BodyTimeout) -> None:
+        await APIError(exc.status_code, exc.detail, code=exc.code).send(send, close=True)
+
+
+def _escape(value) -> str:
+    """Log values come from clients (path, model): control characters would forge log lines."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
+    """One access-log line and the error metric for a finished request (HTTP or one on a socket)."""
+    latency_ms = (time.monotonic() - record.arrival) * 1000
+    if record.status >= 400:
+        record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
+        metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
+    if record.path in ("/metrics", "/health", "/ready"):
+        return  # probes would drown the log
+    hidden = ("arrival", "client_supplied_id", "rate_limit_headers")
+    fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
+    fields["latency_ms"] = round(latency_ms, 2)
+    if record.ttft_ms is not None:
+        fields["ttft_ms"] = round(record.ttft_ms, 2)
+    summary = " ".join(f"{k}={_escape(v)}" for k, v in fields.items() if k not in ("method", "path", "request_id"))
+    access_log.info("%s %s %s %s", record.request_id, record.method, _escape(record.path), summary, extra=fields)

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from shipyard.api.authorization import Caller, caller_of
 from shipyard.api.errors import APIError, from_exception
-from shipyard.api.formatting import ChatFormatter, CompletionFormatter, completion_logprobs
-from shipyard.api.generation import ClientDisconnected, Generation, run_until_disconnect
+from shipyard.api.drain import Drain
+from shipyard.api.formatting import (
+    ChatFormatter,
+    CompletionFormatter,
+    TextOffsets,
+    completion_logprobs,
+    vllm_prompt_logprobs,
+)
+from shipyard.api.generation import ClientDisconnected, Generation, new_engine_request_id, run_until_disconnect
 from shipyard.api.middleware import RequestRecord
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
-from shipyard.api.streaming import chat_events, completion_events, sse
-from shipyard.engines.base import GenerationRequest
+from shipyard.api.streaming import SHUTTING_DOWN, chat_events, completion_events, sse
+from shipyard.engines.base import GenerationRequest, Prompt, SamplingParams
 from shipyard.gateway.errors import GatewayError, StaleCredentials
 from shipyard.gateway.keystore import KeyStore
 from shipyard.gateway.service import Gateway, monotonic_ms
@@ -38,6 +45,8 @@ class Services:
     gateway: Gateway
     keystore: KeyStore | None = None
     db: Database | None = None
+    drain: Drain = field(default_factory=Drain)
+    max_sequences_per_request: int = 64
 
 
 def services_of(request) -> Services:
@@ -45,26 +54,25 @@ def services_of(request) -> Services:
 
 
 async def _admit(services: Services, caller: Caller, record: RequestRecord, prompt_tokens: int,
-                 max_tokens: int | None, choices: int):
+                 max_tokens: int | None, prompts: int, choices: int):
     """Take the limits and an admission slot; wire the accounting to the end of the response."""
     gateway = services.gateway
     usage_id = record.usage_id
     principal = caller.principal
     try:
         try:
-            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices)
+            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts)
         except StaleCredentials:  # the key changed on another replica: check it again, once
             principal = await caller.reauthenticate()
-            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices)
+            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts)
     except GatewayError as exc:
         gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival))
         raise
     record.rate_limit_headers = ticket.headers()
 
     async def on_finish(gen: Generation, status: int) -> None:
-        await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens or prompt_tokens,
-                             gen.usage.completion_tokens, gen.usage.cached_tokens, monotonic_ms(record.arrival),
-                             record.ttft_ms)
+        await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
+                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms)
 
     async def on_error(exc: BaseException) -> None:
         await gateway.finish(ticket, usage_id, from_exception(exc).status, prompt_tokens, 0, 0,
@@ -73,15 +81,23 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     return on_finish, on_error
 
 
-async def _start(services: Services, caller: Caller, record: RequestRecord, engine,
-                 requests: list[GenerationRequest]) -> Generation:
-    params = requests[0].params
-    prompt_tokens = 0
-    for request in requests:
-        prompt_tokens += await engine.count_prompt_tokens(request.prompt) or 0
-    on_finish, on_error = await _admit(services, caller, record, prompt_tokens, params.max_tokens,
-                                       params.n * len(requests))
-    gen = Generation(engine, requests, params.n, record, services.metrics)
+async def _start(services: Services, caller: Caller, record: RequestRecord, engine, prompts: list[Prompt],
+                 params: SamplingParams) -> Generation:
+    """Bound, tokenize (once, off the event loop), admit, submit."""
+    if services.drain.draining:
+        raise SHUTTING_DOWN
+    sequences = len(prompts) * params.n
+    if sequences > services.max_sequences_per_request:
+        raise APIError(400, f"This request asks for {sequences} sequences ({len(prompts)} prompts × n={params.n}); "
+                       f"the limit is {services.max_sequences_per_request} per request.", param="prompt",
+                       code="too_many_sequences")
+    prompt_ids = [await engine.encode(prompt) for prompt in prompts]
+    prompt_tokens = sum(len(ids) for ids in prompt_ids if ids is not None)
+    on_finish, on_error = await _admit(services, caller, record, prompt_tokens, params.max_tokens, len(prompts),
+                                       params.n)
+    requests = [GenerationRequest(new_engine_request_id(), prompt, params, record.arrival, ids)
+                for prompt, ids in zip(prompts, prompt_ids)]
+    gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
     gen.on_finish = on_finish
     try:
         gen.start()
@@ -95,8 +111,7 @@ async def prepare_chat(body: ChatCompletionRequest, services: Services, record: 
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompt, params = body.to_engine()
-    requests = [GenerationRequest(record.request_id, prompt, params, record.arrival)]
-    gen = await _start(services, caller, record, engine, requests)
+    gen = await _start(services, caller, record, engine, [prompt], params)
     fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -106,12 +121,7 @@ async def prepare_completion(body: CompletionRequest, services: Services, record
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompts, params = body.to_engine()
-    requests = [
-        GenerationRequest(record.request_id if len(prompts) == 1 else f"{record.request_id}-{i}", p, params,
-                          record.arrival)
-        for i, p in enumerate(prompts)
-    ]
-    gen = await _start(services, caller, record, engine, requests)  # limits see every prompt and choice
+    gen = await _start(services, caller, record, engine, prompts, params)  # limits see every prompt and choice
     fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -126,10 +136,14 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
         await gen.aclose()
         return Response(status_code=_CLIENT_CLOSED)
     finally:
+        if gen.interrupted or gen.failed:
+            await gen.aclose()
         await gen.finish()
     if gen.failed:
         raise APIError(500, "The engine failed while generating this response.", code="engine_error")
-    return JSONResponse(build_body(results), headers=gen.debug_headers())
+    if gen.interrupted:
+        raise SHUTTING_DOWN
+    return JSONResponse(await build_body(results), headers=gen.debug_headers())
 
 
 @router.post("/v1/chat/completions")
@@ -137,10 +151,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     gen, fmt, want_logprobs = await prepare_chat(body, services_of(request), request.state.record,
                                                  caller_of(request))
 
-    def build_body(results):
+    async def build_body(results):
         choices = [ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None)
                    for i, c in enumerate(results)]
-        return fmt.response(choices, gen.usage)
+        response = fmt.response(choices, gen.usage)
+        if body.prompt_logprobs is not None:
+            response["prompt_logprobs"] = vllm_prompt_logprobs(gen.prompt_logprobs.get(0, []))
+        return response
 
     events = chat_events(gen, fmt, want_logprobs) if body.stream else None
     return await _respond(request, body.stream, gen, events, build_body)
@@ -152,17 +169,35 @@ async def completions(body: CompletionRequest, request: Request):
                                                        caller_of(request))
     prompts = body.prompts()
 
-    def build_body(results):
+    async def build_body(results):
         choices = []
         for i, c in enumerate(results):
-            prefix = (prompts[i // gen.n].text or "") if body.echo else ""
-            logprobs = completion_logprobs(c.logprobs or [], len(prefix)) if want_logprobs else None
-            choices.append({"index": i, "text": prefix + "".join(c.text), "logprobs": logprobs,
-                            "finish_reason": c.finish_reason})
+            prompt_index = i // gen.n
+            prompt = prompts[prompt_index]
+            prefix, entries = "", list(c.logprobs or [])
+            if body.echo:  # the prompt, then the completion; with logprobs, every prompt token scored
+                prefix = prompt.text if prompt.text is not None else await gen.engine.decode(prompt.token_ids)
+                if want_logprobs:
+                    entries = gen.prompt_logprobs.get(prompt_index, []) + entries
+            logprobs = None
+            if want_logprobs:
+                logprobs = completion_logprobs(entries, TextOffsets())
+                if body.echo and c.logprobs:  # completion tokens start right after the prompt's text
+                    logprobs["text_offset"][-len(c.logprobs):] = _offsets_from(len(prefix), c.logprobs)
+            choice = {"index": i, "text": prefix + "".join(c.text), "logprobs": logprobs,
+                      "finish_reason": c.finish_reason}
+            if body.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = vllm_prompt_logprobs(gen.prompt_logprobs.get(prompt_index, []))
+            choices.append(choice)
         return fmt.response(choices, gen.usage)
 
     events = completion_events(gen, fmt, want_logprobs) if body.stream else None
     return await _respond(request, body.stream, gen, events, build_body)
+
+
+def _offsets_from(start: int, entries) -> list[int]:
+    offsets = TextOffsets(start)
+    return [offsets.take(e.bytes) for e in entries]
 
 
 def _model_card(info) -> dict:

@@ -45,6 +45,30 @@ class Message(BaseModel):
         return "".join(parts)
 
 
+# Bounds that keep one request from costing the batch it shares: stop strings are matched in
+# linear time, but building and holding them is not free.
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_LENGTH = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 300  # OpenAI's own limit
+
+
+def _check_text(value: Any, path: str = "") -> None:
+    """Every string must be valid Unicode: a lone surrogate (JSON "\\ud800") is refused here,
+    with the field's name, rather than failing in a tokenizer."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path or 'the body'} contains invalid Unicode (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{path}[{index}]")
+
+
 class _SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
@@ -65,14 +89,38 @@ class _SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: logprobs of every prompt token
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_defaults(cls, data):
+        """An explicit null is the field's default, as the spec's "nullable" fields allow (and
+        as clients that serialise every field send)."""
+        if isinstance(data, dict):
+            _check_text(data)
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, value):
         if isinstance(value, str):
             value = [value]
-        if value is not None and any(not s for s in value):
+        if value is None:
+            return value
+        if any(not s for s in value):
             raise ValueError("stop sequences must be non-empty strings")
+        if len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(value)}")
+        if any(len(s) > MAX_STOP_LENGTH for s in value):
+            raise ValueError(f"each stop sequence may be at most {MAX_STOP_LENGTH} characters long")
+        return value
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _stop_ids(cls, value):
+        if value is not None and len(value) > MAX_STOP_TOKEN_IDS:
+            raise ValueError(f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids are allowed")
         return value
 
     @field_validator("logit_bias")
@@ -80,6 +128,8 @@ class _SamplingFields(BaseModel):
     def _bias(cls, value):
         if value is None:
             return value
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias may name at most {MAX_LOGIT_BIAS} tokens")
         for key, bias in value.items():
             if not key.lstrip("-").isdigit():
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
@@ -87,10 +137,11 @@ class _SamplingFields(BaseModel):
                 raise ValueError("logit_bias values must be between -100 and 100")
         return value
 
-    def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
-        if max_tokens is not None and max_tokens <= 0:
-            raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens",
-                           code="invalid_value")
+    def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int,
+                  prompt_logprobs: int | None = None) -> SamplingParams:
+        if self.prompt_logprobs is not None and self.stream:
+            raise APIError(400, "prompt_logprobs is not available when stream is enabled.", param="prompt_logprobs",
+                           code="unsupported_parameter")
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -108,6 +159,7 @@ class _SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             skip_special_tokens=self.skip_special_tokens,
+            prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs,
         )
 
     @property
@@ -143,12 +195,15 @@ class ChatCompletionRequest(_SamplingFields):
                            code="invalid_value")
         messages = [ChatMessage(role=m.role, content=m.text()) for m in self.messages]
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens",
+                           code="invalid_value")
         return Prompt(messages=messages), self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
+    max_tokens: int | None = Field(16, ge=0, description="0 scores the prompt without generating")
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -180,7 +235,9 @@ class CompletionRequest(_SamplingFields):
         if self.echo and self.stream:
             raise APIError(400, "echo is not supported with stream.", param="echo", code="unsupported_parameter")
         prompts = self.prompts()
-        if self.echo and any(p.text is None for p in prompts):
-            raise APIError(400, "echo is supported for text prompts only.", param="echo", code="unsupported_parameter")
         logprobs = self.logprobs is not None
-        return prompts, self._sampling(self.max_tokens, logprobs, self.logprobs or 0)
+        # echo with logprobs scores the prompt too: one entry per prompt token (the first null).
+        prompt_logprobs = self.logprobs if self.echo and logprobs else None
+        if self.prompt_logprobs is not None:
+            prompt_logprobs = max(self.prompt_logprobs, prompt_logprobs or 0)
+        return prompts, self._sampling(self.max_tokens, logprobs, self.logprobs or 0, prompt_logprobs)

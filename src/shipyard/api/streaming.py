@@ -10,28 +10,43 @@ import json
 from collections.abc import AsyncIterator, Callable
 
 from shipyard.api.errors import APIError
-from shipyard.api.formatting import ChatFormatter, CompletionFormatter, chat_logprobs, completion_logprobs
+from shipyard.api.formatting import (
+    ChatFormatter,
+    CompletionFormatter,
+    TextOffsets,
+    chat_logprobs,
+    completion_logprobs,
+)
 from shipyard.api.generation import Generation
 from shipyard.engines.base import GenerationChunk
 
 DONE = "[DONE]"
 
 _ENGINE_FAILED = APIError(500, "The engine failed while generating this response.", code="engine_error")
+SHUTTING_DOWN = APIError(503, "The server is shutting down; this response was cut short. Retry on another "
+                         "replica.", code="server_shutting_down", headers={"Retry-After": "1"})
 
 
 async def _events(gen: Generation, fmt: ChatFormatter | CompletionFormatter,
                   render: Callable[[int, GenerationChunk], list[dict]]) -> AsyncIterator[dict | str]:
-    """Every chunk rendered to objects, then the usage chunk (if asked) and DONE; always closed."""
+    """Every chunk rendered to objects, then the usage chunk (if asked) and DONE; always closed.
+
+    The request is settled before DONE is sent: a client that sends its next request the moment
+    it reads DONE finds its concurrency slot already free."""
     try:
         async for prompt_index, chunk in gen.chunks():
             if chunk.finish_reason == "error":
-                yield _ENGINE_FAILED.body()
                 break
             for event in render(prompt_index, chunk):
                 yield event
-        else:
-            if fmt.include_usage:
-                yield fmt.usage_chunk(gen.usage)
+        if gen.failed:
+            yield _ENGINE_FAILED.body()
+        elif gen.interrupted:
+            yield SHUTTING_DOWN.body()
+        elif fmt.include_usage:
+            yield fmt.usage_chunk(gen.usage)
+        await gen.aclose()
+        await gen.finish()
         yield DONE
     finally:
         await gen.aclose()
@@ -57,7 +72,7 @@ def chat_events(gen: Generation, fmt: ChatFormatter, want_logprobs: bool) -> Asy
 
 
 def completion_events(gen: Generation, fmt: CompletionFormatter, want_logprobs: bool) -> AsyncIterator[dict | str]:
-    offsets: dict[int, int] = {}
+    offsets: dict[int, TextOffsets] = {}
 
     def render(prompt_index: int, chunk: GenerationChunk) -> list[dict]:
         index = prompt_index * gen.n + chunk.index
@@ -65,8 +80,7 @@ def completion_events(gen: Generation, fmt: CompletionFormatter, want_logprobs: 
             return []
         logprobs = None
         if want_logprobs and chunk.logprobs:
-            logprobs = completion_logprobs(chunk.logprobs, offsets.get(index, 0))
-        offsets[index] = offsets.get(index, 0) + len(chunk.text)
+            logprobs = completion_logprobs(chunk.logprobs, offsets.setdefault(index, TextOffsets()))
         return [fmt.chunk(index, chunk.text, chunk.finish_reason, logprobs)]
 
     return _events(gen, fmt, render)

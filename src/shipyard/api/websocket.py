@@ -3,22 +3,26 @@
 Connect to `ws://HOST/v1/chat/completions` (or `/v1/completions`), send a request body as a text
 frame, receive each chunk object as a text frame and then the text `[DONE]`. Errors arrive as an
 OpenAI error object (then `[DONE]`) and the socket stays open for the next request. Closing the
-socket mid-stream aborts the generation.
+socket mid-stream aborts the generation (what was generated is billed). The key is checked again
+for every request; once it is revoked, expired or rotated out, the socket is closed (1008).
+Frames and messages are bounded by `server.max_body_bytes`, like HTTP bodies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from shipyard.api.authorization import caller_of
+from shipyard.api.authorization import Caller, caller_of
 from shipyard.api.errors import APIError, from_exception
-from shipyard.api.middleware import RequestRecord
+from shipyard.api.middleware import RequestRecord, finish_record
 from shipyard.api.openai_routes import prepare_chat, prepare_completion, services_of
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import DONE, chat_events, completion_events
+from shipyard.gateway.errors import GatewayError
 
 router = APIRouter()
 
@@ -36,31 +40,56 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
     await websocket.accept()
     connection = websocket.scope["state"]["record"]
     services = services_of(websocket)
-    caller = caller_of(websocket)  # authenticated by the app-wide dependency
-    principal = caller.principal
+    token_check = websocket.scope["state"].get("token_check")
     count = 0
     try:
         while True:
             text = await websocket.receive_text()
             count += 1
-            record = RequestRecord(request_id=f"{connection.request_id}-{count}", method="WS", path=connection.path,
-                                   tenant_id=principal.tenant_id, key_id=principal.key_id)
+            record = RequestRecord(request_id=f"{connection.request_id}-{count}", method="WS", path=connection.path)
+            try:
+                # The key is checked again for every request: a key revoked, expired or rotated out
+                # since the handshake stops working here, and the socket is closed.
+                caller = await _recheck(websocket, token_check)
+            except GatewayError as exc:
+                await _refuse(websocket, record, from_exception(exc), services)
+                await websocket.close(code=1008, reason="API key no longer valid")
+                return
+            record.tenant_id, record.key_id = caller.principal.tenant_id, caller.principal.key_id
             try:
                 body = model_cls.model_validate_json(text)
                 body.stream = True  # a socket always streams
                 gen, fmt, want_logprobs = await prepare(body, services, record, caller)
             except ValidationError as exc:
-                await websocket.send_text(json.dumps(_validation_error(exc).body()))
-                await websocket.send_text(DONE)
+                await _refuse(websocket, record, _validation_error(exc), services)
                 continue
             except Exception as exc:
-                await websocket.send_text(json.dumps(from_exception(exc).body()))
-                await websocket.send_text(DONE)
+                await _refuse(websocket, record, from_exception(exc), services)
                 continue
-            async for event in events(gen, fmt, want_logprobs):
-                await websocket.send_text(event if isinstance(event, str) else json.dumps(event))
+            record.status = 200
+            try:
+                async with contextlib.aclosing(events(gen, fmt, want_logprobs)) as stream:
+                    async for event in stream:
+                        await websocket.send_text(event if isinstance(event, str) else json.dumps(event))
+            finally:
+                record.status = gen.status
+                finish_record(record, services.metrics)
     except WebSocketDisconnect:
         return
+
+
+async def _recheck(websocket: WebSocket, token_check) -> Caller:
+    if token_check is None:  # auth disabled
+        return caller_of(websocket)
+    principal = await token_check()
+    return Caller(principal, caller_of(websocket).reauthenticate)
+
+
+async def _refuse(websocket: WebSocket, record: RequestRecord, error: APIError, services) -> None:
+    record.status, record.error_type = error.status, error.type
+    finish_record(record, services.metrics)
+    await websocket.send_text(json.dumps(error.body()))
+    await websocket.send_text(DONE)
 
 
 @router.websocket("/v1/chat/completions")

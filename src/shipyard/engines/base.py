@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shipyard.engines.errors import InvalidRequestError
+
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 
@@ -21,7 +23,7 @@ FinishReason = Literal["stop", "length", "abort", "error"]
 class SamplingParams:
     """Per-request sampling, honoured exactly whatever else shares the batch."""
 
-    max_tokens: int | None = None  # None: up to the context window
+    max_tokens: int | None = None  # None: up to the context window; 0: score the prompt only
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: disabled
@@ -37,6 +39,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     skip_special_tokens: bool = True
+    # Logprobs of every prompt token (the first has none): None = not wanted, k = with the top k.
+    prompt_logprobs: int | None = None
 
 
 @dataclass(slots=True)
@@ -56,10 +60,11 @@ class Prompt:
 
 @dataclass(slots=True)
 class GenerationRequest:
-    request_id: str
+    request_id: str  # unique per engine request, made by the server (never a client's id)
     prompt: Prompt
     params: SamplingParams
     arrival_time: float = 0.0  # time.monotonic() when the server received it
+    prompt_ids: list[int] | None = None  # from `Engine.encode()`, so the prompt is tokenized once
 
 
 @dataclass(slots=True)
@@ -74,9 +79,10 @@ class TopLogprob:
 class TokenLogprob:
     token: str
     token_id: int
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token, which nothing predicts
     bytes: list[int]
     top: list[TopLogprob]
+    rank: int | None = None  # 1 = the most likely token (prompt logprobs)
 
 
 @dataclass(slots=True)
@@ -122,6 +128,8 @@ class GenerationChunk:
     stop_reason: str | int | None = None  # the stop string or token that ended it
     usage: Usage | None = None
     timings: Timings | None = None
+    # On the request's first chunk when `prompt_logprobs` was asked: one entry per prompt token.
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -179,6 +187,16 @@ class Engine(abc.ABC):
     def stats(self) -> EngineStats:
         """Live queue and cache figures."""
 
-    async def count_prompt_tokens(self, prompt: Prompt) -> int | None:
-        """Tokens the prompt would take, where the engine can tell (None if it cannot)."""
+    async def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int] | None:
+        """The prompt's token ids, computed off the event loop, where the engine can tell (else
+        None). Bounds are checked before any work, so a huge prompt costs nothing. Passing the
+        result as `GenerationRequest.prompt_ids` spares the engine a second tokenization."""
+        return None
+
+    async def decode(self, token_ids: list[int]) -> str:
+        """Token ids → text (vLLM's /detokenize)."""
+        raise InvalidRequestError("This engine cannot detokenize.", "tokens", "unsupported")
+
+    def token_strings(self, token_ids: list[int]) -> list[str] | None:
+        """The vocabulary's spelling of each id, where known."""
         return None

@@ -1,4 +1,4 @@
-"""Token ids → text, one token at a time, and exact stop-string handling.
+"""Token ids → text, one token at a time; each token's own text and bytes for logprobs.
 
 Decoding a growing list of ids one id at a time is wrong for byte-level BPE (one character can
 span several tokens) and for SentencePiece (a token's leading space depends on what precedes
@@ -8,6 +8,8 @@ stable difference; an incomplete UTF-8 sequence ("\ufffd" at the end) is held un
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 # Prompt tokens decoded as context for the first generated token (SentencePiece spacing).
@@ -45,57 +47,67 @@ class IncrementalDetokenizer:
         return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
 
 
-class StopStringMatcher:
-    """Finds the first stop string in the generated text, never letting any of it out.
-
-    Text that could still grow into a stop string (a suffix equal to a stop's prefix) is held
-    back until it either completes the stop (then it is dropped with everything after it) or
-    diverges (then it is released).
-    """
-
-    def __init__(self, stops: list[str]):
-        self._stops = [s for s in stops if s]
-        self._pending = ""
-
-    def feed(self, delta: str) -> tuple[str, str | None]:
-        """Returns (text safe to emit, the stop string matched or None)."""
-        if not self._stops:
-            return delta, None
-        text = self._pending + delta
-        first_index, first_stop = -1, None
-        for stop in self._stops:
-            index = text.find(stop)
-            if index != -1 and (first_index == -1 or index < first_index):
-                first_index, first_stop = index, stop
-        if first_stop is not None:
-            self._pending = ""
-            return text[:first_index], first_stop
-        hold = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(text)), hold, -1):
-                if text.endswith(stop[:k]):
-                    hold = k
-                    break
-        self._pending = text[len(text) - hold :] if hold else ""
-        return text[: len(text) - hold], None
-
-    def flush(self) -> str:
-        """The generation ended for another reason: held text is real output after all."""
-        text, self._pending = self._pending, ""
-        return text
-
-
 class TokenTextCache:
-    """Per-token text and UTF-8 bytes for logprobs, decoded once per vocabulary entry."""
+    """Per-token text and bytes for logprobs, decoded once per vocabulary entry.
+
+    A token that holds part of a UTF-8 character decodes to "\ufffd" on its own; its `bytes`
+    are then the token's real bytes (as OpenAI reports them), read from the vocabulary: GPT-2
+    style byte-level pieces map back through the byte alphabet, SentencePiece byte-fallback
+    pieces (`<0xE2>`) name their byte.
+    """
 
     def __init__(self, tokenizer: Any):
         self._tokenizer = tokenizer
         self._cache: dict[int, tuple[str, list[int]]] = {}
+        self._byte_level = _uses_byte_level(tokenizer)
 
     def get(self, token_id: int) -> tuple[str, list[int]]:
         entry = self._cache.get(token_id)
         if entry is None:
             text = self._tokenizer.decode([token_id], skip_special_tokens=False)
-            entry = (text, list(text.encode("utf-8")))
+            raw = text.encode("utf-8")
+            if "\ufffd" in text:
+                raw = self._piece_bytes(token_id) or raw
+            entry = (text, list(raw))
             self._cache[token_id] = entry
         return entry
+
+    def _piece_bytes(self, token_id: int) -> bytes | None:
+        piece = self._tokenizer.convert_ids_to_tokens(token_id)
+        if not isinstance(piece, str):
+            return None
+        match = _BYTE_FALLBACK.fullmatch(piece)
+        if match:
+            return bytes([int(match.group(1), 16)])
+        if self._byte_level and all(c in _BYTE_DECODER for c in piece):
+            return bytes(_BYTE_DECODER[c] for c in piece)
+        return None
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """The inverse of GPT-2's bytes_to_unicode(): printable stand-in character → byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+_BYTE_DECODER = _byte_alphabet()
+
+
+def _uses_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder")
+    except Exception:
+        return False
+    return "ByteLevel" in json.dumps(decoder)

@@ -20,9 +20,13 @@ class _Waiter:
     sort_key: tuple[int, int]
     future: asyncio.Future = field(compare=False)
     tier: int = field(compare=False)
+    weight: int = field(compare=False, default=1)
 
 
 class TieredAdmission:
+    """Counts sequences, not calls: a request runs `weight` sequences (prompts × n) and takes
+    that many of the `max_inflight` slots (a request larger than all of them runs alone)."""
+
     def __init__(self, max_inflight: int, max_queue: int, queue_timeout_s: float, retry_after_s: int = 1):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
@@ -35,42 +39,58 @@ class TieredAdmission:
     def _shed(self, message: str) -> Overloaded:
         return Overloaded(message, headers={"Retry-After": str(self.retry_after_s)})
 
-    async def enter(self, tier: int) -> None:
-        if self.inflight < self.max_inflight and not self._heap:
-            self.inflight += 1
+    def _fits(self, weight: int) -> bool:
+        return self.inflight == 0 or self.inflight + weight <= self.max_inflight
+
+    def _remove(self, waiter: _Waiter) -> None:
+        self._heap.remove(waiter)
+        heapq.heapify(self._heap)
+
+    async def enter(self, tier: int, weight: int = 1) -> None:
+        weight = max(1, min(weight, self.max_inflight))
+        if not self._heap and self._fits(weight):
+            self.inflight += weight
             return
         if len(self._heap) >= self.max_queue:
             lowest = max(self._heap) if self._heap else None  # max sort key = lowest tier, newest
             if lowest is None or lowest.tier >= tier:
                 raise self._shed("The server is at capacity; requests of higher priority are served first.")
-            self._heap.remove(lowest)
-            heapq.heapify(self._heap)
+            self._remove(lowest)
             lowest.future.set_exception(self._shed("Shed for a request of higher priority; retry shortly."))
-        waiter = _Waiter((-tier, next(self._order)), asyncio.get_running_loop().create_future(), tier)
+        waiter = _Waiter((-tier, next(self._order)), asyncio.get_running_loop().create_future(), tier, weight)
         heapq.heappush(self._heap, waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout_s)
         except asyncio.TimeoutError:
             if waiter in self._heap:
-                self._heap.remove(waiter)
-                heapq.heapify(self._heap)
+                self._remove(waiter)
+                self._admit_waiters()  # a large waiter leaving may unblock smaller ones behind it
                 raise self._shed(f"Waited {self.queue_timeout_s:g} s for capacity; retry shortly.") from None
             # admitted at the very moment the timer fired: keep the slot
         except asyncio.CancelledError:
             if waiter in self._heap:
-                self._heap.remove(waiter)
-                heapq.heapify(self._heap)
-            elif waiter.future.done() and not waiter.future.exception():
-                self.leave()
+                self._remove(waiter)
+                self._admit_waiters()
+            elif waiter.future.done() and not waiter.future.cancelled() and not waiter.future.exception():
+                self.leave(weight)
             raise
 
-    def leave(self) -> None:
+    def leave(self, weight: int = 1) -> None:
+        self.inflight -= max(1, min(weight, self.max_inflight))
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        """Hand freed slots to waiters in order; the head waits until it fits (no starvation)."""
         while self._heap:
-            waiter = heapq.heappop(self._heap)
-            if not waiter.future.done():
-                waiter.future.set_result(None)  # the slot passes straight to the waiter
+            head = self._heap[0]
+            if head.future.done():
+                heapq.heappop(self._heap)
+                continue
+            if not self._fits(head.weight):
                 return
-        self.inflight -= 1
+            heapq.heappop(self._heap)
+            self.inflight += head.weight
+            head.future.set_result(None)
 
     @property
     def waiting(self) -> int:

@@ -9,13 +9,16 @@ processes sharing the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 from shipyard.gateway import keys
-from shipyard.gateway.errors import AuthenticationError, NotFound
+from shipyard.gateway.errors import AuthenticationError, AuthUnavailable
 from shipyard.gateway.keystore import BOOTSTRAP_KEY_ID, KeyStore, aware, utcnow
 from shipyard.store.models import ApiKey, Tenant
 
@@ -49,8 +52,8 @@ class Principal:
 
 @dataclass
 class _Cached:
-    row: ApiKey
-    tenant: Tenant
+    row: ApiKey | None  # None: no such key (cached too, so unknown ids cost what known ones do)
+    tenant: Tenant | None
     fetched_at: float
 
 
@@ -58,23 +61,46 @@ def _limits(source) -> Limits:
     return Limits(source.rpm, source.tpm, source.max_concurrent, source.budget_usd, source.budget_period)
 
 
+_UNREAD = object()
+# Verified against when the key id is unknown, so that path costs one HMAC like a wrong secret.
+_DUMMY_SALT, _DUMMY_HASH = "0" * 32, "0" * 64
+
+
 class Authenticator:
-    def __init__(self, store: KeyStore, redis=None, cache_ttl_s: float = 2.0):
+    """Keys from the database, cached. The last good read of a key keeps serving while the
+    database is unreachable (revocations still arrive through Redis); a key never read before
+    gets 503 + Retry-After then, never a traceback."""
+
+    def __init__(self, store: KeyStore, redis=None, cache_ttl_s: float = 2.0, db_timeout_s: float = 2.0,
+                 max_cached: int = 100_000):
         self.store = store
         self.redis = redis
         self.cache_ttl_s = cache_ttl_s
-        self._cache: dict[str, _Cached] = {}
+        self.db_timeout_s = db_timeout_s
+        self.max_cached = max_cached
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._loading: dict[str, asyncio.Future] = {}  # one database read per key at a time
+        self._last_outage_log = 0.0
         store.on_change(self._key_changed)
 
     def forget(self, key_id: str) -> None:
-        """Drop a cached row (its fence failed): the next lookup reads the database."""
-        self._cache.pop(key_id, None)
+        """Mark a cached row stale (its fence failed): the next lookup reads the database, and
+        falls back to it only if the database is away."""
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            cached.fetched_at = -math.inf
 
-    async def _key_changed(self, key_id: str, generation: int) -> None:
+    async def _key_changed(self, key_id: str, generation: int, revoked: bool = False) -> None:
         self._cache.pop(key_id, None)
         if self.redis is not None:
             try:
-                await self.redis.set(generation_key(key_id), generation)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.set(generation_key(key_id), generation)
+                    if revoked:
+                        pipe.set(revoked_key(key_id), 1)
+                    else:
+                        pipe.delete(revoked_key(key_id))
+                    await pipe.execute()
             except Exception as exc:  # other replicas re-read the database while Redis is away
                 log.warning("could not publish a key change to Redis (%s)", type(exc).__name__)
 
@@ -84,9 +110,11 @@ class Authenticator:
             raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         parsed = keys.parse_key(token)
         key_id, secret = (parsed.public_id, parsed.secret) if parsed else (BOOTSTRAP_KEY_ID, token)
+        if len(key_id) > 64 or len(secret) > 256:
+            raise AuthenticationError("Incorrect API key provided.")
         cached, fresh = await self._lookup(key_id, defer_freshness)
-        row = cached.row if cached else None
-        if row is None or not self._secret_matches(row, secret):
+        row = cached.row
+        if not self._secret_matches(row, secret):
             raise AuthenticationError("Incorrect API key provided.")
         if row.revoked_at is not None:
             raise AuthenticationError("This API key has been revoked.")
@@ -106,47 +134,98 @@ class Authenticator:
             fresh=fresh,
         )
 
-    def _secret_matches(self, row: ApiKey, secret: str) -> bool:
+    def _secret_matches(self, row: ApiKey | None, secret: str) -> bool:
         pepper = self.store.pepper
+        if row is None:
+            keys.verify(pepper, _DUMMY_SALT, _DUMMY_HASH, secret)  # the same work as a known id
+            return False
         if keys.verify(pepper, row.secret_salt, row.secret_hash, secret):
             return True
         grace = aware(row.previous_valid_until)
         return grace is not None and utcnow() < grace and keys.verify(pepper, row.previous_salt,
                                                                       row.previous_hash, secret)
 
-    async def _lookup(self, key_id: str, defer_freshness: bool = False) -> tuple[_Cached | None, bool]:
+    async def _lookup(self, key_id: str, defer_freshness: bool = False) -> tuple[_Cached, bool]:
         """(cached row, whether it is known fresh)."""
         cached = self._cache.get(key_id)
         if cached is not None:
-            if self.redis is not None:
+            self._cache.move_to_end(key_id)
+            young = time.monotonic() - cached.fetched_at < self.cache_ttl_s
+            if self.redis is not None and cached.fetched_at > -math.inf:
+                # An unknown id (row None) takes the same steps as a known one: no timing tells them apart.
                 if defer_freshness:
-                    return cached, False
-                try:
-                    current = await self.redis.get(generation_key(key_id))
-                    if current is None or int(current) == cached.row.generation:
+                    if cached.row is not None or young:
+                        return cached, False
+                else:
+                    try:
+                        current = await self.redis.get(generation_key(key_id))
+                    except Exception:  # Redis away: the database is the truth, read it
+                        current = _UNREAD
+                    if cached.row is None:
+                        if young:
+                            return cached, True
+                    elif current is None or (current is not _UNREAD and int(current) == cached.row.generation):
                         return cached, True
-                except Exception:  # Redis away: the database is the truth, read it
-                    pass
-            elif time.monotonic() - cached.fetched_at < self.cache_ttl_s:
+            elif young:
                 return cached, True
         try:
-            row = await self.store.get_key(key_id)
-            tenant = await self.store.get_tenant(row.tenant_id)
-        except NotFound:  # unknown key (or tenant): the same answer as a wrong secret
-            self._cache.pop(key_id, None)
-            return None, True
+            return await self._read(key_id), True
+        except Exception as exc:
+            return await self._fallback(key_id, cached, exc), True
+
+    async def _read(self, key_id: str) -> _Cached:
+        loading = self._loading.get(key_id)
+        if loading is None:
+            loading = asyncio.ensure_future(asyncio.wait_for(self._read_database(key_id), self.db_timeout_s))
+            self._loading[key_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
+        return await asyncio.shield(loading)
+
+    async def _read_database(self, key_id: str) -> _Cached:
+        # One query for known and unknown ids alike; an unknown one is cached as such.
+        row, tenant = await self.store.get_key_and_tenant(key_id)
         cached = _Cached(row=row, tenant=tenant, fetched_at=time.monotonic())
         self._cache[key_id] = cached
-        if self.redis is not None:
+        self._cache.move_to_end(key_id)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        if self.redis is not None and row is not None:
             try:
                 await self.redis.set(generation_key(key_id), row.generation, nx=True)
             except Exception:
                 pass
-        return cached, True
+        return cached
+
+    async def _fallback(self, key_id: str, cached: _Cached | None, exc: Exception) -> _Cached:
+        """The database could not be read: serve the last good read, unless Redis says the key
+        was revoked (401) or changed in a way this copy cannot know (503)."""
+        now = time.monotonic()
+        if now - self._last_outage_log > 10:  # one line per 10 s, not one per request
+            self._last_outage_log = now
+            log.warning("key store unreachable (%s): serving keys from their last good read",
+                        type(exc).__name__ or "timeout")
+        unavailable = AuthUnavailable("Authentication is temporarily unavailable; retry shortly.",
+                                      headers={"Retry-After": "2"})
+        if cached is None:
+            raise unavailable from None
+        if self.redis is not None and cached.row is not None:
+            try:
+                revoked, current = await self.redis.mget(revoked_key(key_id), generation_key(key_id))
+            except Exception:
+                return cached  # both stores away: the last good read is all there is
+            if revoked is not None:
+                raise AuthenticationError("This API key has been revoked.")
+            if current is not None and int(current) != cached.row.generation:
+                raise unavailable from None  # rotated elsewhere: which secret is valid is unknown
+        return cached
 
 
 def generation_key(key_id: str) -> str:
     return f"shipyard:keygen:{key_id}"
+
+
+def revoked_key(key_id: str) -> str:
+    return f"shipyard:keyrevoked:{key_id}"
 
 
 def rotation_due(row: ApiKey, now: datetime | None = None) -> bool:

@@ -57,3 +57,10 @@ class StaleCredentials(GatewayError):
 
     status = 401
     code = "invalid_api_key"
+
+
+class AuthUnavailable(GatewayError):
+    """The key store cannot be read and this key was never read before (503 + Retry-After)."""
+
+    status = 503
+    code = "auth_unavailable"

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from shipyard.gateway import keys
 from shipyard.gateway.errors import Conflict, NotFound
@@ -58,22 +59,50 @@ class KeyStore:
         self.pepper = pepper
         self._listeners: list[Callable[[str, int], Awaitable[None]]] = []
 
-    def on_change(self, listener: Callable[[str, int], Awaitable[None]]) -> None:
+    def on_change(self, listener: Callable[..., Awaitable[None]]) -> None:
+        """`listener(key_id, generation, revoked)` after every committed change of a key."""
         self._listeners.append(listener)
 
-    async def _changed(self, key_id: str, generation: int) -> None:
+    async def _changed(self, key_id: str, generation: int, revoked: bool = False) -> None:
         for listener in self._listeners:
-            await listener(key_id, generation)
+            await listener(key_id, generation, revoked)
 
     # ------------------------------------------------------------------ tenants
-    async def create_tenant(self, name: str, **limits) -> Tenant:
+    async def create_tenant(self, name: str, **fields) -> Tenant:
+        """Names are unique: of simultaneous creates of one name, one wins and the rest get 409."""
+        conflict = Conflict(f"A tenant named '{name}' already exists.")
         async with self.db.session() as session:
             if (await session.execute(select(Tenant).where(Tenant.name == name))).scalar_one_or_none():
-                raise Conflict(f"A tenant named '{name}' already exists.")
-            tenant = Tenant(id=f"t-{uuid.uuid4().hex[:12]}", name=name, created_at=utcnow(), **limits)
+                raise conflict
+            tenant = Tenant(id=f"t-{uuid.uuid4().hex[:12]}", name=name, created_at=utcnow(), **fields)
             session.add(tenant)
-            await session.commit()
+            try:
+                await session.commit()
+            except IntegrityError:  # the unique index caught a create that raced this one
+                raise conflict from None
             return tenant
+
+    async def update_tenant(self, tenant_id: str, **fields) -> Tenant:
+        """Change limits or the tier ceiling; keys of the tenant re-read them at once."""
+        async with self.db.session() as session:
+            tenant = await session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFound(f"No tenant '{tenant_id}'.")
+            for name, value in fields.items():
+                setattr(tenant, name, value)
+            await session.commit()
+            rows = (await session.execute(select(ApiKey).where(ApiKey.tenant_id == tenant_id))).scalars().all()
+            changed = []
+            for row in rows:  # the tenant's limits live in each key's cached principal
+                row.generation += 1
+                changed.append(row)
+            try:
+                await session.commit()
+            except StaleDataError:
+                raise Conflict("A key of this tenant changed at the same time; retry.") from None
+        for row in changed:
+            await self._changed(row.id, row.generation, row.revoked_at is not None)
+        return tenant
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
         async with self.db.session() as session:
@@ -110,6 +139,13 @@ class KeyStore:
             await session.commit()
         return row, keys.format_key(public_id, secret)
 
+    async def get_key_and_tenant(self, key_id: str) -> tuple[ApiKey | None, Tenant | None]:
+        """One query, whether the key exists or not (authentication costs the same either way)."""
+        async with self.db.session() as session:
+            query = select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.id == key_id)
+            found = (await session.execute(query)).first()
+        return (found[0], found[1]) if found is not None else (None, None)
+
     async def get_key(self, key_id: str) -> ApiKey:
         async with self.db.session() as session:
             row = await session.get(ApiKey, key_id)
@@ -145,7 +181,10 @@ class KeyStore:
             row.secret_salt, row.secret_hash = salt, keys.hash_secret(self.pepper, salt, secret)
             row.rotated_at = now
             row.generation += 1
-            await session.commit()
+            try:
+                await session.commit()
+            except StaleDataError:  # another rotation or revoke won the race: its secret stands
+                raise Conflict("The key was changed by a concurrent request; nothing was rotated.") from None
         await self._changed(row.id, row.generation)
         return row, keys.format_key(row.id, secret)
 
@@ -157,8 +196,11 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 row.generation += 1
-                await session.commit()
-        await self._changed(row.id, row.generation)
+                try:
+                    await session.commit()
+                except StaleDataError:  # raced a rotation: read again, revoke what is there now
+                    return await self.revoke_key(key_id)
+        await self._changed(row.id, row.generation, revoked=True)
         return row
 
     async def bootstrap_admin(self, admin_key: str | None) -> None:
@@ -168,7 +210,7 @@ class KeyStore:
             return
         try:
             await self._store_bootstrap_key(admin_key)
-        except IntegrityError:  # several processes starting together: one wrote it, check again
+        except (IntegrityError, StaleDataError):  # several processes starting together: one wrote it, check again
             await self._store_bootstrap_key(admin_key)
 
     async def _store_bootstrap_key(self, admin_key: str) -> None:

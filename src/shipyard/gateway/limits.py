@@ -6,25 +6,20 @@ included), concurrent requests as counters, spend per day/month as counters. `ac
 bucket and takes from all of them, or from none; `settle` puts back what was reserved but
 not used (tokens, cost) and releases the concurrency slot.
 
-In-process by default. With Redis, one Lua script does the check-and-take atomically for every
-gateway process, so limits are exact however many replicas share it; there is no local
-pre-check that could let traffic through. When Redis cannot be reached the limiter fails open
-(admits, with a warning) or closed (503), as configured.
+In-process by default (here). With Redis (gateway/redis_limits.py), one Lua script does the
+check-and-take atomically for every gateway process, so limits are exact however many replicas
+share it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from shipyard.gateway.errors import LimiterUnavailable, RateLimited, StaleCredentials
-
-log = logging.getLogger("shipyard.limits")
+from shipyard.gateway.errors import RateLimited
 
 RATE, CONCURRENCY, BUDGET = "rate", "conc", "budget"
 MINUTE_MS = 60_000
@@ -183,200 +178,3 @@ class InProcessLimiter:
                         self._windows[bucket.key].adjust(reservation.id, delta)
                 elif bucket.kind == BUDGET:
                     self._counters[bucket.key] = self._counters.get(bucket.key, 0.0) + delta
-
-
-# Rate buckets: a sorted set of reservation ids scored by time (KEY), their amounts in a hash
-# (KEY:amt) and the window's running total (KEY:sum).
-_EXPIRE = """
-local function expire(key, now, window)
-  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - window)
-  if #old > 0 then
-    local amounts = redis.call('HMGET', key .. ':amt', unpack(old))
-    local freed = 0
-    for j = 1, #old do freed = freed + (tonumber(amounts[j]) or 0) end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    redis.call('HDEL', key .. ':amt', unpack(old))
-    redis.call('INCRBYFLOAT', key .. ':sum', -freed)
-  end
-  return tonumber(redis.call('GET', key .. ':sum') or '0')
-end
-"""
-
-# ARGV[3] is the fence: when not '', KEYS[#KEYS] holds the key's generation, which must equal it
-# (a revoke or rotation elsewhere bumped it): {2} then, and nothing is taken.
-_ACQUIRE = _EXPIRE + """
-local now, id, fence = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local n = #KEYS
-if fence ~= '' then
-  local current = redis.call('GET', KEYS[n])
-  if current and tonumber(current) ~= tonumber(fence) then return {2} end
-  n = n - 1
-end
-local state = {}
-for i = 1, n do
-  local b = 3 + (i - 1) * 4
-  local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  if kind == 'rate' then
-    local total = expire(KEYS[i], now, window)
-    if total + cost > limit then
-      -- the earliest time enough of the window has expired for this request to fit
-      local entries = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
-      local retry = window
-      for j = 1, #entries, 2 do
-        total = total - (tonumber(redis.call('HGET', KEYS[i] .. ':amt', entries[j])) or 0)
-        if total + cost <= limit then retry = tonumber(entries[j + 1]) + window - now; break end
-      end
-      return {0, i, tostring(retry)}
-    end
-    state[i] = total
-  else
-    local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-    if used + cost > limit then
-      if kind == 'budget' then return {0, i, tostring(window)} end
-      return {0, i, '1000'}
-    end
-    state[i] = used
-  end
-end
-local out = {1}
-for i = 1, n do
-  local b = 3 + (i - 1) * 4
-  local kind, limit, cost, window = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  if kind == 'rate' then
-    redis.call('ZADD', KEYS[i], now, id)
-    redis.call('HSET', KEYS[i] .. ':amt', id, cost)
-    redis.call('INCRBYFLOAT', KEYS[i] .. ':sum', cost)
-    for _, k in ipairs({KEYS[i], KEYS[i] .. ':amt', KEYS[i] .. ':sum'}) do redis.call('PEXPIRE', k, 2 * window) end
-    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    table.insert(out, tostring(limit - state[i] - cost))
-    table.insert(out, tostring(tonumber(oldest[2]) + window - now))
-  else
-    redis.call('INCRBYFLOAT', KEYS[i], cost)
-    if kind == 'budget' then redis.call('PEXPIRE', KEYS[i], window) else redis.call('PEXPIRE', KEYS[i], 600000) end
-    table.insert(out, tostring(limit - state[i] - cost))
-    if kind == 'budget' then table.insert(out, tostring(window)) else table.insert(out, '0') end
-  end
-end
-return out
-"""
-
-# Settlements of many reservations at once: KEYS[i] with (kind, delta, reservation id) in ARGV.
-_SETTLE = """
-for i = 1, #KEYS do
-  local kind, delta, id = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), ARGV[3 * i]
-  if kind == 'rate' then
-    if redis.call('HEXISTS', KEYS[i] .. ':amt', id) == 1 then
-      redis.call('HINCRBYFLOAT', KEYS[i] .. ':amt', id, delta)
-      redis.call('INCRBYFLOAT', KEYS[i] .. ':sum', delta)
-    end
-  elseif kind == 'conc' then
-    if tonumber(redis.call('INCRBYFLOAT', KEYS[i], -delta)) < 0 then redis.call('SET', KEYS[i], '0') end
-  else
-    redis.call('INCRBYFLOAT', KEYS[i], delta)
-  end
-end
-return 1
-"""
-
-
-class RedisLimiter:
-    def __init__(self, redis, fail_open: bool = True, prefix: str = "shipyard:limit:",
-                 settle_interval_s: float = 0.002):
-        self.redis = redis
-        self.fail_open = fail_open
-        self.prefix = prefix
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._settle = redis.register_script(_SETTLE)
-        self._last_warning = 0.0
-        self.settle_interval_s = settle_interval_s
-        self._pending: list[tuple[str, str, float, str]] = []
-        self._flusher: asyncio.Future | None = None
-        self._wake = asyncio.Event()
-
-    async def acquire(self, buckets: list[Bucket], fence: tuple[str, int] | None = None) -> Reservation:
-        if not buckets and fence is None:
-            return Reservation([])
-        reservation = Reservation(buckets)
-        args: list = [time.time() * 1000, reservation.id, "" if fence is None else fence[1]]
-        keys = [self.prefix + b.key for b in buckets]
-        if fence is not None:
-            keys.append(fence[0])
-        for b in buckets:
-            args += [b.kind, b.limit, b.cost, b.window_ms]
-        try:
-            result = await self._acquire(keys=keys, args=args)
-        except Exception as exc:
-            if fence is not None:  # cannot check the key's freshness here: the caller re-reads it
-                raise StaleCredentials("re-check the key") from exc
-            return self._unavailable(exc, buckets)
-        if int(result[0]) == 2:
-            raise StaleCredentials("The API key changed; authenticate again.")
-        if not buckets:
-            return reservation
-        if int(result[0]) == 0:
-            bucket = buckets[int(result[1]) - 1]
-            raise refusal(bucket, float(result[2]))
-        values = [float(v) for v in result[1:]]
-        reservation.remaining = values[0::2]
-        reservation.reset_ms = values[1::2]
-        return reservation
-
-    async def settle(self, reservation: Reservation, actual: dict[str, float]) -> None:
-        """Queue the reservation's corrections; a background flush sends every queued one in one
-        script call (every `settle_interval_s`, or sooner when many wait), so settling costs the
-        request no round trip. Corrections only ever return what was reserved and unused, or add
-        what was used beyond it, a few milliseconds later."""
-        if reservation.settled or not reservation.buckets or not reservation.remaining:
-            reservation.settled = True
-            return
-        reservation.settled = True
-        for bucket in reservation.buckets:
-            if bucket.kind == CONCURRENCY:
-                delta = bucket.cost
-            elif bucket.metric in actual:
-                delta = actual[bucket.metric] - bucket.cost
-            else:
-                continue
-            self._pending.append((self.prefix + bucket.key, bucket.kind, delta, reservation.id))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush_soon())
-        elif len(self._pending) >= 256:
-            self._wake.set()
-
-    async def _flush_soon(self) -> None:
-        try:
-            await asyncio.wait_for(self._wake.wait(), self.settle_interval_s)
-        except asyncio.TimeoutError:
-            pass
-        self._wake.clear()
-        await self.flush()
-
-    async def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:256], self._pending[256:]
-            keys, args = [], []
-            for key, kind, delta, reservation_id in batch:
-                keys.append(key)
-                args += [kind, delta, reservation_id]
-            try:
-                await self._settle(keys=keys, args=args)
-            except Exception as exc:
-                log.warning("could not settle %d rate-limit corrections (Redis unreachable): %s", len(batch),
-                            type(exc).__name__)
-
-    async def close(self) -> None:
-        """At shutdown: send what is still queued."""
-        if self._flusher is not None and not self._flusher.done():
-            self._wake.set()
-            await self._flusher
-        await self.flush()
-
-    def _unavailable(self, exc: Exception, buckets: list[Bucket]) -> Reservation:
-        if not self.fail_open:
-            raise LimiterUnavailable("The rate limiter is unavailable; retry shortly.",
-                                     headers={"Retry-After": "1"}) from exc
-        now = time.monotonic()
-        if now - self._last_warning > 10:  # one warning per 10 s, not one per request
-            self._last_warning = now
-            log.warning("Redis unreachable (%s): rate limits fail open", type(exc).__name__)
-        return Reservation(buckets, settled=True)

@@ -9,7 +9,8 @@ class Role(str, enum.Enum):
     ADMIN = "admin"  # everything, every tenant
     TENANT_ADMIN = "tenant-admin"  # manage keys and read usage of its own tenant
     DEVELOPER = "developer"  # call inference
-    VIEWER = "viewer"  # read usage and metrics of its own tenant
+    VIEWER = "viewer"  # read usage of its own tenant
+    METRICS = "metrics"  # scrape /metrics (global figures: admins create these keys, e.g. for Prometheus)
 
 
 class Permission(str, enum.Enum):
@@ -25,12 +26,16 @@ class Permission(str, enum.Enum):
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
+    # /metrics is global (every tenant's traffic), so no tenant-scoped role reads it.
     Role.TENANT_ADMIN: frozenset({Permission.KEYS_MANAGE, Permission.KEYS_READ, Permission.USAGE_READ,
-                                  Permission.TENANTS_READ, Permission.MODELS_READ, Permission.METRICS_READ}),
+                                  Permission.TENANTS_READ, Permission.MODELS_READ}),
     Role.DEVELOPER: frozenset({Permission.INFERENCE, Permission.MODELS_READ}),
-    Role.VIEWER: frozenset({Permission.USAGE_READ, Permission.METRICS_READ, Permission.TENANTS_READ,
-                            Permission.MODELS_READ}),
+    Role.VIEWER: frozenset({Permission.USAGE_READ, Permission.TENANTS_READ, Permission.MODELS_READ}),
+    Role.METRICS: frozenset({Permission.METRICS_READ}),
 }
+
+# Roles only an admin may hand out: they see or do more than one tenant's share.
+ADMIN_GRANTED = frozenset({Role.ADMIN, Role.METRICS})
 
 
 def allows(role: str, permission: Permission) -> bool:

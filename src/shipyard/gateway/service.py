@@ -30,6 +30,7 @@ class Ticket:
     model: str
     reservation: Reservation
     admission: TieredAdmission | None
+    weight: int = 1  # sequences this request runs
     admitted: bool = False
     finished: bool = False
 
@@ -71,7 +72,7 @@ class Gateway:
         if principal.allowed_models is not None and model not in principal.allowed_models:
             raise PermissionDenied(f"This API key may not use the model '{model}'.")
 
-    def _buckets(self, principal: Principal, model: str, tokens: int, cost: float) -> list[Bucket]:
+    def _buckets(self, principal: Principal, model: str, tokens: int, cost: float, requests: int = 1) -> list[Bucket]:
         scopes = (("key", principal.key_id, principal.key_limits, "for this API key"),
                   ("tenant", principal.tenant_id, principal.tenant_limits, "for this tenant"),
                   ("deployment", model, self.deployment_limits.get(model, Limits()), f"for the model '{model}'"))
@@ -79,13 +80,13 @@ class Gateway:
         for scope, ident, limits, whose in scopes:
             base = f"{scope}:{ident}"
             if limits.rpm:
-                buckets.append(Bucket(f"{base}:rpm", RATE, limits.rpm, 1, MINUTE_MS,
+                buckets.append(Bucket(f"{base}:rpm", RATE, limits.rpm, requests, MINUTE_MS,
                                       f"requests per minute {whose}", "requests", scope))
             if limits.tpm:
                 buckets.append(Bucket(f"{base}:tpm", RATE, limits.tpm, tokens, MINUTE_MS,
                                       f"tokens per minute {whose}", "tokens", scope))
             if limits.max_concurrent:
-                buckets.append(Bucket(f"{base}:conc", CONCURRENCY, limits.max_concurrent, 1, 0,
+                buckets.append(Bucket(f"{base}:leases", CONCURRENCY, limits.max_concurrent, 1, 0,
                                       f"concurrent requests {whose}", "concurrent", scope))
             if limits.budget_usd is not None:
                 period, left_ms = period_window(limits.budget_period or "month")
@@ -95,22 +96,25 @@ class Gateway:
         return buckets
 
     async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int | None,
-                    n: int) -> Ticket:
-        """Raises StaleCredentials when the principal came from a cache that another replica made stale."""
+                    n: int, prompts: int = 1) -> Ticket:
+        """Every prompt counts as a request and every sequence (prompts × n) as a slot in
+        admission, so one call with many prompts costs what that many calls would.
+        Raises StaleCredentials when the principal came from a cache that another replica made stale."""
         self.check_model(principal, model)
-        completion = (max_tokens or self.default_completion_estimate) * n
+        per_sequence = self.default_completion_estimate if max_tokens is None else max_tokens
+        completion = per_sequence * n * prompts
         tokens = prompt_tokens + completion
         cost = price_of(self.prices, model, prompt_tokens, completion)
         fence = None if principal.fresh else (generation_key(principal.key_id), principal.generation)
         try:
-            reservation = await self.limiter.acquire(self._buckets(principal, model, tokens, cost), fence)
+            reservation = await self.limiter.acquire(self._buckets(principal, model, tokens, cost, prompts), fence)
         except StaleCredentials:
             self.authenticator.forget(principal.key_id)
             raise
-        ticket = Ticket(principal, model, reservation, self.admissions.get(model))
+        ticket = Ticket(principal, model, reservation, self.admissions.get(model), weight=n * prompts)
         if ticket.admission is not None:
             try:
-                await ticket.admission.enter(principal.tier)
+                await ticket.admission.enter(principal.tier, ticket.weight)
             except BaseException:
                 await self.limiter.settle(reservation, {"requests": 0, "tokens": 0, "budget": 0})
                 raise
@@ -123,11 +127,12 @@ class Gateway:
             return
         ticket.finished = True
         if ticket.admission is not None and ticket.admitted:
-            ticket.admission.leave()
+            ticket.admission.leave(ticket.weight)
         cost = price_of(self.prices, ticket.model, prompt_tokens, completion_tokens)
         actual = {"tokens": prompt_tokens + completion_tokens, "budget": round(cost * MICRO)}
         if status >= 400 and completion_tokens == 0:
             actual["requests"] = 0  # refused after admission (e.g. context too long): not a request served
+        # Otherwise whatever was generated counts, however the request ended (client gone, shutdown, error).
         await self.limiter.settle(ticket.reservation, actual)
         self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
                     cached_tokens, latency_ms, ttft_ms, cost)

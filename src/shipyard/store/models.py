@@ -22,6 +22,8 @@ class Tenant(Base):
     max_concurrent: Mapped[int | None] = mapped_column(Integer)
     budget_usd: Mapped[float | None] = mapped_column(Float)
     budget_period: Mapped[str | None] = mapped_column(String(16))  # day | month
+    # Keys a tenant-admin creates may not be of a higher tier (admission priority) than this.
+    max_tier: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -52,6 +54,10 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    # Updates carry `WHERE generation = <the value read>`: of two racing rotations one wins and the
+    # other fails (StaleDataError → 409) instead of both "succeeding" with one working secret.
+    __mapper_args__ = {"version_id_col": generation, "version_id_generator": False}
 
 
 class UsageRecord(Base):

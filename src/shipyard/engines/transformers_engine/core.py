@@ -34,12 +34,18 @@ class EngineCore:
             for group in admitted:
                 for seq in group.sequences:
                     seq.timings.scheduled = now
-        decode_logits, prefill_logits = self.runner.forward(
+        scored = {i for i, g in enumerate(admitted) if g.sequences[0].params.prompt_logprobs is not None}
+        decode_logits, prefill_logits, prompt_logits = self.runner.forward(
             [s.last_token for s in decoding],
             [s.length - 1 for s in decoding],
             [g.prompt_ids for g in admitted],
             [g.sequences[0].slot for g in admitted],
+            scored,
         )
+        for index, logits in prompt_logits.items():
+            group = admitted[index]
+            group.prompt_logprobs = self.sampler.prompt_logprobs(
+                logits, group.prompt_ids, group.sequences[0].params.prompt_logprobs or 0)
         touched: list[Sequence] = []
         if admitted:
             touched += self._start_groups(admitted, prefill_logits)
@@ -76,16 +82,22 @@ class EngineCore:
 
     def _start_groups(self, groups: list[SequenceGroup], logits) -> list[Sequence]:
         """First tokens of newly prefilled requests; the other choices fork the prompt's cache."""
-        rows, seqs = [], []
+        rows, seqs, touched = [], [], []
+        now = time.monotonic()
         for row, group in enumerate(groups):
             first = group.sequences[0]
             for seq in group.sequences:
+                touched.append(seq)
+                if seq.max_tokens <= 0:  # prompt scoring only: nothing to generate
+                    self._finish(seq, "length", None, now)
+                    continue
                 if seq is not first:
                     self.scheduler.cache.move(first.slot, seq.slot, len(group.prompt_ids))
                 rows.append(row)
                 seqs.append(seq)
-        self._accept(seqs, self.sampler(logits[rows], seqs))
-        return seqs
+        if seqs:
+            self._accept(seqs, self.sampler(logits[rows], seqs))
+        return touched
 
     def _accept(self, seqs: list[Sequence], results: list[tuple[int, TokenLogprob | None]]) -> None:
         now = time.monotonic()
@@ -144,6 +156,9 @@ class EngineCore:
                 timings=seq.timings,
             )
             seq.pending_text, seq.pending_ids, seq.pending_logprobs = "", [], []
+            group = self.scheduler.groups.get(seq.request_id)
+            if group is not None and group.prompt_logprobs is not None:  # once, on the first chunk
+                chunk.prompt_logprobs, group.prompt_logprobs = group.prompt_logprobs, None
             chunks.append(chunk)
             last_of_group[seq.request_id] = chunk
         for request_id, chunk in last_of_group.items():

@@ -23,7 +23,7 @@ from shipyard.engines.base import (
     Prompt,
     Timings,
 )
-from shipyard.engines.detokenizer import IncrementalDetokenizer, StopStringMatcher, TokenTextCache
+from shipyard.engines.detokenizer import IncrementalDetokenizer, TokenTextCache
 from shipyard.engines.errors import (
     ContextLengthExceededError,
     EngineOverloadedError,
@@ -37,8 +37,13 @@ from shipyard.engines.transformers_engine.model_runner import ModelRunner
 from shipyard.engines.transformers_engine.sampler import Sampler
 from shipyard.engines.transformers_engine.scheduler import Scheduler
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup
+from shipyard.engines.stop_strings import StopStringMatcher, StopStrings
 
 log = logging.getLogger("shipyard.engine")
+
+# No tokenizer makes a token out of more characters than this on average: a prompt longer than
+# max_model_len × this cannot fit, and is refused before it is tokenized.
+MAX_CHARS_PER_TOKEN = 32
 
 
 class TransformersEngineConfig(BaseModel):
@@ -131,7 +136,8 @@ class TransformersEngine(Engine):
         return self._loaded.tokenizer
 
     # ---------------------------------------------------------------- requests
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        """Blocking: call through `encode()` from the event loop."""
         tokenizer = self.tokenizer
         if prompt.token_ids is not None:
             ids = list(prompt.token_ids)
@@ -139,27 +145,64 @@ class TransformersEngine(Engine):
             if bad:
                 raise InvalidRequestError(f"Token id {bad[0]} is outside the vocabulary (0..{len(tokenizer) - 1}).", "prompt")
             return ids
-        if prompt.messages is not None:
-            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-            try:
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            except Exception as exc:  # a template may reject role orders it does not support
-                raise InvalidRequestError(f"The model's chat template rejected these messages: {exc}", "messages") from exc
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return tokenizer.encode(prompt.text or "", add_special_tokens=True)
+        try:
+            if prompt.messages is not None:
+                messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+                try:
+                    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                except Exception as exc:  # a template may reject role orders it does not support
+                    raise InvalidRequestError(f"The model's chat template rejected these messages: {exc}",
+                                              "messages") from exc
+                return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+            return tokenizer.encode(prompt.text or "", add_special_tokens=add_special_tokens)
+        except (UnicodeError, TypeError) as exc:  # e.g. a lone surrogate, which no tokenizer can encode
+            raise InvalidRequestError("The prompt is not valid Unicode text.", "prompt", "invalid_value") from exc
 
-    async def count_prompt_tokens(self, prompt: Prompt) -> int | None:
-        return len(self.encode_prompt(prompt))
+    def check_prompt_size(self, prompt: Prompt) -> None:
+        """Cheap, before tokenizing: refuse text that cannot fit the context window."""
+        max_len = self.model.max_model_len or self.config.max_model_len
+        if not max_len:
+            return
+        if prompt.token_ids is not None:
+            size, unit = len(prompt.token_ids), "tokens"
+            limit = max_len
+        else:
+            texts = [prompt.text or ""] if prompt.messages is None else [m.content for m in prompt.messages]
+            size, unit = sum(len(t) for t in texts), "characters"
+            limit = max_len * MAX_CHARS_PER_TOKEN
+        if size > limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {max_len} tokens; a prompt of {size} {unit} cannot fit.",
+                "messages" if prompt.messages is not None else "prompt", "context_length_exceeded")
+
+    async def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        self.check_prompt_size(prompt)
+        self.tokenizer  # noqa: B018 - not loaded yet: EngineUnavailableError before the thread hop
+        return await asyncio.to_thread(self.encode_prompt, prompt, add_special_tokens)
+
+    async def decode(self, token_ids: list[int]) -> str:
+        tokenizer = self.tokenizer
+        bad = [t for t in token_ids if not 0 <= t < len(tokenizer)]
+        if bad:
+            raise InvalidRequestError(f"Token id {bad[0]} is outside the vocabulary (0..{len(tokenizer) - 1}).", "tokens")
+        return await asyncio.to_thread(tokenizer.decode, token_ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return [self._token_text.get(t)[0] for t in token_ids]
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if not self.ready():
             raise EngineUnavailableError("The model is not loaded yet.")
         params = request.params
-        prompt_ids = self.encode_prompt(request.prompt)
+        if request.prompt_ids is not None:
+            prompt_ids = request.prompt_ids
+        else:
+            self.check_prompt_size(request.prompt)
+            prompt_ids = self.encode_prompt(request.prompt)
         if not prompt_ids:
             raise InvalidRequestError("The prompt is empty.", "prompt")
         max_len = self.model.max_model_len
-        if len(prompt_ids) >= max_len:
+        if len(prompt_ids) >= max_len + (params.max_tokens == 0):  # scoring alone may fill the window
             raise ContextLengthExceededError(len(prompt_ids), params.max_tokens, max_len)
         if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > max_len:
             raise ContextLengthExceededError(len(prompt_ids), params.max_tokens, max_len)
@@ -171,6 +214,8 @@ class TransformersEngine(Engine):
         bad_bias = [t for t in params.logit_bias if not 0 <= t < vocab]
         if bad_bias:
             raise InvalidRequestError(f"logit_bias names token {bad_bias[0]}, outside the vocabulary.", "logit_bias")
+        if request.request_id in self._streams:  # ids are the server's own: a repeat is a bug, never a merge
+            raise InvalidRequestError(f"Engine request id {request.request_id!r} is already in use.", None)
         if self.stats().num_waiting >= self.config.max_waiting:
             raise EngineOverloadedError(
                 f"The server is at capacity ({self.config.max_waiting} requests waiting); retry shortly."
@@ -187,6 +232,7 @@ class TransformersEngine(Engine):
         params = request.params
         max_tokens = params.max_tokens if params.max_tokens is not None else self.model.max_model_len - len(prompt_ids)
         sequences = []
+        stops = StopStrings(params.stop)  # one automaton, shared by the request's choices
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -201,7 +247,7 @@ class TransformersEngine(Engine):
                     max_tokens=max_tokens,
                     eos_token_ids=self._loaded.eos_token_ids,
                     detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens),
-                    stop_matcher=StopStringMatcher(params.stop),
+                    stop_matcher=StopStringMatcher(stops),
                     timings=Timings(arrival=request.arrival_time or time.monotonic()),
                     generator=generator,
                 )

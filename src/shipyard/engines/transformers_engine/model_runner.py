@@ -102,10 +102,12 @@ class ModelRunner:
         decode_positions: list[int],
         prompts: list[list[int]],
         prompt_slots: list[int],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        every_position: set[int] = frozenset(),
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
         """Decode row b (slot b) feeds `decode_tokens[b]` at `decode_positions[b]`; each prompt is
         written from position 0 of its slot. Returns float32 logits on the CPU: [R, V] for the
-        decode rows and [N, V] for the last position of each prompt."""
+        decode rows, [N, V] for the last position of each prompt, and [L, V] (every position) for
+        the prompts whose index is in `every_position` (prompt scoring)."""
         r = len(decode_tokens)
         tokens = list(decode_tokens)
         positions = list(decode_positions)
@@ -136,7 +138,13 @@ class ModelRunner:
             write_slots=torch.tensor(slots, dtype=torch.long, device=device),
             write_positions=position_tensor.to(device),
         )
-        keep = torch.tensor(list(range(r)) + last_indices, dtype=torch.long, device=device)
+        kept = list(range(r)) + last_indices
+        spans: dict[int, tuple[int, int]] = {}
+        for index in sorted(every_position):
+            _, start, length = prefills[index]
+            spans[index] = (len(kept), length)
+            kept += range(start, start + length)
+        keep = torch.tensor(kept, dtype=torch.long, device=device)
         try:
             out = self.model(
                 input_ids=torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(0),
@@ -148,4 +156,6 @@ class ModelRunner:
         finally:
             _active.batch = None
         logits = out.logits[0].float().cpu()
-        return logits[:r], logits[r:]
+        n = len(prompts)
+        full = {index: logits[at: at + length] for index, (at, length) in spans.items()}
+        return logits[:r], logits[r: r + n], full

@@ -105,6 +105,22 @@ class Sampler:
             picks = [int(order[i, pick]) for i, pick in enumerate(picks)]
         return picks
 
+    def prompt_logprobs(self, logits: torch.Tensor, prompt_ids: list[int], top_n: int) -> list[TokenLogprob]:
+        """`logits` [L, V] of every prompt position: position i predicts prompt token i + 1, so the
+        first token's logprob is None, as in OpenAI's echo and vLLM's prompt_logprobs."""
+        logprobs = torch.log_softmax(logits[:-1, : self.vocab_size], dim=-1)
+        text, raw = self.token_text.get(prompt_ids[0])
+        entries: list[TokenLogprob | None] = [TokenLogprob(text, prompt_ids[0], None, raw, [])]
+        if len(prompt_ids) > 1:
+            targets = torch.tensor(prompt_ids[1:], dtype=torch.long)
+            chosen = logprobs.gather(1, targets.unsqueeze(1))
+            ranks = ((logprobs > chosen).sum(dim=1) + 1).tolist()
+            for position, token in enumerate(prompt_ids[1:]):
+                entry = self._logprob_entry(logprobs[position], token, top_n)
+                entry.rank = ranks[position]
+                entries.append(entry)
+        return entries
+
     def _logprob_entry(self, row_logprobs: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
         text, raw = self.token_text.get(token)
         top: list[TopLogprob] = []

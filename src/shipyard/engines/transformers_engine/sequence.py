@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from shipyard.engines.base import SamplingParams, Timings, TokenLogprob
-from shipyard.engines.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from shipyard.engines.detokenizer import IncrementalDetokenizer
+from shipyard.engines.stop_strings import StopStringMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -63,6 +64,7 @@ class SequenceGroup:
     request_id: str
     sequences: list[Sequence]
     prompt_ids: list[int]
+    prompt_logprobs: list[TokenLogprob] | None = None  # computed at prefill, sent once
 
     @property
     def finished(self) -> bool:
