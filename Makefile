@@ -51,9 +51,11 @@ system-deps:
 test: install-test system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-bench: install-test
+bench: install-test demo-model system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/hardening.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,6 +15,7 @@ from shipyard.api import admin_routes, ops_routes, openai_routes, tokenize_route
 from shipyard.api.authorization import authorize
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.guard import RequestGuard
+from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
 from shipyard.config import ShipyardConfig
@@ -103,6 +104,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                                   max_sequences_per_request=config.server.max_sequences_per_request)
     app.state.config = config
     install_error_handlers(app, config.server.retry_after_s)
+    install_openapi(app)
     modules = (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes)
     for module in modules:
         app.include_router(module.router)

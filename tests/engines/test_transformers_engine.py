@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 import torch
@@ -47,9 +48,14 @@ async def test_greedy_matches_transformers_generate(architecture, tiny_model, tm
             _run(eng, f"r{i}", p, max_tokens=n, temperature=0, ignore_eos=True)
             for i, (p, n) in enumerate(zip(PROMPTS, lengths))])
         model = AutoModelForCausalLM.from_pretrained(path).eval()
+        # ignore_eos: EOS may be chosen and generation goes on. generate() does the same with no
+        # EOS to stop at (min_new_tokens would instead mask EOS, a different distribution).
+        config = copy.deepcopy(model.generation_config)
+        config.eos_token_id = None
+        config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
         for prompt, n, (ids, text, _) in zip(PROMPTS, lengths, results):
             inputs = eng.tokenizer(prompt, return_tensors="pt")
-            out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            out = model.generate(**inputs, generation_config=config, max_new_tokens=n, do_sample=False)
             expected = out[0, inputs.input_ids.shape[1]:].tolist()
             assert ids == expected, (architecture, prompt)
             assert text == eng.tokenizer.decode(expected, skip_special_tokens=True)

@@ -166,6 +166,20 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         return _respond(request, APIError(exc.status_code, message, code=getattr(exc, "code", None),
                                           headers=getattr(exc, "headers", None)))
 
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm.exc import StaleDataError
+
+    # Store faults are registered by class: Starlette answers these in its exception middleware,
+    # whereas an `Exception` handler answers and then re-raises (a traceback in the log).
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(StaleDataError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def _store(request: Request, exc: Exception):
+        error = from_exception(exc, retry_after_s)
+        log.warning("%s %s: %s (%s)", request.method, request.url.path, error.code, type(exc).__name__)
+        return _respond(request, error)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         error = from_exception(exc, retry_after_s)

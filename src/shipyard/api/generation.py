@@ -166,6 +166,8 @@ class Generation:
         if self._forget_drain is not None:
             self._forget_drain()
         self.record.prompt_tokens = self.usage.prompt_tokens
+        if self.status == 499 and self.record.status < 400:  # a stream's 200 went out; the log tells the truth
+            self.record.status = 499
         self.metrics.e2e.labels(self.model).observe(time.monotonic() - self.record.arrival)
         if self.on_finish is not None:
             await self.on_finish(self, self.status)

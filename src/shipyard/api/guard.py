@@ -10,6 +10,7 @@ refused socket is a logged 401/403, never a server error.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from starlette.routing import BaseRoute, Match
@@ -19,6 +20,8 @@ from shipyard.api.authorization import AUTHENTICATED_ONLY, PUBLIC, ROUTE_PERMISS
 from shipyard.api.errors import APIError, from_exception
 from shipyard.gateway.errors import GatewayError
 from shipyard.gateway.roles import Permission
+
+log = logging.getLogger("shipyard.api")
 
 
 def _has_body(headers: dict[bytes, bytes]) -> bool:
@@ -63,8 +66,11 @@ class RequestGuard:
                 await self._authenticate(scope, ROUTE_PERMISSIONS.get(key))
             if not websocket:
                 self._check_content_type(route, headers)
-        except (APIError, GatewayError) as exc:
-            await self._refuse(scope, send, from_exception(exc), websocket, close=not websocket and _has_body(headers))
+        except Exception as exc:  # refusals, and any fault reading the key (mapped, e.g. a store outage → 503)
+            error = from_exception(exc)
+            if not isinstance(exc, (APIError, GatewayError)):
+                log.warning("authentication failed: %s (%s)", error.code, type(exc).__name__)
+            await self._refuse(scope, send, error, websocket, close=not websocket and _has_body(headers))
             return
         await self.app(scope, receive, send)
 

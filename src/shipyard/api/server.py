@@ -2,7 +2,8 @@
 
 - Request headers must arrive within `header_timeout_s` of a request's first byte (uvicorn has
   no such timeout: a client dripping headers would hold its connection forever).
-- WebSocket frames and messages are bounded by `max_body_bytes`, like HTTP bodies.
+- WebSocket frames and messages are bounded by `max_body_bytes`, like HTTP bodies, and a refused
+  handshake is an answer, not an error.
 - Shutdown drains: in-flight requests get `shutdown_grace_s` to finish, then end cleanly with
   an error event (api/drain.py) before uvicorn's own deadline would cut them mid-stream.
 """
@@ -13,6 +14,7 @@ import asyncio
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from shipyard.config import ServerConfig
 
@@ -53,6 +55,16 @@ class TimedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+class DenyingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-io WebSocket protocol, aware that an HTTP denial response (a refused
+    handshake: 401, 403) completes the handshake; unpatched, every refusal logs an ERROR."""
+
+    async def send(self, message) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            self.handshake_complete = True
+
+
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain, grace_s: float):
         super().__init__(config)
@@ -68,7 +80,7 @@ def run(app, server: ServerConfig) -> None:
     protocol = type("ShipyardHttpProtocol", (TimedHttpProtocol,), {"header_timeout_s": server.header_timeout_s})
     config = uvicorn.Config(
         app, host=server.host, port=server.port, log_config=None, log_level=server.log_level,
-        http=protocol, ws="websockets-sansio", ws_max_size=server.max_body_bytes, ws_max_queue=4,
+        http=protocol, ws=DenyingWebSocketProtocol, ws_max_size=server.max_body_bytes, ws_max_queue=4,
         timeout_keep_alive=max(1, round(server.keep_alive_s)),
         # uvicorn's own deadline comes after ours: by then every stream has ended cleanly.
         timeout_graceful_shutdown=int(server.shutdown_grace_s) + 5,

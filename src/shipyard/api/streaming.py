@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -87,6 +88,9 @@ def completion_events(gen: Generation, fmt: CompletionFormatter, want_logprobs: 
 
 
 async def sse(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
-    async for event in events:
-        payload = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        yield f"data: {payload}\n\n".encode()
+    # aclosing: when the client vanishes, the generation is closed (and billed) right here, not
+    # whenever the garbage collector finalizes the generator.
+    async with contextlib.aclosing(events):
+        async for event in events:
+            payload = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+            yield f"data: {payload}\n\n".encode()

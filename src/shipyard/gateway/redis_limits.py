@@ -128,9 +128,14 @@ end
 return 1
 """
 
-# Lease renewal: ARGV[1] the new expiry, then one reservation id per key (only live leases move).
+# Lease renewal: ARGV[1] the new expiry, ARGV[2] the set's time to live, then one reservation id
+# per key (only live leases move).
 _RENEW = """
-for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[i + 1]) end
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', ARGV[1], ARGV[i + 2]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
 return 1
 """
 
@@ -288,7 +293,8 @@ class RedisLimiter:
             for start in range(0, len(held), _BATCH):
                 part = held[start: start + _BATCH]
                 try:
-                    await self._renew(keys=[k for k, _ in part], args=[expiry, *[r for _, r in part]])
+                    await self._renew(keys=[k for k, _ in part],
+                                      args=[expiry, 2 * self.lease_ms, *[r for _, r in part]])
                 except Exception as exc:
                     log.warning("could not renew %d concurrency leases (%s)", len(part), type(exc).__name__)
                     break
