@@ -184,6 +184,8 @@ class RedisLimiter:
             if fence is not None:  # cannot check the key's freshness here: the caller re-reads it
                 raise StaleCredentials("re-check the key") from exc
             return self._unavailable(exc, buckets)
+        if self._pending:  # Redis answers: corrections held back by an outage can go now
+            self._wake.set()
         if int(result[0]) == 2:
             raise StaleCredentials("The API key changed; authenticate again.")
         if not buckets:
@@ -244,13 +246,10 @@ class RedisLimiter:
     async def _flush_loop(self) -> None:
         backoff = 0.0
         while self._pending:
-            if backoff:
-                await asyncio.sleep(backoff)
-            else:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settle_interval_s)
-                except asyncio.TimeoutError:
-                    pass
+            try:  # after a failure, wait out the backoff unless Redis is seen answering again
+                await asyncio.wait_for(self._wake.wait(), backoff or self.settle_interval_s)
+            except asyncio.TimeoutError:
+                pass
             self._wake.clear()
             backoff = 0.0 if await self.flush() else min(5.0, max(0.25, backoff * 2))
 
