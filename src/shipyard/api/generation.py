@@ -49,6 +49,7 @@ class Generation:
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
         self.failed = False
         self.interrupted = False  # ended by the shutdown drain
+        self._interrupting = False
         self._last_at: dict[tuple[int, int], float] = {}
         self._streams: list[AsyncIterator[GenerationChunk]] = []
         self._finished_requests = 0
@@ -73,10 +74,25 @@ class Generation:
 
     def interrupt(self) -> None:
         """The shutdown grace period is over: end this generation at the next chunk boundary."""
-        self._queue.put_nowait((-1, _INTERRUPTED))
+        self._interrupting = True
+        if len(self._streams) == 1:  # the engine aborts it; its last chunk arrives within a step
+            asyncio.ensure_future(self.engine.cancel(self.requests[0].request_id))
+        else:
+            self._queue.put_nowait((-1, _INTERRUPTED))
 
     async def chunks(self) -> AsyncIterator[tuple[int, GenerationChunk]]:
         """(prompt index, chunk) in arrival order, measured on the way."""
+        if len(self._streams) == 1:  # the common case: no merging needed
+            try:
+                async for chunk in self._streams[0]:
+                    if self._interrupting and chunk.finish_reason == "abort":
+                        self.interrupted = True
+                        return
+                    self._observe(0, chunk)
+                    yield 0, chunk
+            except Exception:  # the engine stopped under us: end like a failed step
+                self.failed = True
+            return
 
         async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
             try:
