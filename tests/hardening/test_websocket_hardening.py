@@ -62,6 +62,17 @@ async def test_a_socket_stops_working_when_its_key_does(ws_server, change):
         assert closed.value.rcvd.code == 1008
 
 
+async def test_an_idle_socket_is_closed_when_its_key_is_revoked(ws_server):
+    admin = AdminClient(ws_server.base_url)
+    key = admin.key(admin.tenant(f"socket-idle-{time.monotonic_ns()}"))
+    async with websockets.connect(_url(ws_server), additional_headers={"authorization": f"Bearer {key['key']}"}) as ws:
+        await _ask(ws)
+        assert admin.post(f"/admin/keys/{key['id']}/revoke").status_code == 200
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 15)  # no request sent: the server closes on its own
+        assert closed.value.rcvd.code == 1008
+
+
 async def test_frames_past_the_body_limit_are_refused(ws_server):
     headers = {"authorization": f"Bearer {ADMIN_KEY}"}
     async with websockets.connect(_url(ws_server), additional_headers=headers, max_size=None) as ws:

@@ -4,12 +4,14 @@ Connect to `ws://HOST/v1/chat/completions` (or `/v1/completions`), send a reques
 frame, receive each chunk object as a text frame and then the text `[DONE]`. Errors arrive as an
 OpenAI error object (then `[DONE]`) and the socket stays open for the next request. Closing the
 socket mid-stream aborts the generation (what was generated is billed). The key is checked again
-for every request; once it is revoked, expired or rotated out, the socket is closed (1008).
+for every request, and every few seconds while the socket is idle; once it is revoked, expired or
+rotated out, the socket is closed (1008).
 Frames and messages are bounded by `server.max_body_bytes`, like HTTP bodies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -22,9 +24,11 @@ from shipyard.api.middleware import RequestRecord, finish_record
 from shipyard.api.openai_routes import prepare_chat, prepare_completion, services_of
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import DONE, chat_events, completion_events
-from shipyard.gateway.errors import GatewayError
+from shipyard.gateway.errors import AuthenticationError, GatewayError
 
 router = APIRouter()
+
+IDLE_RECHECK_S = 5.0
 
 
 def _validation_error(exc: ValidationError) -> APIError:
@@ -44,7 +48,10 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
     count = 0
     try:
         while True:
-            text = await websocket.receive_text()
+            text = await _next_request(websocket, websocket.scope["state"].get("caller"))
+            if text is None:  # the key stopped working while the socket sat idle
+                await websocket.close(code=1008, reason="API key no longer valid")
+                return
             count += 1
             record = RequestRecord(request_id=f"{connection.request_id}-{count}", method="WS", path=connection.path)
             try:
@@ -65,6 +72,9 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
                 continue
             except Exception as exc:
                 await _refuse(websocket, record, from_exception(exc), services)
+                if isinstance(exc, AuthenticationError):  # the key changed on another replica (fence)
+                    await websocket.close(code=1008, reason="API key no longer valid")
+                    return
                 continue
             record.status = 200
             try:
@@ -76,6 +86,23 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
                 finish_record(record, services.metrics)
     except WebSocketDisconnect:
         return
+
+
+async def _next_request(websocket: WebSocket, caller: Caller | None) -> str | None:
+    """The next request's text; while none comes, the key is re-checked (fully, freshness
+    included) every few seconds, so a revoked or expired key closes an idle socket too (None)."""
+    while True:
+        try:
+            return await asyncio.wait_for(websocket.receive_text(), IDLE_RECHECK_S)
+        except asyncio.TimeoutError:
+            if caller is None:
+                continue
+            try:
+                await caller.reauthenticate()
+            except AuthenticationError:
+                return None
+            except GatewayError:  # the key store is away: keep the socket, check again later
+                continue
 
 
 async def _recheck(websocket: WebSocket, token_check) -> Caller:
