@@ -22,7 +22,7 @@ from shipyard.config import ShipyardConfig
 from shipyard.engines.base import Engine
 from shipyard.engines.transformers_engine import TransformersEngine
 from shipyard.gateway.admission import TieredAdmission
-from shipyard.gateway.auth import Authenticator, Limits
+from shipyard.gateway.auth import Authenticator, InternalTokenAuthenticator, Limits
 from shipyard.gateway.keys import load_pepper
 from shipyard.gateway.keystore import SYSTEM_TENANT, KeySpec, KeyStore
 from shipyard.gateway.limits import InProcessLimiter
@@ -98,21 +98,57 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
             if redis is not None:
                 await redis.aclose()
 
+    services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
+                        max_sequences_per_request=config.server.max_sequences_per_request)
+    return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
+                                                  admin_routes))
+
+
+def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engine] | None = None) -> FastAPI:
+    """`shipyard worker`: the engine(s) behind the same OpenAI routes, for a gateway in front.
+
+    No store, no tenant keys, no usage: the gateway in front authenticates tenants, limits and
+    meters. Every route but /health and /ready needs the worker's internal token."""
+    router = Router(engines if engines is not None else build_engines(config))
+    metrics = ServingMetrics(router.engines)
+    gw = config.gateway
+    limiter = InProcessLimiter()
+    admissions = {name: TieredAdmission(gw.max_inflight, gw.max_queue, gw.queue_timeout_s,
+                                        config.server.retry_after_s) for name in config.deployments}
+    gateway = Gateway(InternalTokenAuthenticator(token), limiter, None, admissions, {}, {},
+                      gw.default_completion_estimate)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(router.start())
+        loading.add_done_callback(_report_load_failure)
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            await router.stop()
+
+    services = Services(router=router, metrics=metrics, gateway=gateway,
+                        max_sequences_per_request=config.server.max_sequences_per_request)
+    return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes))
+
+
+def _assemble(config: ShipyardConfig, services: Services, lifespan, modules) -> FastAPI:
     app = FastAPI(title="Shipyard", version=__version__, description="OpenAI-compatible inference server.",
                   lifespan=lifespan, dependencies=[Depends(authorize)])
-    app.state.services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
-                                  max_sequences_per_request=config.server.max_sequences_per_request)
+    app.state.services = services
     app.state.config = config
     install_error_handlers(app, config.server.retry_after_s)
     install_openapi(app)
-    modules = (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes)
     for module in modules:
         app.include_router(module.router)
     routes = [route for module in modules for route in module.router.routes]
     # Outermost first: the request context (ids, body bounds and timeouts, the access log), then
     # the guard (authentication and content type, before any body byte is read).
-    app.add_middleware(RequestGuard, routes=routes, gateway=gateway)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=config.server.max_body_bytes,
+    app.add_middleware(RequestGuard, routes=routes, gateway=services.gateway)
+    app.add_middleware(RequestContextMiddleware, metrics=services.metrics, max_body_bytes=config.server.max_body_bytes,
                        body_timeout_s=config.server.body_timeout_s,
                        body_idle_timeout_s=config.server.body_idle_timeout_s)
     return app

@@ -1,4 +1,4 @@
-"""The `shipyard` command: serve a model, build the demo model."""
+"""The `shipyard` command: serve a model, run a worker replica, build the demo model."""
 
 from __future__ import annotations
 
@@ -32,13 +32,47 @@ def serve(
     """Serve models over an OpenAI-compatible API (the built-in demo model if none is given)."""
     from shipyard.api.server import run as run_server
     from shipyard.app import build_app
+
+    cfg = _configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default=True)
+    run_server(build_app(cfg), cfg.server)
+
+
+@app.command()
+def worker(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local Hugging Face model folder"),
+    port: int = typer.Option(..., help="Port to listen on"),
+    token: Optional[str] = typer.Option(None, envvar="SHIPYARD_WORKER_TOKEN",
+                                        help="Internal token the gateway presents (env SHIPYARD_WORKER_TOKEN)"),
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="shipyard.yaml (its deployments)",
+                                          exists=True, dir_okay=False),
+    served_model_name: Optional[str] = typer.Option(None, help="Name the gateway uses (default: the folder name)"),
+    log_format: Optional[str] = typer.Option(None, help="text or json"),
+    num_threads: Optional[int] = typer.Option(None, help="torch threads per engine"),
+):
+    """One engine replica as its own process, for a gateway in front: the OpenAI routes plus
+    /health, /ready and /metrics, every route but /health and /ready behind the internal token."""
+    from shipyard.api.server import run as run_server
+    from shipyard.app import build_worker_app
+
+    if not token or len(token) < 16:
+        raise typer.BadParameter("a token of 16+ characters is needed (--token or SHIPYARD_WORKER_TOKEN)",
+                                 param_hint="--token")
+    cfg = _configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default=False)
+    if not cfg.deployments:
+        raise typer.BadParameter("give --model PATH (or a --config with deployments)", param_hint="--model")
+    run_server(build_worker_app(cfg, token), cfg.server)
+
+
+def _configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default: bool):
+    """The config file (if any) with the command line's overrides, logging set up."""
     from shipyard.config import ShipyardConfig
     from shipyard.monitor.logs import configure_logging
 
     cfg = ShipyardConfig.load(config)
     if model is not None:
         cfg = cfg.with_model(model, served_model_name)
-    elif not cfg.deployments:
+    elif not cfg.deployments and demo_default:
         cfg = cfg.with_model(str(_ensure_demo_model()), served_model_name or "shipyard-demo")
     server = cfg.server.model_copy(update={k: v for k, v in
                                            {"host": host, "port": port, "log_format": log_format}.items()
@@ -48,7 +82,7 @@ def serve(
         cfg = cfg.model_copy(update={"deployments": {
             name: d.model_copy(update={"num_threads": num_threads}) for name, d in cfg.deployments.items()}})
     configure_logging(server.log_format, server.log_level)
-    run_server(build_app(cfg), server)
+    return cfg
 
 
 def _ensure_demo_model() -> Path:

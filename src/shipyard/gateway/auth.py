@@ -10,6 +10,7 @@ processes sharing the database.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import time
@@ -234,3 +235,23 @@ def rotation_due(row: ApiKey, now: datetime | None = None) -> bool:
         return False
     last = aware(row.rotated_at) or aware(row.created_at)
     return ((now or utcnow()) - last).days >= row.rotation_period_days
+
+
+class InternalTokenAuthenticator:
+    """A worker's one internal token (`shipyard worker --token`): the gateway in front presents it;
+    anything else is a 401. It stands for the gateway, so it may do everything on the worker."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+        self.principal = Principal(key_id="internal", tenant_id="internal", role="admin", tier=0,
+                                   allowed_models=None, key_limits=Limits(), tenant_limits=Limits())
+
+    def forget(self, key_id: str) -> None:
+        pass
+
+    async def authenticate(self, token: str | None, defer_freshness: bool = False) -> Principal:
+        if not token:
+            raise AuthenticationError("Missing token. Send the worker's token as 'Authorization: Bearer <token>'.")
+        if not hmac.compare_digest(token.encode(), self._token):
+            raise AuthenticationError("Incorrect worker token provided.")
+        return self.principal
