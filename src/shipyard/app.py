@@ -18,9 +18,10 @@ from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
-from shipyard.config import ShipyardConfig
+from shipyard.config import ShipyardConfig, TransformersDeployment, TransformersReplica, UpstreamDeployment
 from shipyard.engines.base import Engine
 from shipyard.engines.transformers_engine import TransformersEngine
+from shipyard.engines.upstream import OpenAIHTTPEngine
 from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, InternalTokenAuthenticator, Limits
 from shipyard.gateway.keys import load_pepper
@@ -31,6 +32,11 @@ from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
 from shipyard.gateway.usage import UsageMeter
 from shipyard.monitor.metrics import ServingMetrics
+from shipyard.routing.balancer import Balancer
+from shipyard.routing.deployment import DeploymentEngine, RoutingPolicy
+from shipyard.routing.replica import Replica
+from shipyard.routing.resilience import CircuitBreaker
+from shipyard.routing.response_store import ResponseStore
 from shipyard.routing.router import Router
 from shipyard.store.db import Database, default_url
 
@@ -40,10 +46,30 @@ ADMIN_KEY_MIN_LENGTH = 20
 
 
 def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
+    """One engine per deployment: the embedded engine as it is, anything remote or replicated
+    behind a routed `DeploymentEngine` (balancing, retries, breakers, fallbacks)."""
     engines: dict[str, Engine] = {}
     for name, deployment in config.deployments.items():
-        if deployment.engine == "transformers":
+        if isinstance(deployment, TransformersDeployment):
             engines[name] = TransformersEngine(deployment, model_id=name)
+        elif isinstance(deployment, UpstreamDeployment):
+            engines[name] = DeploymentEngine(name, [Replica(name, OpenAIHTTPEngine(deployment, name))],
+                                             Balancer("round_robin"), RoutingPolicy(), lookup=engines.get)
+        else:
+            breaker = deployment.breaker
+            replicas = [
+                Replica(spec.name or f"{name}-{index}",
+                        TransformersEngine(spec, model_id=name) if isinstance(spec, TransformersReplica)
+                        else OpenAIHTTPEngine(spec, name),
+                        weight=spec.weight, min_tier=spec.min_tier,
+                        breaker=CircuitBreaker(breaker.failures, breaker.window_s, breaker.cooldown_s))
+                for index, spec in enumerate(deployment.replicas)
+            ]
+            policy = RoutingPolicy(retries=deployment.retries, first_token_timeout_s=deployment.first_token_timeout_s,
+                                   total_timeout_s=deployment.total_timeout_s,
+                                   retry_after_s=config.server.retry_after_s)
+            engines[name] = DeploymentEngine(name, replicas, Balancer(deployment.balancer), policy, deployment.fallback,
+                                             engines.get, ResponseStore() if deployment.response_store else None)
     return engines
 
 

@@ -80,7 +80,8 @@ def _configure(config, model, served_model_name, host, port, log_format, num_thr
     cfg = cfg.model_copy(update={"server": server})
     if num_threads is not None:
         cfg = cfg.model_copy(update={"deployments": {
-            name: d.model_copy(update={"num_threads": num_threads}) for name, d in cfg.deployments.items()}})
+            name: d.model_copy(update={"num_threads": num_threads}) if hasattr(d, "num_threads") else d
+            for name, d in cfg.deployments.items()}})
     configure_logging(server.log_format, server.log_level)
     return cfg
 

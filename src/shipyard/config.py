@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from shipyard.engines.transformers_engine import TransformersEngineConfig
+from shipyard.engines.upstream import OpenAIHTTPEngineConfig
 
 
 class TransformersDeployment(TransformersEngineConfig):
@@ -29,9 +30,65 @@ class TransformersDeployment(TransformersEngineConfig):
     engine: Literal["transformers"] = "transformers"
 
 
-# Later engines (vLLM, TGI, llama.cpp, ...) join here as a union told apart by `engine`; with one
-# member, `engine` may be left out.
-Deployment = TransformersDeployment
+class UpstreamDeployment(OpenAIHTTPEngineConfig):
+    """A model served by an OpenAI-compatible server elsewhere (vLLM, TGI, SGLang, trtllm-serve,
+    llama.cpp, a Shipyard worker, a hosted API), attached by URL."""
+
+
+class _ReplicaFields(BaseModel):
+    name: str | None = Field(None, max_length=100, description="default: <deployment>-<index>")
+    weight: float = Field(1.0, gt=0, description="for the weighted balancer")
+    min_tier: int = Field(0, ge=0, le=100, description="tier routing: only keys of at least this tier go here")
+
+
+class TransformersReplica(TransformersDeployment, _ReplicaFields):
+    pass
+
+
+class UpstreamReplica(UpstreamDeployment, _ReplicaFields):
+    pass
+
+
+def _engine_kind(value) -> str:
+    engine = value.get("engine", "transformers") if isinstance(value, dict) else getattr(value, "engine", None)
+    return engine or "transformers"
+
+
+Replica = Annotated[Union[Annotated[TransformersReplica, Tag("transformers")],
+                          Annotated[UpstreamReplica, Tag("openai_http")]], Discriminator(_engine_kind)]
+
+
+class BreakerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    failures: int = Field(5, ge=1, description="failures within window_s that open a replica's breaker")
+    window_s: float = Field(30.0, gt=0)
+    cooldown_s: float = Field(10.0, gt=0, description="open this long, then one probe (half-open)")
+
+
+class RoutedDeployment(BaseModel):
+    """One model name over several replicas, with balancing, retries, breakers and fallbacks."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: list[Replica] = Field(min_length=1)
+    balancer: Literal["round_robin", "least_outstanding", "weighted", "power_of_two"] = "least_outstanding"
+    retries: int = Field(2, ge=0, le=10, description="further attempts on other replicas, before a first token")
+    first_token_timeout_s: float = Field(60.0, gt=0)
+    total_timeout_s: float = Field(600.0, gt=0)
+    fallback: list[str] = Field(default_factory=list, description="other deployments to try, in order")
+    response_store: bool = Field(False, description="last resort: the last good answer to the same prompt")
+    breaker: BreakerConfig = BreakerConfig()
+
+
+def _deployment_kind(value) -> str:
+    if isinstance(value, dict):
+        return "routed" if "replicas" in value else _engine_kind(value)
+    return "routed" if isinstance(value, RoutedDeployment) else _engine_kind(value)
+
+
+# Told apart by `engine` (which may be left out for the embedded engine), or by `replicas`.
+Deployment = Annotated[Union[Annotated[TransformersDeployment, Tag("transformers")],
+                             Annotated[UpstreamDeployment, Tag("openai_http")],
+                             Annotated[RoutedDeployment, Tag("routed")]], Discriminator(_deployment_kind)]
 
 
 class ServerConfig(BaseModel):
@@ -107,7 +164,7 @@ class ShipyardConfig(BaseModel):
         name = name or Path(model_path).expanduser().resolve().name
         deployments = dict(self.deployments)
         base = deployments.get(name)
-        settings = base.model_dump() if base is not None else {}
+        settings = base.model_dump() if isinstance(base, TransformersDeployment) else {}
         settings["model"] = str(Path(model_path).expanduser())
         deployments[name] = TransformersDeployment.model_validate(settings)
         return self.model_copy(update={"deployments": deployments})

@@ -16,8 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shipyard.engines.errors import (
     EngineError,
     EngineOverloadedError,
+    EngineTimeoutError,
     EngineUnavailableError,
     InvalidRequestError,
+    UpstreamError,
 )
 from shipyard.gateway.errors import GatewayError
 from shipyard.routing.router import ModelNotFoundError
@@ -97,6 +99,10 @@ def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
         return APIError(503, str(exc), code="server_overloaded", headers={"Retry-After": retry})
     if isinstance(exc, EngineUnavailableError):
         return APIError(503, str(exc), code="engine_unavailable", headers={"Retry-After": str(retry_after_s)})
+    if isinstance(exc, UpstreamError):
+        return APIError(502, str(exc), code="upstream_error")
+    if isinstance(exc, EngineTimeoutError):
+        return APIError(504, str(exc), code="upstream_timeout")
     if isinstance(exc, EngineError):
         return APIError(500, f"The engine failed: {exc}", code="engine_error")
     store_error = _store_error(exc, retry_after_s)
@@ -139,6 +145,9 @@ def _respond(request: Request, error: APIError) -> JSONResponse:
     record = getattr(request.state, "record", None)
     if record is not None:
         record.error_type = error.type
+        if error.status in (502, 503, 504):  # worth quoting to an operator: say which request it was
+            error = APIError(error.status, f"{error.message} (request id {record.request_id})", param=error.param,
+                             code=error.code, type=error.type, headers=error.headers)
     return error.response()
 
 

@@ -46,6 +46,7 @@ class Generation:
         self.model = record.model or ""
         self.first_token_at: float | None = None
         self.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0)
+        self._reported = Usage(prompt_tokens=0, completion_tokens=0)  # what the engine's last chunks said
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
         self.failed = False
         self.interrupted = False  # ended by the shutdown drain
@@ -55,6 +56,7 @@ class Generation:
         self._finished_requests = 0
         self._queue: asyncio.Queue = asyncio.Queue()
         self._drain = drain
+        self._primed: list[GenerationChunk | None] | None = None
         self._forget_drain: Callable[[], None] | None = None
         self.finished = False
         # Called once at the end with (generation, status); the gateway settles and meters here.
@@ -72,6 +74,31 @@ class Generation:
         if self._drain is not None:
             self._forget_drain = self._drain.register(self.interrupt)
 
+    async def prime(self) -> None:
+        """For engines whose errors come with the first chunk (remote, routed): wait for every
+        stream's first chunk, so such an error still gets its own status before any byte."""
+        firsts = await asyncio.gather(*(anext(stream) for stream in self._streams), return_exceptions=True)
+        failure = next((f for f in firsts if isinstance(f, BaseException) and not isinstance(f, StopAsyncIteration)),
+                       None)
+        if failure is not None:
+            for stream in self._streams:
+                await stream.aclose()
+            raise failure
+        self._primed = [None if isinstance(f, BaseException) else f for f in firsts]
+        served = next((f.served_by for f in self._primed if f is not None and f.served_by), None)
+        if served:
+            self.record.served_by = served
+
+    def route_headers(self) -> dict[str, str]:
+        """Who answered a routed request; a fallback says so."""
+        served = self.record.served_by
+        if not served:
+            return {}
+        headers = {"x-shipyard-served-by": served}
+        if served.startswith("fallback:") or served == "response-store":
+            headers["x-shipyard-fallback"] = served.removeprefix("fallback:")
+        return headers
+
     def interrupt(self) -> None:
         """The shutdown grace period is over: end this generation at the next chunk boundary."""
         self._interrupting = True
@@ -84,7 +111,7 @@ class Generation:
         """(prompt index, chunk) in arrival order, measured on the way."""
         if len(self._streams) == 1:  # the common case: no merging needed
             try:
-                async for chunk in self._streams[0]:
+                async for chunk in _prepend(self._primed[0] if self._primed else None, self._streams[0]):
                     if self._interrupting and chunk.finish_reason == "abort":
                         self.interrupted = True
                         return
@@ -96,7 +123,7 @@ class Generation:
 
         async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
             try:
-                async for chunk in stream:
+                async for chunk in _prepend(self._primed[index] if self._primed else None, stream):
                     self._queue.put_nowait((index, chunk))
             except Exception as exc:  # the engine stopped under us: end like a failed step
                 self._queue.put_nowait((index, exc))
@@ -138,10 +165,11 @@ class Generation:
         metrics, model = self.metrics, self.model
         if chunk.prompt_logprobs is not None:
             self.prompt_logprobs[prompt_index] = chunk.prompt_logprobs
-        if chunk.token_ids:
-            self.usage.completion_tokens += len(chunk.token_ids)  # billed even if the request ends early
+        tokens = len(chunk.token_ids) or chunk.num_tokens
+        if tokens:
+            self.usage.completion_tokens += tokens  # billed even if the request ends early
             self.record.completion_tokens = self.usage.completion_tokens
-            metrics.generation_tokens.labels(model).inc(len(chunk.token_ids))
+            metrics.generation_tokens.labels(model).inc(tokens)
             key = (prompt_index, chunk.index)
             previous = self._last_at.get(key)
             if self.first_token_at is None:
@@ -149,8 +177,8 @@ class Generation:
                 self.record.ttft_ms = (now - self.record.arrival) * 1000
                 metrics.ttft.labels(model).observe(now - self.record.arrival)
             elif previous is not None:
-                gap = (now - previous) / len(chunk.token_ids)
-                for _ in chunk.token_ids:
+                gap = (now - previous) / tokens
+                for _ in range(tokens):
                     metrics.itl.labels(model).observe(gap)
             self._last_at[key] = now
         if chunk.finish_reason == "error":
@@ -160,6 +188,11 @@ class Generation:
             self.record.finish_reason = chunk.finish_reason
         if chunk.usage is not None:  # this engine request is complete
             self._finished_requests += 1
+            self._reported.prompt_tokens += chunk.usage.prompt_tokens
+            self._reported.completion_tokens += chunk.usage.completion_tokens
+            if self._finished_requests == len(self._streams):  # the engine's own counts are the truth
+                self.usage.prompt_tokens = self._reported.prompt_tokens or self.usage.prompt_tokens
+                self.usage.completion_tokens = self._reported.completion_tokens or self.usage.completion_tokens
             self.usage.cached_tokens += chunk.usage.cached_tokens
             metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
             if chunk.timings is not None and chunk.timings.queue_time is not None:
@@ -208,6 +241,13 @@ class Generation:
             if chunk.finish_reason is not None:
                 choice.finish_reason = chunk.finish_reason
         return results
+
+
+async def _prepend(first: GenerationChunk | None, stream: AsyncIterator[GenerationChunk]):
+    if first is not None:
+        yield first
+    async for chunk in stream:
+        yield chunk
 
 
 async def run_until_disconnect(receive, work):

@@ -37,6 +37,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     ttft_ms: float | None = None
     finish_reason: str | None = None
+    served_by: str | None = None  # routed requests: the replica, or the fallback that answered
     error_type: str | None = None
     status: int = 0
     client_supplied_id: bool = False

@@ -22,8 +22,8 @@ from shipyard.api.formatting import (
 from shipyard.api.generation import ClientDisconnected, Generation, new_engine_request_id, run_until_disconnect
 from shipyard.api.middleware import RequestRecord
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
-from shipyard.api.streaming import SHUTTING_DOWN, chat_events, completion_events, sse
-from shipyard.engines.base import GenerationRequest, Prompt, SamplingParams
+from shipyard.api.streaming import SHUTTING_DOWN, chat_events, completion_events, engine_failure, sse
+from shipyard.engines.base import GenerationRequest, Prompt, SamplingParams, estimate_prompt_tokens
 from shipyard.gateway.errors import GatewayError, StaleCredentials
 from shipyard.gateway.keystore import KeyStore
 from shipyard.gateway.service import Gateway, monotonic_ms
@@ -92,15 +92,20 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
                        f"the limit is {services.max_sequences_per_request} per request.", param="prompt",
                        code="too_many_sequences")
     prompt_ids = [await engine.encode(prompt) for prompt in prompts]
-    prompt_tokens = sum(len(ids) for ids in prompt_ids if ids is not None)
+    prompt_tokens = sum(len(ids) if ids is not None else estimate_prompt_tokens(prompt)
+                        for prompt, ids in zip(prompts, prompt_ids))
     on_finish, on_error = await _admit(services, caller, record, prompt_tokens, params.max_tokens, len(prompts),
                                        params.n)
-    requests = [GenerationRequest(new_engine_request_id(), prompt, params, record.arrival, ids)
+    principal = caller.principal
+    requests = [GenerationRequest(new_engine_request_id(), prompt, params, record.arrival, ids,
+                                  priority=principal.tier, scope=principal.tenant_id)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
     gen.on_finish = on_finish
     try:
         gen.start()
+        if engine.deferred_errors:
+            await gen.prime()
     except BaseException as exc:
         await on_error(exc)
         raise
@@ -129,7 +134,8 @@ async def prepare_completion(body: CompletionRequest, services: Services, record
 async def _respond(request: Request, stream: bool, gen: Generation, events, build_body):
     """SSE for streamed calls; otherwise run to the end (aborting if the client leaves) and build the body."""
     if stream:
-        return StreamingResponse(sse(events), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(sse(events), media_type="text/event-stream",
+                                 headers={**_SSE_HEADERS, **gen.route_headers()})
     try:
         results = await run_until_disconnect(request.receive, gen.collect())
     except ClientDisconnected:
@@ -140,10 +146,10 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
             await gen.aclose()
         await gen.finish()
     if gen.failed:
-        raise APIError(500, "The engine failed while generating this response.", code="engine_error")
+        raise engine_failure(gen.engine)
     if gen.interrupted:
         raise SHUTTING_DOWN
-    return JSONResponse(await build_body(results), headers=gen.debug_headers())
+    return JSONResponse(await build_body(results), headers={**gen.debug_headers(), **gen.route_headers()})
 
 
 @router.post("/v1/chat/completions")

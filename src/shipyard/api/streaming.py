@@ -23,7 +23,11 @@ from shipyard.engines.base import GenerationChunk
 
 DONE = "[DONE]"
 
-_ENGINE_FAILED = APIError(500, "The engine failed while generating this response.", code="engine_error")
+def engine_failure(engine) -> APIError:
+    """A generation that broke after it started: our engine's fault (500), or an upstream's (502)."""
+    if engine.deferred_errors:
+        return APIError(502, "The upstream engine failed while generating this response.", code="upstream_error")
+    return APIError(500, "The engine failed while generating this response.", code="engine_error")
 SHUTTING_DOWN = APIError(503, "The server is shutting down; this response was cut short. Retry on another "
                          "replica.", code="server_shutting_down", headers={"Retry-After": "1"})
 
@@ -41,7 +45,7 @@ async def _events(gen: Generation, fmt: ChatFormatter | CompletionFormatter,
             for event in render(prompt_index, chunk):
                 yield event
         if gen.failed:
-            yield _ENGINE_FAILED.body()
+            yield engine_failure(gen.engine).body()
         elif gen.interrupted:
             yield SHUTTING_DOWN.body()
         elif fmt.include_usage:

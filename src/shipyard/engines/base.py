@@ -65,6 +65,8 @@ class GenerationRequest:
     params: SamplingParams
     arrival_time: float = 0.0  # time.monotonic() when the server received it
     prompt_ids: list[int] | None = None  # from `Engine.encode()`, so the prompt is tokenized once
+    priority: int = 0  # the caller's tier: routing may keep replica pools by it
+    scope: str = ""  # an opaque partition (the tenant): anything remembered is never shared across it
 
 
 @dataclass(slots=True)
@@ -128,6 +130,9 @@ class GenerationChunk:
     stop_reason: str | int | None = None  # the stop string or token that ended it
     usage: Usage | None = None
     timings: Timings | None = None
+    # Tokens this chunk carries when their ids are unknown (an upstream that streams text only).
+    num_tokens: int = 0
+    served_by: str | None = None  # on a routed request's first chunk: the replica, or the fallback
     # On the request's first chunk when `prompt_logprobs` was asked: one entry per prompt token.
     prompt_logprobs: list[TokenLogprob] | None = None
 
@@ -153,6 +158,10 @@ class Engine(abc.ABC):
     """An inference backend. All methods are called from the server's event loop."""
 
     model: ModelInfo
+    # True when errors may come with the first chunk rather than from `generate()` (a remote or
+    # routed engine): the server then waits for that chunk before it answers, so such errors
+    # still get their own HTTP status.
+    deferred_errors: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -200,3 +209,13 @@ class Engine(abc.ABC):
     def token_strings(self, token_ids: list[int]) -> list[str] | None:
         """The vocabulary's spelling of each id, where known."""
         return None
+
+
+def estimate_prompt_tokens(prompt: Prompt) -> int:
+    """When no tokenizer is at hand (a remote engine without /tokenize): about four characters a
+    token, as OpenAI's own rule of thumb. Limits reserve with it and settle to the upstream's
+    reported usage."""
+    if prompt.token_ids is not None:
+        return len(prompt.token_ids)
+    texts = [prompt.text or ""] if prompt.messages is None else [m.content for m in prompt.messages]
+    return max(1, (sum(len(t) for t in texts) + 3) // 4 + (4 * len(prompt.messages or [])))

@@ -47,3 +47,17 @@ class EngineOverloadedError(EngineError):
 
 class EngineUnavailableError(EngineError):
     """The engine is not loaded, stopping, or has failed (maps to 503)."""
+
+
+class UpstreamError(EngineError):
+    """An upstream engine answered with something unusable: a 5xx, a malformed body, a broken
+    stream (maps to 502). Another replica may do better."""
+
+
+class EngineTimeoutError(EngineError):
+    """The engine did not answer in time: no first token, or too long between tokens (maps to 504)."""
+
+
+# Failures worth trying on another replica: nothing reached the client, and the fault is the
+# replica's (down, overloaded, broken), not the request's.
+RETRIABLE = (EngineUnavailableError, EngineOverloadedError, UpstreamError, EngineTimeoutError)

@@ -1,0 +1,325 @@
+"""A deployment: one model name served by replicas, behind the one `Engine` interface.
+
+`generate()` returns a routed stream. Its first chunk is where routing happens: pick a replica
+(tier pool, then the balancer), start the request there and wait for its first chunk; on a
+retriable failure (refused connection, overload, 5xx, no first token in time) count it against
+that replica's breaker and try again elsewhere, with backoff. A request's own fault (400) is
+never retried. When the replicas are exhausted, the fallback chain: other deployments in order,
+then the response store's last good answer for the same prompt. After the first chunk nothing
+is retried: the client has tokens. The api layer sees an engine, and learns from the first
+chunk's `served_by` who answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from shipyard.engines.base import (
+    Engine,
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+    Prompt,
+    Usage,
+    estimate_prompt_tokens,
+)
+from shipyard.engines.errors import (
+    RETRIABLE,
+    EngineOverloadedError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    UpstreamError,
+)
+from shipyard.routing.balancer import Balancer
+from shipyard.routing.replica import Replica
+from shipyard.routing.resilience import Backoff
+from shipyard.routing.response_store import ResponseStore, answer_key
+
+log = logging.getLogger("shipyard.routing")
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    retries: int = 2  # further attempts after the first, on other replicas where there are any
+    first_token_timeout_s: float = 60.0  # across all attempts: past it, 504
+    total_timeout_s: float = 600.0  # a whole response
+    backoff: Backoff = Backoff()
+    retry_after_s: int = 1  # what a 503 "no healthy replica" tells the client
+
+
+@dataclass
+class RoutingCounters:
+    """Read by the metrics collector at scrape time."""
+
+    retries: int = 0
+    fallbacks: int = 0
+    store_answers: int = 0
+    no_replica: int = 0
+
+
+class DeploymentEngine(Engine):
+    deferred_errors = True
+
+    def __init__(self, name: str, replicas: list[Replica], balancer: Balancer, policy: RoutingPolicy,
+                 fallbacks: list[str] | None = None, lookup: Callable[[str], Engine] | None = None,
+                 store: ResponseStore | None = None):
+        if not replicas:
+            raise ValueError(f"deployment {name!r} has no replicas")
+        self.name = name
+        self.replicas = replicas
+        self.balancer = balancer
+        self.policy = policy
+        self.fallbacks = list(fallbacks or [])
+        self.lookup = lookup
+        self.store = store
+        self.counters = RoutingCounters()
+        self.model = ModelInfo(id=name, max_model_len=0, owned_by="shipyard", created=int(time.time()))
+        self._active: dict[str, _RoutedStream] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        results = await asyncio.gather(*(r.engine.start() for r in self.replicas), return_exceptions=True)
+        for replica, result in zip(self.replicas, results):
+            if isinstance(result, BaseException):
+                log.error("replica %s of %s failed to start: %s", replica.name, self.name, result)
+        if all(isinstance(r, BaseException) for r in results):
+            raise results[0]
+        lengths = [r.engine.model.max_model_len for r in self.replicas if r.engine.model.max_model_len]
+        self.model.max_model_len = min(lengths) if lengths else 0
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(r.engine.stop() for r in self.replicas), return_exceptions=True)
+
+    def ready(self) -> bool:
+        return any(r.engine.ready() for r in self.replicas)
+
+    async def health(self) -> bool:
+        return all([await r.engine.health() for r in self.replicas])
+
+    def stats(self) -> EngineStats:
+        parts = [r.engine.stats() for r in self.replicas]
+        return EngineStats(num_waiting=sum(p.num_waiting for p in parts), num_running=sum(p.num_running for p in parts),
+                           kv_cache_usage=max(p.kv_cache_usage for p in parts),
+                           max_num_seqs=sum(p.max_num_seqs for p in parts),
+                           max_waiting=sum(p.max_waiting for p in parts))
+
+    def _any_engine(self) -> Engine:
+        for replica in self.replicas:
+            if replica.engine.ready():
+                return replica.engine
+        return self.replicas[0].engine
+
+    async def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int] | None:
+        return await self._any_engine().encode(prompt, add_special_tokens)
+
+    async def decode(self, token_ids: list[int]) -> str:
+        return await self._any_engine().decode(token_ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str] | None:
+        return self._any_engine().token_strings(token_ids)
+
+    # ---------------------------------------------------------------- routing
+    def choose(self, priority: int, exclude: set[int]) -> Replica | None:
+        """Tier routing first (the highest pool the caller's tier reaches that has a live
+        replica), then the balancer among that pool's live replicas."""
+        live = [r for r in self.replicas if r.available()]
+        untried = [r for r in live if id(r) not in exclude] or live
+        eligible = [r for r in untried if r.min_tier <= priority]
+        if not eligible:
+            return None
+        pool = max(r.min_tier for r in eligible)
+        return self.balancer.pick([r for r in eligible if r.min_tier == pool])
+
+    def generate(self, request: GenerationRequest) -> _RoutedStream:
+        stream = _RoutedStream(self, request)
+        self._active[request.request_id] = stream
+        return stream
+
+    async def cancel(self, request_id: str) -> None:
+        stream = self._active.get(request_id)
+        if stream is not None and stream.engine is not None:
+            await stream.engine.cancel(request_id)
+
+    def replica(self, name: str) -> Replica:
+        for replica in self.replicas:
+            if replica.name == name:
+                return replica
+        raise KeyError(name)
+
+
+class _RoutedStream:
+    def __init__(self, deployment: DeploymentEngine, request: GenerationRequest):
+        self.deployment = deployment
+        self.request = request
+        self.engine: Engine | None = None  # whichever engine is answering
+        self._inner: AsyncIterator[GenerationChunk] | None = None
+        self._replica: Replica | None = None
+        self._first: GenerationChunk | None = None
+        self._deadline = time.monotonic() + deployment.policy.total_timeout_s
+        self._texts: dict[int, list[str]] = {}
+        self._finishes: dict[int, str] = {}
+        self._closed = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._inner is None:
+            await self._connect()
+        if self._first is not None:
+            chunk, self._first = self._first, None
+        else:
+            try:
+                chunk = await asyncio.wait_for(anext(self._inner), max(0.001, self._deadline - time.monotonic()))
+            except StopAsyncIteration:
+                await self.aclose()
+                raise
+            except asyncio.TimeoutError:  # tokens have gone out: end with an error, never silently
+                await self.aclose()
+                return GenerationChunk(self.request.request_id, 0, "", [], finish_reason="error",
+                                       usage=Usage(estimate_prompt_tokens(self.request.prompt), 0))
+            except Exception:
+                await self.aclose()
+                return GenerationChunk(self.request.request_id, 0, "", [], finish_reason="error",
+                                       usage=Usage(estimate_prompt_tokens(self.request.prompt), 0))
+        self._remember(chunk)
+        if chunk.usage is not None:
+            self._release()
+        return chunk
+
+    async def _connect(self) -> None:
+        deployment, policy, request = self.deployment, self.deployment.policy, self.request
+        deadline = time.monotonic() + policy.first_token_timeout_s
+        tried: set[int] = set()
+        last_error: Exception | None = None
+        for attempt in range(policy.retries + 1):
+            replica = deployment.choose(request.priority, tried)
+            if replica is None:
+                break
+            tried.add(id(replica))
+            if attempt:
+                deployment.counters.retries += 1
+            try:
+                await self._start_on(replica.engine, replica, deadline)
+                return
+            except RETRIABLE as exc:
+                last_error = exc
+                log.warning("%s: replica %s failed (%s: %s)%s", deployment.name, replica.name, type(exc).__name__,
+                            exc, "; retrying" if attempt < policy.retries else "")
+                if time.monotonic() >= deadline:
+                    break
+                retry_after = getattr(exc, "retry_after_s", 0.0) or 0.0
+                await asyncio.sleep(min(policy.backoff.delay(attempt, retry_after), max(0.0, deadline - time.monotonic())))
+        if await self._fall_back():
+            return
+        raise self._exhausted(last_error)
+
+    async def _start_on(self, engine: Engine, replica: Replica | None, deadline: float) -> None:
+        """Start the request on one engine and wait for its first chunk (RETRIABLE on failure)."""
+        if replica is not None:
+            replica.breaker.started()
+            replica.outstanding += 1
+        stream = None
+        try:
+            stream = engine.generate(self.request)
+            first = await asyncio.wait_for(anext(stream), max(0.001, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            error: Exception = UpstreamError("The engine ended the response without a token.")
+        except asyncio.TimeoutError:
+            error = EngineTimeoutError("No first token in time.")
+        except RETRIABLE as exc:
+            error = exc
+        except BaseException:  # the request's own fault (400 and the like): the replica is fine
+            if replica is not None:
+                replica.outstanding -= 1
+                replica.breaker.success()
+            if stream is not None:
+                await stream.aclose()
+            raise
+        else:
+            if replica is not None:
+                replica.breaker.success()
+            self.engine, self._inner, self._replica = engine, stream, replica
+            first.served_by = replica.name if replica is not None else first.served_by
+            self._first = first
+            return
+        if replica is not None:
+            replica.outstanding -= 1
+            replica.breaker.failure()
+        if stream is not None:
+            await stream.aclose()
+        raise error
+
+    async def _fall_back(self) -> bool:
+        deployment = self.deployment
+        for name in deployment.fallbacks:
+            engine = deployment.lookup(name) if deployment.lookup else None
+            if engine is None:
+                continue
+            try:
+                await self._start_on(engine, None, time.monotonic() + deployment.policy.first_token_timeout_s)
+            except RETRIABLE as exc:
+                log.warning("%s: fallback %s failed too (%s)", deployment.name, name, type(exc).__name__)
+                continue
+            deployment.counters.fallbacks += 1
+            self._first.served_by = f"fallback:{name}"
+            log.warning("%s: answered by the fallback deployment %s", deployment.name, name)
+            return True
+        if deployment.store is not None:
+            answer = deployment.store.recall(answer_key(deployment.name, self.request))
+            if answer is not None:
+                deployment.counters.store_answers += 1
+                self._inner = _stored(self.request, answer)
+                self._first = await anext(self._inner)
+                self._first.served_by = "response-store"
+                log.warning("%s: answered from the response store", deployment.name)
+                return True
+        return False
+
+    def _exhausted(self, last_error: Exception | None) -> Exception:
+        deployment = self.deployment
+        if last_error is None or isinstance(last_error, EngineUnavailableError):
+            deployment.counters.no_replica += 1
+            return EngineUnavailableError(f"No healthy replica of '{deployment.name}' is available.")
+        if isinstance(last_error, (EngineTimeoutError, EngineOverloadedError)):
+            return last_error
+        return UpstreamError(f"Every replica of '{deployment.name}' failed: {last_error}")
+
+    def _remember(self, chunk: GenerationChunk) -> None:
+        if self.deployment.store is None or self.request.params.temperature > 0 and self.request.params.seed is None:
+            return  # only answers that the same question would get again
+        self._texts.setdefault(chunk.index, []).append(chunk.text)
+        if chunk.finish_reason is not None:
+            self._finishes[chunk.index] = chunk.finish_reason
+        if chunk.usage is not None and self._finishes and all(f in ("stop", "length") for f in self._finishes.values()):
+            choices = [("".join(self._texts.get(i, [])), self._finishes.get(i, "stop"))
+                       for i in range(self.request.params.n)]
+            self.deployment.store.remember(answer_key(self.deployment.name, self.request), choices)
+
+    def _release(self) -> None:
+        if self._replica is not None:
+            self._replica.outstanding -= 1
+            self._replica = None
+        self.deployment._active.pop(self.request.request_id, None)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+        if self._inner is not None:
+            await self._inner.aclose()
+
+
+async def _stored(request: GenerationRequest, answer: list[tuple[str, str]]) -> AsyncIterator[GenerationChunk]:
+    for index, (text, finish) in enumerate(answer):
+        last = index == len(answer) - 1
+        yield GenerationChunk(request.request_id, index, text, [], finish_reason=finish,  # type: ignore[arg-type]
+                              usage=Usage(estimate_prompt_tokens(request.prompt), 0) if last else None)

@@ -1,0 +1,148 @@
+"""A fake vLLM server for routing and contract tests: vLLM's real wire format, replayed.
+
+From vLLM's `entrypoints/openai/protocol.py` and `serving_completion.py` / `serving_chat.py`:
+streamed chunks `data: {...}\\n\\n` with `choices[].text` (completions) or `choices[].delta`
+(chat, the first delta carrying the role), `finish_reason` and `stop_reason` on the last choice
+chunk, then (with `stream_options.include_usage`) a chunk with `"choices": []` and `usage`, then
+`data: [DONE]`. Errors: `{"error": {"message", "type", "param", "code"}}` with the status; its
+metrics `vllm:num_requests_running` / `vllm:num_requests_waiting` / `vllm:kv_cache_usage_perc`
+labelled `model_name`; `/health` 200 with an empty body; `/tokenize` in vLLM's shape.
+
+Runs on its own event loop in a thread of the test process; `mode` changes its behaviour live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+from aiohttp import web
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeVLLM:
+    def __init__(self, name: str, model: str = "m", tokens: int = 5):
+        self.name = name
+        self.model = model
+        self.tokens = tokens
+        self.mode = "ok"  # ok | error500 | overloaded | bad_request | hang | die_mid_stream | slow
+        self.delay_s = 0.0  # before the first token ("slow")
+        self.served = 0  # requests answered 200
+        self.requests: list[dict] = []
+        self.running = 0
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> FakeVLLM:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stopping.set)  # hung handlers return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _health(self, request):
+        if self.mode == "down":
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    async def _metrics(self, request):
+        labels = f'{{model_name="{self.model}"}}'
+        text = (f"# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+                f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{labels} {self.running}.0\n"
+                f"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+                f"# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{labels} 3.0\n"
+                f"# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+                f"# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{labels} 0.25\n")
+        return web.Response(text=text, content_type="text/plain")
+
+    async def _models(self, request):
+        return web.json_response({"object": "list", "data": [
+            {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 2048}]})
+
+    async def _tokenize(self, request):
+        body = await request.json()
+        text = body.get("prompt") or " ".join(m["content"] for m in body.get("messages", []))
+        tokens = [ord(c) % 1000 for c in text]
+        return web.json_response({"count": len(tokens), "max_model_len": 2048, "tokens": tokens,
+                                  "token_strs": None})
+
+    @staticmethod
+    def _error(status: int, message: str, kind: str) -> web.Response:
+        return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                                 status=status)
+
+    async def _complete(self, request):
+        body = await request.json()
+        self.requests.append(body)
+        chat = request.path.endswith("chat/completions")
+        if self.mode == "error500":
+            return self._error(500, "EngineCore encountered an issue.", "InternalServerError")
+        if self.mode == "overloaded":
+            response = self._error(503, "The server is overloaded.", "ServiceUnavailableError")
+            response.headers["Retry-After"] = "0"
+            return response
+        if self.mode == "bad_request":
+            return self._error(400, "This model's maximum context length is 2048 tokens.", "BadRequestError")
+        if self.mode == "hang":
+            await self._stopping.wait()
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay_s)
+        count = int(body.get("max_tokens") or self.tokens)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        self.running += 1
+        try:
+            created, ident = int(time.time()), f"cmpl-{self.name}-{len(self.requests)}"
+            base = {"id": ident, "created": created, "model": self.model,
+                    "object": "chat.completion.chunk" if chat else "text_completion"}
+
+            async def send(choices, usage=None):
+                await response.write(f"data: {json.dumps({**base, 'choices': choices, 'usage': usage})}\n\n".encode())
+
+            if chat:
+                await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}])
+            for i in range(count):
+                text = f"{self.name}-{i} "
+                await send([{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}] if chat
+                           else [{"index": 0, "text": text, "logprobs": None, "finish_reason": None,
+                                  "stop_reason": None}])
+                if self.mode == "die_mid_stream" and i == 1:
+                    request.transport.close()  # the process died: the connection just ends
+                    return response
+                await asyncio.sleep(self.delay_s if self.mode == "slow_stream" else 0)
+            finish = {"index": 0, "logprobs": None, "finish_reason": "length", "stop_reason": None}
+            await send([{**finish, "delta": {}} if chat else {**finish, "text": ""}])
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await send([], {"prompt_tokens": 7, "total_tokens": 7 + count, "completion_tokens": count})
+            await response.write(b"data: [DONE]\n\n")
+            self.served += 1
+        finally:
+            self.running -= 1
+        return response
