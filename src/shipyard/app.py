@@ -108,16 +108,10 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await db.migrate()
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
-        # Load models in the background: /health answers at once, /ready says 503 until loaded.
-        loading = asyncio.create_task(router.start())
-        loading.add_done_callback(_report_load_failure)
         try:
-            yield
+            async with _engines_running(router):
+                yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loading
-            await router.stop()
             await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
             await db.close()
@@ -146,19 +140,26 @@ def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engi
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loading = asyncio.create_task(router.start())
-        loading.add_done_callback(_report_load_failure)
-        try:
+        async with _engines_running(router):
             yield
-        finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loading
-            await router.stop()
 
     services = Services(router=router, metrics=metrics, gateway=gateway,
                         max_sequences_per_request=config.server.max_sequences_per_request)
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes))
+
+
+@contextlib.asynccontextmanager
+async def _engines_running(router: Router):
+    """Models load in the background: /health answers at once, /ready says 503 until loaded."""
+    loading = asyncio.create_task(router.start())
+    loading.add_done_callback(_report_load_failure)
+    try:
+        yield
+    finally:
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loading
+        await router.stop()
 
 
 def _assemble(config: ShipyardConfig, services: Services, lifespan, modules) -> FastAPI:

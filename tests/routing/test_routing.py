@@ -188,6 +188,9 @@ def test_all_replicas_down_falls_back_to_the_backup_model(gateway, fakes):
     assert response.headers["x-shipyard-fallback"] == "backup"
     assert response.json()["choices"][0]["text"].startswith("backup-0")
     gateway.wait_for_log("served_by=fallback:backup")
+    metrics = call(gateway.base_url, ADMIN_KEY, "GET", "/metrics").text
+    assert 'shipyard:routing_fallbacks_total{model_name="chain"} 1.0' in metrics
+    assert 'shipyard:replica_up{model_name="chain",replica="primary"} 1.0' in metrics
 
 
 def test_all_down_with_only_the_response_store_left(gateway, fakes):

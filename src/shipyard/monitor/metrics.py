@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shipyard.engines.base import Engine
@@ -28,12 +28,38 @@ class _EngineStateCollector(Collector):
         running = GaugeMetricFamily("shipyard:num_requests_running", "Requests in the running batch", labels=["model_name"])
         waiting = GaugeMetricFamily("shipyard:num_requests_waiting", "Requests waiting to be scheduled", labels=["model_name"])
         kv = GaugeMetricFamily("shipyard:kv_cache_usage_perc", "KV-cache usage, 0 to 1", labels=["model_name"])
+        routing = {
+            "retries": CounterMetricFamily("shipyard:routing_retries", "Attempts on another replica", labels=["model_name"]),
+            "fallbacks": CounterMetricFamily("shipyard:routing_fallbacks", "Answers from a fallback deployment",
+                                             labels=["model_name"]),
+            "store_answers": CounterMetricFamily("shipyard:routing_store_answers", "Answers from the response store",
+                                                 labels=["model_name"]),
+            "no_replica": CounterMetricFamily("shipyard:routing_no_replica", "Requests with no healthy replica left",
+                                              labels=["model_name"]),
+        }
+        up = GaugeMetricFamily("shipyard:replica_up", "1 while the replica answers its health check",
+                               labels=["model_name", "replica"])
+        breaker = GaugeMetricFamily("shipyard:replica_breaker_open", "1 while the replica's circuit breaker is open",
+                                    labels=["model_name", "replica"])
+        outstanding = GaugeMetricFamily("shipyard:replica_outstanding", "Requests this gateway has in flight there",
+                                        labels=["model_name", "replica"])
         for name, engine in self._engines().items():
             stats = engine.stats()
             running.add_metric([name], stats.num_running)
             waiting.add_metric([name], stats.num_waiting)
             kv.add_metric([name], stats.kv_cache_usage)
-        yield from (running, waiting, kv)
+            snapshot = getattr(engine, "routing_snapshot", None)
+            if snapshot is None:
+                continue
+            state = snapshot()
+            for key, family in routing.items():
+                family.add_metric([name], state["counters"][key])
+            for replica in state["replicas"]:
+                labels = [name, replica["name"]]
+                up.add_metric(labels, 1.0 if replica["up"] else 0.0)
+                breaker.add_metric(labels, 1.0 if replica["breaker"] == "open" else 0.0)
+                outstanding.add_metric(labels, replica["outstanding"])
+        yield from (running, waiting, kv, *routing.values(), up, breaker, outstanding)
 
 
 class ServingMetrics:

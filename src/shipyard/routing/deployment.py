@@ -145,6 +145,13 @@ class DeploymentEngine(Engine):
         if stream is not None and stream.engine is not None:
             await stream.engine.cancel(request_id)
 
+    def routing_snapshot(self) -> dict:
+        """For the metrics collector: counters, and per replica whether it is up, its breaker,
+        what this gateway has in flight there."""
+        return {"counters": vars(self.counters).copy(),
+                "replicas": [{"name": r.name, "up": r.engine.ready(), "breaker": r.breaker.state,
+                              "outstanding": r.outstanding, "draining": r.draining} for r in self.replicas]}
+
     def replica(self, name: str) -> Replica:
         for replica in self.replicas:
             if replica.name == name:
