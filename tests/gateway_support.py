@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from conftest import MODEL_NAME, ServerProcess, deployment
+from conftest import MODEL_NAME, deployment
 
 ADMIN_KEY = "test-admin-key-0123456789-abcdef"
 

@@ -9,7 +9,6 @@ import time
 
 import aiohttp
 import httpx
-import pytest
 
 from conftest import MODEL_NAME
 from gateway_support import call

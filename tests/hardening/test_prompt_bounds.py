@@ -4,8 +4,6 @@ explicit nulls mean defaults."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 
 import httpx

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import MODEL_NAME, ServerProcess
+from conftest import ServerProcess
 from gateway_support import ADMIN_KEY, call, gateway_config
 
 

@@ -9,7 +9,6 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
