@@ -11,15 +11,22 @@ import sys
 from fastapi import Depends, FastAPI
 
 from shipyard import __version__
-from shipyard.api import admin_routes, ops_routes, openai_routes, tokenize_routes, websocket
+from shipyard.api import admin_routes, deployment_routes, ops_routes, openai_routes, tokenize_routes, websocket
 from shipyard.api.authorization import authorize
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
-from shipyard.config import ShipyardConfig, TransformersDeployment, TransformersReplica, UpstreamDeployment
+from shipyard.config import (
+    LaunchedReplica,
+    ShipyardConfig,
+    TransformersDeployment,
+    TransformersReplica,
+    UpstreamDeployment,
+)
 from shipyard.engines.base import Engine
+from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.transformers_engine import TransformersEngine
 from shipyard.engines.upstream import OpenAIHTTPEngine
 from shipyard.gateway.admission import TieredAdmission
@@ -57,20 +64,26 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
                                              Balancer("round_robin"), RoutingPolicy(), lookup=engines.get)
         else:
             breaker = deployment.breaker
-            replicas = [
-                Replica(spec.name or f"{name}-{index}",
-                        TransformersEngine(spec, model_id=name) if isinstance(spec, TransformersReplica)
-                        else OpenAIHTTPEngine(spec, name),
-                        weight=spec.weight, min_tier=spec.min_tier,
-                        breaker=CircuitBreaker(breaker.failures, breaker.window_s, breaker.cooldown_s))
-                for index, spec in enumerate(deployment.replicas)
-            ]
+            replicas = []
+            for index, spec in enumerate(deployment.replicas):
+                replica_name = spec.name or f"{name}-{index}"
+                replicas.append(Replica(replica_name, _replica_engine(spec, name, replica_name), weight=spec.weight,
+                                        min_tier=spec.min_tier,
+                                        breaker=CircuitBreaker(breaker.failures, breaker.window_s, breaker.cooldown_s)))
             policy = RoutingPolicy(retries=deployment.retries, first_token_timeout_s=deployment.first_token_timeout_s,
                                    total_timeout_s=deployment.total_timeout_s,
                                    retry_after_s=config.server.retry_after_s)
             engines[name] = DeploymentEngine(name, replicas, Balancer(deployment.balancer), policy, deployment.fallback,
                                              engines.get, ResponseStore() if deployment.response_store else None)
     return engines
+
+
+def _replica_engine(spec, deployment: str, replica_name: str) -> Engine:
+    if isinstance(spec, TransformersReplica):
+        return TransformersEngine(spec, model_id=deployment)
+    if isinstance(spec, LaunchedReplica):
+        return LaunchedEngine(spec, deployment, replica_name)
+    return OpenAIHTTPEngine(spec, deployment)
 
 
 def _redis_client(config: ShipyardConfig):
@@ -121,7 +134,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request)
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
-                                                  admin_routes))
+                                                  admin_routes, deployment_routes))
 
 
 def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engine] | None = None) -> FastAPI:

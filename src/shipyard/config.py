@@ -19,6 +19,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from shipyard.engines.launch import LaunchConfig
 from shipyard.engines.transformers_engine import TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig
 
@@ -49,13 +50,18 @@ class UpstreamReplica(UpstreamDeployment, _ReplicaFields):
     pass
 
 
+class LaunchedReplica(LaunchConfig, _ReplicaFields):
+    """A replica whose server this gateway starts and restarts (a worker, vLLM, TGI, ...)."""
+
+
 def _engine_kind(value) -> str:
     engine = value.get("engine", "transformers") if isinstance(value, dict) else getattr(value, "engine", None)
     return engine or "transformers"
 
 
 Replica = Annotated[Union[Annotated[TransformersReplica, Tag("transformers")],
-                          Annotated[UpstreamReplica, Tag("openai_http")]], Discriminator(_engine_kind)]
+                          Annotated[UpstreamReplica, Tag("openai_http")],
+                          Annotated[LaunchedReplica, Tag("launch")]], Discriminator(_engine_kind)]
 
 
 class BreakerConfig(BaseModel):

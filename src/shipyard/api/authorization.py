@@ -43,6 +43,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("POST", "/admin/keys/{key_id}/revoke"): Permission.KEYS_MANAGE,
     ("GET", "/admin/usage"): Permission.USAGE_READ,
     ("PATCH", "/admin/tenants/{tenant_id}"): Permission.TENANTS_MANAGE,
+    ("GET", "/admin/deployments"): Permission.DEPLOYMENTS_MANAGE,
+    ("POST", "/admin/deployments/{name}/replicas/{replica}/drain"): Permission.DEPLOYMENTS_MANAGE,
+    ("POST", "/admin/deployments/{name}/replicas/{replica}/resume"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/tokenize"): Permission.INFERENCE,
     ("POST", "/detokenize"): Permission.INFERENCE,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)

@@ -27,6 +27,8 @@ _DESCRIPTIONS = {
     415: "The body is not JSON",
     429: "A rate limit, concurrency cap or budget is reached (Retry-After says when to retry)",
     500: "The engine or the server failed",
+    502: "An upstream engine answered badly (or every replica failed)",
+    504: "An upstream engine did not answer in time",
     503: "Overloaded, shutting down, or a backing store is unavailable (Retry-After)",
 }
 
@@ -68,6 +70,10 @@ def statuses_for(method: str, path: str, has_body: bool, has_params: bool) -> se
             out.add(429)
     if permission in (Permission.TENANTS_MANAGE, Permission.KEYS_MANAGE) and method in ("POST", "PATCH"):
         out.add(409)
+    if permission is Permission.DEPLOYMENTS_MANAGE and "{" in path:
+        out.add(409)  # not a deployment of replicas
+    if permission is Permission.INFERENCE and path.startswith("/v1/"):
+        out |= {502, 504}  # upstream engines: a bad answer, a timeout
     if path == "/ready" or path == "/health":
         out.add(503)
     return out

@@ -22,6 +22,7 @@ class Permission(str, enum.Enum):
     KEYS_MANAGE = "keys:manage"
     KEYS_READ = "keys:read"
     USAGE_READ = "usage:read"
+    DEPLOYMENTS_MANAGE = "deployments:manage"  # see replicas, drain and resume them (admins)
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

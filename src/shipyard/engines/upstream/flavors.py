@@ -39,7 +39,7 @@ _ALL_VLLM = {name: body for name, (_, body) in VLLM_EXTRAS.items()}
 FLAVORS: dict[str, Flavor] = {
     "vllm": Flavor("vllm", _ALL_VLLM, tokenize="vllm",
                    metrics=("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")),
-    "shipyard": Flavor("shipyard", _ALL_VLLM, tokenize="vllm",
+    "shipyard": Flavor("shipyard", _ALL_VLLM, tokenize="vllm", health_path="/ready",  # /health is liveness
                        metrics=("shipyard:num_requests_waiting", "shipyard:num_requests_running",
                                 "shipyard:kv_cache_usage_perc")),
     "sglang": Flavor("sglang", _ALL_VLLM,

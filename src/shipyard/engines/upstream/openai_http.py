@@ -54,8 +54,9 @@ def _secret(config: OpenAIHTTPEngineConfig) -> str | None:
 class OpenAIHTTPEngine(Engine):
     deferred_errors = True
 
-    def __init__(self, config: OpenAIHTTPEngineConfig, model_id: str):
+    def __init__(self, config: OpenAIHTTPEngineConfig, model_id: str, api_key: str | None = None):
         self.config = config
+        self._api_key = api_key  # given directly (a launched worker's token), else from api_key_env
         self.flavor: Flavor = FLAVORS[config.flavor]
         self.model = ModelInfo(id=model_id, max_model_len=config.max_model_len or 0, owned_by=config.flavor)
         self.upstream_model = config.upstream_model or model_id
@@ -69,7 +70,7 @@ class OpenAIHTTPEngine(Engine):
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         headers = {}
-        key = _secret(self.config)
+        key = self._api_key or _secret(self.config)
         if key:
             headers["authorization"] = f"Bearer {key}"
         # Reads are timed by this engine itself (first token, then between chunks); httpx only
