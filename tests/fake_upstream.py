@@ -29,7 +29,13 @@ def _free_port() -> int:
 
 
 class FakeVLLM:
-    def __init__(self, name: str, model: str = "m", tokens: int = 5):
+    """`flavor` switches the parts that differ: TGI's error body (`{"error": "...", "error_type"}`,
+    422 for validation) and `tgi_` gauges; llama.cpp's error body and `llamacpp:` gauges; Triton's
+    generate extension (`/v2/models/{model}/generate_stream`, `text_output` events,
+    `/v2/health/ready`, `nv_inference_pending_request_count`)."""
+
+    def __init__(self, name: str, model: str = "m", tokens: int = 5, flavor: str = "vllm"):
+        self.flavor = flavor
         self.name = name
         self.model = model
         self.tokens = tokens
@@ -62,6 +68,8 @@ class FakeVLLM:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_get("/v2/health/ready", self._health)
+        app.router.add_post("/v2/models/{model}/generate_stream", self._triton)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -72,6 +80,13 @@ class FakeVLLM:
         return web.Response(status=200)
 
     async def _metrics(self, request):
+        if self.flavor != "vllm":
+            names = {"tgi": ["tgi_queue_size 3", "tgi_batch_current_size 1"],
+                     "llamacpp": ["llamacpp:requests_deferred 3", "llamacpp:requests_processing 1",
+                                  "llamacpp:kv_cache_usage_ratio 0.25"],
+                     "triton": ['nv_inference_pending_request_count{model="ensemble",version="1"} 3']}[self.flavor]
+            text = "".join(f"# TYPE {line.split()[0].split('{')[0]} gauge\n{line}\n" for line in names)
+            return web.Response(text=text, content_type="text/plain")
         labels = f'{{model_name="{self.model}"}}'
         text = (f"# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
                 f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{labels} {self.running}.0\n"
@@ -92,10 +107,30 @@ class FakeVLLM:
         return web.json_response({"count": len(tokens), "max_model_len": 2048, "tokens": tokens,
                                   "token_strs": None})
 
-    @staticmethod
-    def _error(status: int, message: str, kind: str) -> web.Response:
+    def _error(self, status: int, message: str, kind: str) -> web.Response:
+        if self.flavor == "tgi":
+            return web.json_response({"error": message, "error_type": "validation" if status == 400 else kind},
+                                     status=422 if status == 400 else status)
+        if self.flavor in ("llamacpp", "triton"):
+            body = {"error": {"code": status, "message": message, "type": "invalid_request_error"}}
+            return web.json_response(body if self.flavor == "llamacpp" else {"error": message}, status=status)
         return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": status}},
                                  status=status)
+
+    async def _triton(self, request):
+        body = await request.json()
+        self.requests.append(body)
+        if self.mode == "bad_request":
+            return self._error(400, "unexpected inference input 'foo'", "bad_request")
+        if self.mode == "error500":
+            return self._error(500, "TRT-LLM executor failed", "internal")
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(int(body.get("max_tokens", self.tokens))):
+            event = {"model_name": request.match_info["model"], "model_version": "1", "text_output": f"{self.name}-{i} "}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        self.served += 1
+        return response
 
     async def _complete(self, request):
         body = await request.json()

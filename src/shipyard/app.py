@@ -23,12 +23,13 @@ from shipyard.config import (
     ShipyardConfig,
     TransformersDeployment,
     TransformersReplica,
+    TritonDeployment,
     UpstreamDeployment,
 )
 from shipyard.engines.base import Engine
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.transformers_engine import TransformersEngine
-from shipyard.engines.upstream import OpenAIHTTPEngine
+from shipyard.engines.upstream import OpenAIHTTPEngine, TritonEngine
 from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, InternalTokenAuthenticator, Limits
 from shipyard.gateway.keys import load_pepper
@@ -59,8 +60,8 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
     for name, deployment in config.deployments.items():
         if isinstance(deployment, TransformersDeployment):
             engines[name] = TransformersEngine(deployment, model_id=name)
-        elif isinstance(deployment, UpstreamDeployment):
-            engines[name] = DeploymentEngine(name, [Replica(name, OpenAIHTTPEngine(deployment, name))],
+        elif isinstance(deployment, (UpstreamDeployment, TritonDeployment)):  # one remote replica
+            engines[name] = DeploymentEngine(name, [Replica(name, _replica_engine(deployment, name, name))],
                                              Balancer("round_robin"), RoutingPolicy(), lookup=engines.get)
         else:
             breaker = deployment.breaker
@@ -83,6 +84,8 @@ def _replica_engine(spec, deployment: str, replica_name: str) -> Engine:
         return TransformersEngine(spec, model_id=deployment)
     if isinstance(spec, LaunchedReplica):
         return LaunchedEngine(spec, deployment, replica_name)
+    if isinstance(spec, TritonDeployment):
+        return TritonEngine(spec, deployment)
     return OpenAIHTTPEngine(spec, deployment)
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from shipyard.engines.launch import LaunchConfig
 from shipyard.engines.transformers_engine import TransformersEngineConfig
-from shipyard.engines.upstream import OpenAIHTTPEngineConfig
+from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
 
 
 class TransformersDeployment(TransformersEngineConfig):
@@ -34,6 +34,10 @@ class TransformersDeployment(TransformersEngineConfig):
 class UpstreamDeployment(OpenAIHTTPEngineConfig):
     """A model served by an OpenAI-compatible server elsewhere (vLLM, TGI, SGLang, trtllm-serve,
     llama.cpp, a Shipyard worker, a hosted API), attached by URL."""
+
+
+class TritonDeployment(TritonEngineConfig):
+    """A model served by NVIDIA Triton's generate extension (TensorRT-LLM, Python backends)."""
 
 
 class _ReplicaFields(BaseModel):
@@ -50,6 +54,10 @@ class UpstreamReplica(UpstreamDeployment, _ReplicaFields):
     pass
 
 
+class TritonReplica(TritonDeployment, _ReplicaFields):
+    pass
+
+
 class LaunchedReplica(LaunchConfig, _ReplicaFields):
     """A replica whose server this gateway starts and restarts (a worker, vLLM, TGI, ...)."""
 
@@ -61,6 +69,7 @@ def _engine_kind(value) -> str:
 
 Replica = Annotated[Union[Annotated[TransformersReplica, Tag("transformers")],
                           Annotated[UpstreamReplica, Tag("openai_http")],
+                          Annotated[TritonReplica, Tag("triton")],
                           Annotated[LaunchedReplica, Tag("launch")]], Discriminator(_engine_kind)]
 
 
@@ -94,6 +103,7 @@ def _deployment_kind(value) -> str:
 # Told apart by `engine` (which may be left out for the embedded engine), or by `replicas`.
 Deployment = Annotated[Union[Annotated[TransformersDeployment, Tag("transformers")],
                              Annotated[UpstreamDeployment, Tag("openai_http")],
+                             Annotated[TritonDeployment, Tag("triton")],
                              Annotated[RoutedDeployment, Tag("routed")]], Discriminator(_deployment_kind)]
 
 

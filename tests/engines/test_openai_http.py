@@ -104,3 +104,45 @@ async def test_a_stream_that_breaks_after_tokens_ends_with_an_error_chunk(engine
     chunks = await _collect(engine, Prompt(text="x"), max_tokens=5)
     assert "".join(c.text for c in chunks) == "a-0 a-1 "
     assert chunks[-1].finish_reason == "error" and chunks[-1].usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("flavor", ["tgi", "llamacpp"])
+async def test_each_servers_error_body_and_load_metrics(flavor):
+    fake = FakeVLLM("z", flavor=flavor).start()
+    eng = OpenAIHTTPEngine(OpenAIHTTPEngineConfig(url=fake.url, flavor=flavor, upstream_model="m"), "mine")
+    await eng.start()
+    try:
+        stats = eng.stats()
+        assert stats.num_waiting == 3 and stats.num_running == 1
+        assert "".join(c.text for c in await _collect(eng, Prompt(text="x"), max_tokens=2)) == "z-0 z-1 "
+        fake.mode = "bad_request"
+        with pytest.raises(InvalidRequestError) as refused:
+            await _collect(eng, Prompt(text="x"), max_tokens=2)
+        assert "maximum context length" in str(refused.value)
+    finally:
+        await eng.stop()
+        fake.stop()
+
+
+async def test_triton_generate_extension():
+    from shipyard.engines.upstream import TritonEngine, TritonEngineConfig
+
+    fake = FakeVLLM("t", flavor="triton").start()
+    eng = TritonEngine(TritonEngineConfig(url=fake.url, triton_model="ensemble", max_model_len=1024), "mine")
+    await eng.start()
+    try:
+        assert eng.ready() and eng.stats().num_waiting == 3
+        chunks = await _collect(eng, Prompt(text="hello"), max_tokens=3, top_k=4, stop=["\n"], seed=7)
+        assert "".join(c.text for c in chunks) == "t-0 t-1 t-2 "
+        assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 3
+        body = fake.requests[-1]
+        assert body == {"text_input": "hello", "stream": True, "max_tokens": 3, "temperature": 1.0, "top_p": 1.0,
+                        "top_k": 4, "stop_words": ["\n"], "random_seed": 7}
+        with pytest.raises(InvalidRequestError):  # chat needs a local chat template
+            eng.generate(GenerationRequest("g", Prompt(messages=[ChatMessage("user", "hi")]), SamplingParams()))
+        fake.mode = "error500"
+        with pytest.raises(UpstreamError):
+            await _collect(eng, Prompt(text="x"), max_tokens=2)
+    finally:
+        await eng.stop()
+        fake.stop()

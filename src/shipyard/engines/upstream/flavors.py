@@ -52,4 +52,8 @@ FLAVORS: dict[str, Flavor] = {
                                 "llamacpp:kv_cache_usage_ratio")),
     "trtllm": Flavor("trtllm", {"top_k": "top_k"}, token_id_prompts=False),
     "openai": Flavor("openai", {}, token_id_prompts=False, health_path=None),
+    # Triton's generate extension (engines/upstream/triton.py), not OpenAI's API
+    "triton": Flavor("triton", {"top_k": "top_k", "repetition_penalty": "repetition_penalty"}, max_n=1,
+                     token_id_prompts=False, health_path="/v2/health/ready",
+                     metrics=("nv_inference_pending_request_count", None, None)),
 }

@@ -35,7 +35,7 @@ class OpenAIHTTPEngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     engine: Literal["openai_http"] = "openai_http"
     url: str = Field(description="The server's base URL, without /v1 (e.g. http://10.0.0.5:8000)")
-    flavor: Literal["openai", "vllm", "tgi", "sglang", "trtllm", "llamacpp", "shipyard"] = "openai"
+    flavor: Literal["openai", "vllm", "tgi", "sglang", "trtllm", "llamacpp", "shipyard", "triton"] = "openai"
     upstream_model: str | None = Field(None, description="The model's name at the upstream (default: ours)")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream's key")
     tokenizer: str | None = Field(None, description="Local tokenizer folder: exact token counts for limits")
