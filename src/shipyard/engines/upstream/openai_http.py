@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from typing import Literal
 
-import httpx
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +52,37 @@ def _secret(config: OpenAIHTTPEngineConfig) -> str | None:
     return os.environ.get(config.api_key_env) if config.api_key_env else None
 
 
+class UpstreamClient:
+    """The few HTTP calls an upstream needs, over one aiohttp session (pooled keep-alive
+    connections; httpx measured 2-3 ms a call here, aiohttp a fraction of it)."""
+
+    def __init__(self, base_url: str, api_key: str | None, connect_timeout_s: float, max_connections: int):
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout_s = connect_timeout_s
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        # Reads are timed by the engine itself (first token, then between chunks); the session only
+        # bounds connecting, so a slow first token is not mistaken for a broken upstream.
+        self.session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
+            connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300))
+
+    async def get(self, path: str) -> tuple[int, str]:
+        timeout = aiohttp.ClientTimeout(total=self.connect_timeout_s * 2)
+        async with self.session.get(self.base_url + path, timeout=timeout) as response:
+            return response.status, await response.text()
+
+    async def post_json(self, path: str, body: dict):
+        timeout = aiohttp.ClientTimeout(total=self.connect_timeout_s * 2)
+        async with self.session.post(self.base_url + path, json=body, timeout=timeout) as response:
+            return response.status, (await response.json(content_type=None) if response.status == 200 else None)
+
+    async def open_stream(self, path: str, body: dict) -> aiohttp.ClientResponse:
+        return await self.session.post(self.base_url + path, json=body)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
 class OpenAIHTTPEngine(Engine):
     deferred_errors = True
 
@@ -60,7 +92,7 @@ class OpenAIHTTPEngine(Engine):
         self.flavor: Flavor = FLAVORS[config.flavor]
         self.model = ModelInfo(id=model_id, max_model_len=config.max_model_len or 0, owned_by=config.flavor)
         self.upstream_model = config.upstream_model or model_id
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamClient | None = None
         self._healthy = False
         self._stats = EngineStats(0, 0, 0.0, 0, 0)
         self._poller: asyncio.Task | None = None
@@ -69,17 +101,8 @@ class OpenAIHTTPEngine(Engine):
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        headers = {}
-        key = self._api_key or _secret(self.config)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        # Reads are timed by this engine itself (first token, then between chunks); httpx only
-        # bounds connecting, so a slow first token is not mistaken for a broken upstream.
-        timeout = httpx.Timeout(None, connect=self.config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=self.config.max_connections,
-                              max_keepalive_connections=self.config.max_connections)
-        self.client = httpx.AsyncClient(base_url=self.config.url.rstrip("/"), headers=headers, timeout=timeout,
-                                        limits=limits)
+        self.client = UpstreamClient(self.config.url, self._api_key or _secret(self.config),
+                                     self.config.connect_timeout_s, self.config.max_connections)
         if self.config.tokenizer:
             from transformers import AutoTokenizer
 
@@ -93,7 +116,7 @@ class OpenAIHTTPEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
         self._healthy = False
 
     def ready(self) -> bool:
@@ -120,26 +143,25 @@ class OpenAIHTTPEngine(Engine):
         """One health check (and, where the upstream has them, its load figures)."""
         client, flavor = self.client, self.flavor
         try:
-            path = flavor.health_path or "/v1/models"
-            response = await client.get(path, timeout=self.config.connect_timeout_s)
-            healthy = response.status_code == 200
+            status, _ = await client.get(flavor.health_path or "/v1/models")
+            healthy = status == 200
             if healthy and not self.model.max_model_len:
                 await self._learn_context_length()
             if healthy and flavor.metrics is not None:
-                metrics = await client.get("/metrics", timeout=self.config.connect_timeout_s)
-                if metrics.status_code == 200:
-                    self._stats = parse_load(metrics.text, flavor.metrics)
-        except (httpx.HTTPError, ValueError):
+                status, text = await client.get("/metrics")
+                if status == 200:
+                    self._stats = parse_load(text, flavor.metrics)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             healthy = False
         if healthy != self._healthy:
             log.info("upstream %s (%s) is %s", self.config.url, self.model.id, "up" if healthy else "DOWN")
         self._healthy = healthy
 
     async def _learn_context_length(self) -> None:
-        response = await self.client.get("/v1/models", timeout=self.config.connect_timeout_s)
-        if response.status_code != 200:
+        status, text = await self.client.get("/v1/models")
+        if status != 200:
             return
-        for card in response.json().get("data", []):
+        for card in json.loads(text).get("data", []):
             if card.get("id") == self.upstream_model and isinstance(card.get("max_model_len"), int):
                 self.model.max_model_len = card["max_model_len"]
 
@@ -153,7 +175,7 @@ class OpenAIHTTPEngine(Engine):
             return list(prompt.token_ids)
         try:
             return await self._encode_upstream(prompt)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
             return None
 
     def _encode_locally(self, prompt: Prompt, add_special_tokens: bool) -> list[int]:
@@ -167,22 +189,21 @@ class OpenAIHTTPEngine(Engine):
 
     async def _encode_upstream(self, prompt: Prompt) -> list[int] | None:
         style, client = self.flavor.tokenize, self.client
-        timeout = self.config.connect_timeout_s
         if style == "vllm":
             body = {"model": self.upstream_model}
             if prompt.messages is not None:
                 body["messages"] = [{"role": m.role, "content": m.content} for m in prompt.messages]
             else:
                 body["prompt"] = prompt.text or ""
-            response = await client.post("/tokenize", json=body, timeout=timeout)
-            return list(response.json()["tokens"]) if response.status_code == 200 else None
+            status, answer = await client.post_json("/tokenize", body)
+            return list(answer["tokens"]) if status == 200 else None
         if prompt.messages is not None or style is None:
             return None
         if style == "tgi":
-            response = await client.post("/tokenize", json={"inputs": prompt.text or ""}, timeout=timeout)
-            return [t["id"] for t in response.json()] if response.status_code == 200 else None
-        response = await client.post("/tokenize", json={"content": prompt.text or ""}, timeout=timeout)
-        return list(response.json()["tokens"]) if response.status_code == 200 else None
+            status, answer = await client.post_json("/tokenize", {"inputs": prompt.text or ""})
+            return [t["id"] for t in answer] if status == 200 else None
+        status, answer = await client.post_json("/tokenize", {"content": prompt.text or ""})
+        return list(answer["tokens"]) if status == 200 else None
 
     # ---------------------------------------------------------------- requests
     def generate(self, request: GenerationRequest) -> UpstreamStream:

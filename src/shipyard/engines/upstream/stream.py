@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-import httpx
+import aiohttp
 
 from shipyard.engines.base import (
     GenerationChunk,
@@ -47,7 +47,7 @@ class UpstreamStream:
         self._engine = engine
         self._request = request
         self._path, self._body = path, body
-        self._response: httpx.Response | None = None
+        self._response: aiohttp.ClientResponse | None = None
         self._lines = None
         self._ready: deque[GenerationChunk] = deque()
         self._done = False
@@ -73,41 +73,43 @@ class UpstreamStream:
         engine.inflight += 1
         self._opened = True
         try:
-            request = engine.client.build_request("POST", self._path, json=self._body)
-            response = await asyncio.wait_for(engine.client.send(request, stream=True),
+            response = await asyncio.wait_for(engine.client.open_stream(self._path, self._body),
                                               engine.config.first_token_timeout_s)
         except asyncio.TimeoutError:
             await self.aclose()
             raise EngineTimeoutError(f"The upstream engine did not answer within "
                                      f"{engine.config.first_token_timeout_s:g} s.") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as exc:
             await self.aclose()
             raise EngineUnavailableError(f"The upstream engine at {engine.config.url} refused the connection.") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             await self.aclose()
             raise UpstreamError(f"The upstream engine failed: {type(exc).__name__}.") from exc
         self._response = response
-        if response.status_code != 200:
+        if response.status != 200:
             error = await _error_from(response, engine.flavor.name)
             await self.aclose()
             raise error
-        self._lines = response.aiter_lines()
+        self._lines = response.content
 
     async def _read_event(self) -> None:
         engine = self._engine
         timeout = engine.config.idle_timeout_s if self._sent_tokens else engine.config.first_token_timeout_s
         try:
-            line = await asyncio.wait_for(anext(self._lines), timeout)
-        except StopAsyncIteration:
-            self._end()
-            return
+            raw = await asyncio.wait_for(self._lines.readline(), timeout)
         except asyncio.TimeoutError:
             self._fail(EngineTimeoutError(f"The upstream engine went silent for {timeout:g} s."))
             return
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             self._fail(UpstreamError(f"The upstream stream broke: {type(exc).__name__}."))
             return
-        line = line.strip()
+        if not raw:  # the connection ended
+            if self._response.content.is_eof() and self._clean_end():
+                self._end()
+            else:
+                self._fail(UpstreamError("The upstream stream broke off."))
+            return
+        line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
             return  # SSE comments, event names, keep-alives
         payload = line[5:].strip()
@@ -172,28 +174,32 @@ class UpstreamStream:
     def _finish_stream(self) -> None:
         self._done = True
         if self._response is not None:
-            asyncio.ensure_future(self._response.aclose())
+            self._response.release()
         if self._opened:
             self._opened = False
             self._engine.inflight -= 1
+
+    def _clean_end(self) -> bool:
+        """Whether a stream that ends without `[DONE]` ended normally: never for OpenAI-style
+        servers, which always send it (Triton's streams have no such marker)."""
+        return False
 
     async def aclose(self) -> None:
         self._done = True
         if self._response is not None:
-            await self._response.aclose()
+            self._response.close()  # not released to the pool: the upstream sees the abort
         if self._opened:
             self._opened = False
             self._engine.inflight -= 1
 
 
-async def _error_from(response: httpx.Response, flavor: str) -> Exception:
+async def _error_from(response: aiohttp.ClientResponse, flavor: str) -> Exception:
     """An upstream's refusal as the engine error it means (each server has its own error body)."""
-    raw = b""
-    async for part in response.aiter_bytes():
-        raw += part
-        if len(raw) > _MAX_ERROR_BODY:
-            break
-    message, param, code = f"HTTP {response.status_code}", None, None
+    try:
+        raw = await asyncio.wait_for(response.content.read(_MAX_ERROR_BODY), 5)
+    except (asyncio.TimeoutError, aiohttp.ClientError):
+        raw = b""
+    message, param, code = f"HTTP {response.status}", None, None
     try:
         body = json.loads(raw)
         detail = body.get("error", body) if isinstance(body, dict) else body
@@ -204,7 +210,7 @@ async def _error_from(response: httpx.Response, flavor: str) -> Exception:
             message = detail
     except ValueError:
         message = raw[:500].decode("utf-8", "replace") or message
-    status = response.status_code
+    status = response.status
     if status in (400, 413, 422):
         return InvalidRequestError(message, param if isinstance(param, str) else None,
                                    code if isinstance(code, str) else None)

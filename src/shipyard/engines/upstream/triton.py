@@ -76,6 +76,9 @@ class TritonEngine(OpenAIHTTPEngine):
 
 
 class TritonStream(UpstreamStream):
+    def _clean_end(self) -> bool:
+        return True  # Triton's stream simply ends
+
     def _translate(self, event: dict) -> None:
         text = event.get("text_output")
         if not isinstance(text, str) or not text:
