@@ -169,7 +169,8 @@ class FakeVLLM:
                            else [{"index": 0, "text": text, "logprobs": None, "finish_reason": None,
                                   "stop_reason": None}])
                 if self.mode == "die_mid_stream" and i == 1:
-                    request.transport.close()  # the process died: the connection just ends
+                    await asyncio.sleep(0.3)  # the tokens so far reach the client, then the process dies
+                    request.transport.close()  # and the connection just ends
                     return response
                 await asyncio.sleep(self.delay_s if self.mode == "slow_stream" else 0)
             finish = {"index": 0, "logprobs": None, "finish_reason": "length", "stop_reason": None}

@@ -176,7 +176,7 @@ def test_a_replica_that_dies_mid_stream(gateway, fakes):
     error = json.loads(events[-2])["error"]
     assert error["code"] == "upstream_error"
     sent = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-2])
-    assert sent.startswith("dying-0 ")  # what arrived before the break went out; then the error
+    assert sent == "dying-0 dying-1 "  # what arrived before the break went out; then the error
     assert _complete(gateway, "dying").status_code == 502  # non-streamed: a clean bad-gateway
 
 
