@@ -56,6 +56,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/hardening.py
+	$(BIN)/python bench/gateway_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
