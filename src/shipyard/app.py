@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import sys
 
 from fastapi import Depends, FastAPI
+from pydantic import TypeAdapter
 
 from shipyard import __version__
 from shipyard.api import admin_routes, deployment_routes, ops_routes, openai_routes, tokenize_routes, websocket
@@ -18,7 +20,9 @@ from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
+from shipyard.config import Replica as ReplicaSpec
 from shipyard.config import (
+    BreakerConfig,
     LaunchedReplica,
     ShipyardConfig,
     TransformersDeployment,
@@ -63,6 +67,7 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
         elif isinstance(deployment, (UpstreamDeployment, TritonDeployment)):  # one remote replica
             engines[name] = DeploymentEngine(name, [Replica(name, _replica_engine(deployment, name, name))],
                                              Balancer("round_robin"), RoutingPolicy(), lookup=engines.get)
+            engines[name].make_replica = _replica_factory(name, BreakerConfig())
         else:
             breaker = deployment.breaker
             replicas = []
@@ -76,7 +81,21 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
                                    retry_after_s=config.server.retry_after_s)
             engines[name] = DeploymentEngine(name, replicas, Balancer(deployment.balancer), policy, deployment.fallback,
                                              engines.get, ResponseStore() if deployment.response_store else None)
+            engines[name].make_replica = _replica_factory(name, breaker)
     return engines
+
+
+def _replica_factory(deployment: str, breaker):
+    """A replica spec (as in shipyard.yaml) → a Replica, for replicas added through the admin API."""
+    adapter = TypeAdapter(ReplicaSpec)
+
+    def make(raw: dict) -> Replica:
+        spec = adapter.validate_python(raw)
+        name = spec.name or f"{deployment}-{secrets.token_hex(3)}"
+        return Replica(name, _replica_engine(spec, deployment, name), weight=spec.weight, min_tier=spec.min_tier,
+                       breaker=CircuitBreaker(breaker.failures, breaker.window_s, breaker.cooldown_s))
+
+    return make
 
 
 def _replica_engine(spec, deployment: str, replica_name: str) -> Engine:

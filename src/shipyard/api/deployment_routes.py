@@ -1,4 +1,5 @@
-"""Admin routes over deployments and their replicas: see them, drain one, take it back.
+"""Admin routes over deployments and their replicas: see them, add and remove them live, drain
+one and take it back.
 
 Draining a replica sends it no new requests while the ones in flight finish (its streams run to
 their end); `resume` puts it back in the pool. Admins only: replicas are shared infrastructure.
@@ -7,6 +8,7 @@ their end); `resume` puts it back in the pool. Admins only: replicas are shared 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
@@ -57,3 +59,41 @@ async def drain_replica(name: str, replica: str, request: Request):
 @router.post("/{name}/replicas/{replica}/resume")
 async def resume_replica(name: str, replica: str, request: Request):
     return _set_draining(request, name, replica, False)
+
+
+@router.post("/{name}/replicas", status_code=201)
+async def add_replica(name: str, request: Request):
+    """The body is a replica as in shipyard.yaml (`engine: openai_http | triton | launch | transformers`)."""
+    deployment = _deployment(request, name)
+    try:
+        spec = await request.json()
+    except ValueError:
+        raise APIError(400, "The body must be a JSON replica spec.", code="invalid_json") from None
+    if not isinstance(spec, dict):
+        raise APIError(400, "The body must be a JSON object: a replica spec.", code="invalid_value")
+    if deployment.make_replica is None:
+        raise APIError(409, f"Replicas of '{name}' cannot be added here.", code="not_replicated")
+    try:
+        replica = deployment.make_replica(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise APIError(400, f"Invalid replica: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
+                       code="invalid_value") from None
+    try:
+        await deployment.add_replica(replica)
+    except ValueError as exc:
+        raise APIError(409, str(exc), code="conflict") from None
+    return _view(name, deployment)
+
+
+@router.delete("/{name}/replicas/{replica}")
+async def remove_replica(name: str, replica: str, request: Request):
+    """Drains the replica, lets its in-flight requests finish (up to 60 s), stops and removes it."""
+    deployment = _deployment(request, name)
+    try:
+        await deployment.remove_replica(replica)
+    except KeyError:
+        raise APIError(404, f"Deployment '{name}' has no replica '{replica}'.", code="not_found") from None
+    except ValueError as exc:
+        raise APIError(409, str(exc), code="conflict") from None
+    return _view(name, deployment)

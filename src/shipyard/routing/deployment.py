@@ -78,6 +78,8 @@ class DeploymentEngine(Engine):
         self.lookup = lookup
         self.store = store
         self.counters = RoutingCounters()
+        # Builds a Replica from a config spec (set by the app, which knows the engine kinds).
+        self.make_replica: Callable[[dict], Replica] | None = None
         self.model = ModelInfo(id=name, max_model_len=0, owned_by="shipyard", created=int(time.time()))
         self._active: dict[str, _RoutedStream] = {}
 
@@ -151,6 +153,26 @@ class DeploymentEngine(Engine):
         return {"counters": vars(self.counters).copy(),
                 "replicas": [{"name": r.name, "up": r.engine.ready(), "breaker": r.breaker.state,
                               "outstanding": r.outstanding, "draining": r.draining} for r in self.replicas]}
+
+    async def add_replica(self, replica: Replica) -> None:
+        """Join the pool live: started first, taken into routing once its engine is ready."""
+        if any(r.name == replica.name for r in self.replicas):
+            raise ValueError(f"'{self.name}' already has a replica named '{replica.name}'")
+        await replica.engine.start()
+        self.replicas = [*self.replicas, replica]
+
+    async def remove_replica(self, name: str, drain_timeout_s: float = 60.0) -> None:
+        """Leave the pool live: drained (no new requests), its in-flight requests given up to
+        `drain_timeout_s` to finish, then stopped."""
+        replica = self.replica(name)
+        if len(self.replicas) == 1:
+            raise ValueError(f"'{name}' is the last replica of '{self.name}'")
+        replica.draining = True
+        deadline = time.monotonic() + drain_timeout_s
+        while replica.outstanding > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.replicas = [r for r in self.replicas if r is not replica]
+        await replica.engine.stop()
 
     def replica(self, name: str) -> Replica:
         for replica in self.replicas:
