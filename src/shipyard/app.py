@@ -114,8 +114,9 @@ def _redis_client(config: ShipyardConfig):
         return None
     import redis.asyncio as redis
 
-    # A blocking pool: a burst waits (briefly) for a connection instead of failing as if Redis were down.
-    pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=1.0, socket_timeout=1.0,
+    # A blocking pool: a burst waits for a connection instead of failing as if Redis were down (a
+    # frozen Redis is still noticed in 1 s: that is the socket timeout, per command).
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=10.0, socket_timeout=1.0,
                                                  socket_connect_timeout=1.0, health_check_interval=30)
     return redis.Redis(connection_pool=pool)
 
