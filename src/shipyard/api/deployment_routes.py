@@ -7,7 +7,9 @@ their end); `resume` puts it back in the pool. Admins only: replicas are shared 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
 from shipyard.api.errors import APIError
@@ -62,15 +64,10 @@ async def resume_replica(name: str, replica: str, request: Request):
 
 
 @router.post("/{name}/replicas", status_code=201)
-async def add_replica(name: str, request: Request):
-    """The body is a replica as in shipyard.yaml (`engine: openai_http | triton | launch | transformers`)."""
+async def add_replica(name: str, request: Request, spec: dict[str, Any] = Body(...)):
+    """The body is a replica as in shipyard.yaml (`engine: openai_http | triton | launch | transformers`);
+    declared, so the request guard holds it to JSON (415) like every other body."""
     deployment = _deployment(request, name)
-    try:
-        spec = await request.json()
-    except ValueError:
-        raise APIError(400, "The body must be a JSON replica spec.", code="invalid_json") from None
-    if not isinstance(spec, dict):
-        raise APIError(400, "The body must be a JSON object: a replica spec.", code="invalid_value")
     if deployment.make_replica is None:
         raise APIError(409, f"Replicas of '{name}' cannot be added here.", code="not_replicated")
     try:

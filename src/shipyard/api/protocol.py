@@ -53,7 +53,7 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 300  # OpenAI's own limit
 
 
-def _check_text(value: Any, path: str = "") -> None:
+def check_text(value: Any, path: str = "") -> None:
     """Every string must be valid Unicode: a lone surrogate (JSON "\\ud800") is refused here,
     with the field's name, rather than failing in a tokenizer."""
     if isinstance(value, str):
@@ -63,14 +63,29 @@ def _check_text(value: Any, path: str = "") -> None:
             raise ValueError(f"{path or 'the body'} contains invalid Unicode (a lone surrogate)") from None
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_text(item, f"{path}.{key}" if path else str(key))
+            check_text(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_text(item, f"{path}[{index}]")
+            check_text(item, f"{path}[{index}]")
 
 
-class _SamplingFields(BaseModel):
+class NullsAreDefaults(BaseModel):
+    """Request bodies: valid Unicode throughout, and an explicit null is the field's default."""
+
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_defaults(cls, data):
+        """An explicit null is the field's default, as the spec's "nullable" fields allow (and
+        as clients that serialise every field send)."""
+        if isinstance(data, dict):
+            check_text(data)
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class _SamplingFields(NullsAreDefaults):
     model: str
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -90,16 +105,6 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: logprobs of every prompt token
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_mean_defaults(cls, data):
-        """An explicit null is the field's default, as the spec's "nullable" fields allow (and
-        as clients that serialise every field send)."""
-        if isinstance(data, dict):
-            _check_text(data)
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
     @field_validator("stop")
     @classmethod

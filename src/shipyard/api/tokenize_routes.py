@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
-from shipyard.api.protocol import Message, _check_text
+from shipyard.api.protocol import Message, NullsAreDefaults
 from shipyard.engines.base import ChatMessage, Prompt
 
 router = APIRouter()
@@ -15,25 +15,16 @@ router = APIRouter()
 MAX_TOKENS_PER_CALL = 1_000_000
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(NullsAreDefaults):
     """Either `prompt` (text, with the tokenizer's special tokens unless told otherwise) or
     `messages` (through the chat template, with the generation prompt), as vLLM takes them."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str | None = None
     prompt: str | None = None
     messages: list[Message] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     return_token_strs: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text(cls, data):
-        if isinstance(data, dict):
-            _check_text(data)
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
 
 class DetokenizeRequest(BaseModel):

@@ -90,13 +90,10 @@ class KeyStore:
                 raise NotFound(f"No tenant '{tenant_id}'.")
             for name, value in fields.items():
                 setattr(tenant, name, value)
-            await session.commit()
-            rows = (await session.execute(select(ApiKey).where(ApiKey.tenant_id == tenant_id))).scalars().all()
-            changed = []
-            for row in rows:  # the tenant's limits live in each key's cached principal
+            changed = list((await session.execute(select(ApiKey).where(ApiKey.tenant_id == tenant_id))).scalars())
+            for row in changed:  # the tenant's limits live in each key's cached principal
                 row.generation += 1
-                changed.append(row)
-            try:
+            try:  # one transaction: the new limits and the bumped keys land together, or neither
                 await session.commit()
             except StaleDataError:
                 raise Conflict("A key of this tenant changed at the same time; retry.") from None
