@@ -26,8 +26,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+# llama-cpp-python is a source build: its wheel is built once into ~/.cache, keyed by version.
+$(VENV)/.installed-llamacpp: scripts/llama-cpp.sh | $(BIN)/python
+	scripts/llama-cpp.sh $(BIN)
+	touch $@
+
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test $(VENV)/.installed-llamacpp
 
 demo-model: install
 	$(BIN)/shipyard model build-demo

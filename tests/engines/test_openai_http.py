@@ -73,6 +73,15 @@ async def test_extras_a_flavor_does_not_take_are_refused(upstream):
     llama = OpenAIHTTPEngine(OpenAIHTTPEngineConfig(url=upstream.url, flavor="llamacpp"), "m")
     _, body = llama.request_body(GenerationRequest("g", Prompt(text="x"), SamplingParams(repetition_penalty=1.2)))
     assert body["repeat_penalty"] == 1.2 and "repetition_penalty" not in body
+    # llama.cpp samples with top-k 40 and min-p 0.05 unless told: an OpenAI request gets neither
+    assert body["top_k"] == 0 and body["min_p"] == 0.0
+    _, body = llama.request_body(GenerationRequest("g", Prompt(text="x"), SamplingParams(top_k=7)))
+    assert body["top_k"] == 7
+    python_server = OpenAIHTTPEngine(OpenAIHTTPEngineConfig(url=upstream.url, flavor="llamacpp_python"), "m")
+    _, body = python_server.request_body(GenerationRequest("g", Prompt(text="x"), SamplingParams()))
+    assert (body["top_k"], body["min_p"], body["repeat_penalty"]) == (0, 0.0, 1.0)  # its defaults: 40, 0.05, 1.1
+    with pytest.raises(InvalidRequestError):  # it has no ignore_eos
+        python_server.request_body(GenerationRequest("g", Prompt(text="x"), SamplingParams(ignore_eos=True)))
 
 
 @pytest.mark.parametrize("mode, error", [

@@ -1,11 +1,18 @@
 """Engine processes the gateway starts and keeps alive: a Shipyard worker, `vllm serve`,
-`text-generation-launcher`, SGLang, `trtllm-serve` or llama.cpp's server.
+`text-generation-launcher`, SGLang, `trtllm-serve`, or llama.cpp's server (llama-cpp-python's
+`python -m llama_cpp.server`, or the C++ `llama-server`).
 
 A launched replica is an `openai_http` engine whose server is a child process: started with the
 right flags (prefix caching on where the engine has it, the model served under the deployment's
 name), restarted with exponential backoff when it dies (the replica is simply not ready
 meanwhile, so routing skips it and takes it back once its health check passes), and stopped
 cleanly (SIGTERM, then SIGKILL after a grace period).
+
+Prefix caching: vLLM takes `--enable-prefix-caching`; SGLang (RadixAttention), TGI and
+llama-server (`cache_prompt`) have it on by default; llama-cpp-python reuses the longest common
+prefix with the previous prompt by itself (its `--cache` snapshot cache copies the whole KV state
+after every request, which costs more than it saves on the small models it serves, so it is left
+to `args`).
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from shipyard.engines.upstream import OpenAIHTTPEngine, OpenAIHTTPEngineConfig
 
 log = logging.getLogger("shipyard.launch")
 
-Kind = Literal["worker", "vllm", "tgi", "sglang", "trtllm", "llamacpp"]
+Kind = Literal["worker", "vllm", "tgi", "sglang", "trtllm", "llamacpp", "llama-server"]
+# Where each server reads the key it demands (from the environment: a flag would show in `ps`)
+TOKEN_ENV = {"worker": "SHIPYARD_WORKER_TOKEN", "vllm": "VLLM_API_KEY", "llamacpp": "API_KEY", "llama-server": "LLAMA_API_KEY"}
 FLAVOR_OF: dict[str, str] = {"worker": "shipyard", "vllm": "vllm", "tgi": "tgi", "sglang": "sglang",
-                             "trtllm": "trtllm", "llamacpp": "llamacpp"}
+                             "trtllm": "trtllm", "llamacpp": "llamacpp_python", "llama-server": "llamacpp"}
 
 
 class LaunchConfig(BaseModel):
@@ -39,7 +48,9 @@ class LaunchConfig(BaseModel):
     model: str = Field(description="What the server loads: a local folder, a GGUF file, a hub id it can reach")
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="default: a free port")
-    num_threads: int = Field(1, ge=1, description="worker: torch threads")
+    num_threads: int = Field(1, ge=1, description="worker: torch threads; llama.cpp: its threads")
+    executable: str | None = Field(None, description="the program to run instead of the usual one (for "
+                                   "Python servers, the interpreter: e.g. another virtualenv's python)")
     args: list[str] = Field(default_factory=list, description="extra command-line flags")
     env: dict[str, str] = Field(default_factory=dict)
     restart_backoff_s: float = Field(1.0, gt=0, description="first restart delay; doubles up to 30 s")
@@ -52,18 +63,23 @@ class LaunchConfig(BaseModel):
 def command_for(config: LaunchConfig, name: str, port: int) -> list[str]:
     """The server's command line, from each server's own documented flags."""
     host, model = config.host, config.model
+    python = config.executable or sys.executable
     base = {
-        "worker": [sys.executable, "-m", "shipyard", "worker", "--model", model, "--served-model-name", name,
+        "worker": [python, "-m", "shipyard", "worker", "--model", model, "--served-model-name", name,
                    "--host", host, "--port", str(port), "--num-threads", str(config.num_threads)],
         "vllm": ["vllm", "serve", model, "--served-model-name", name, "--host", host, "--port", str(port),
                  "--enable-prefix-caching"],
         "tgi": ["text-generation-launcher", "--model-id", model, "--hostname", host, "--port", str(port)],
-        "sglang": [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--served-model-name", name,
+        "sglang": [python, "-m", "sglang.launch_server", "--model-path", model, "--served-model-name", name,
                    "--host", host, "--port", str(port)],  # RadixAttention prefix caching is on by default
         "trtllm": ["trtllm-serve", model, "--host", host, "--port", str(port)],
-        "llamacpp": [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", name,
-                     "--host", host, "--port", str(port)],
+        "llamacpp": [python, "-m", "llama_cpp.server", "--model", model, "--model_alias", name,
+                     "--host", host, "--port", str(port), "--n_threads", str(config.num_threads)],
+        "llama-server": ["llama-server", "--model", model, "--alias", name, "--host", host, "--port", str(port),
+                         "--threads", str(config.num_threads), "--metrics"],
     }[config.kind]
+    if config.executable and base[0] != python:  # a binary server: run the one named instead
+        base = [config.executable, *base[1:]]
     return [*base, *config.args]
 
 
@@ -94,8 +110,9 @@ class Launcher:
 
     async def _spawn(self) -> None:
         command = command_for(self.config, self.served_name, self.port)
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **self.config.env,
-               "SHIPYARD_WORKER_TOKEN": self.token}
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **self.config.env}
+        if self.config.kind in TOKEN_ENV:
+            env[TOKEN_ENV[self.config.kind]] = self.token
         self.process = await asyncio.create_subprocess_exec(*command, env=env, stdin=asyncio.subprocess.DEVNULL,
                                                             start_new_session=True)
         log.info("launched %s replica %s: pid=%d port=%d", self.config.kind, self.name, self.process.pid, self.port)

@@ -5,7 +5,12 @@ prompts everywhere, and reports its load under its own metric names. Taken from 
 code and docs: vLLM's `vllm/entrypoints/openai/protocol.py` and `metrics.py`, TGI's router
 (`tgi_queue_size`, 422 for validation errors, `n` unsupported in its Messages API), SGLang's
 `sglang:num_queue_reqs`, llama.cpp's `tools/server` (`repeat_penalty`, `llamacpp:` gauges, one
-choice per request), trtllm-serve (OpenAI fields plus `top_k`), and Shipyard's own worker.
+choice per request), llama-cpp-python's `llama_cpp/server` (no /health or /metrics, `n` dropped,
+`/extras/tokenize`), trtllm-serve (OpenAI fields plus `top_k`), and Shipyard's own worker.
+
+Both llama.cpp servers sample with top-k 40 and min-p 0.05 (llama-cpp-python also with a 1.1
+repeat penalty) unless told otherwise, which is not what an OpenAI client asked for: those are
+pinned to "off" unless the request sets them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class Flavor:
     completions: bool = True  # serves /v1/completions
     health_path: str | None = "/health"  # None: GET /v1/models answers for health
     metrics: tuple[str | None, str | None, str | None] | None = None  # waiting, running, KV usage
-    tokenize: str | None = None  # "vllm" | "tgi" | "llamacpp": the shape of its /tokenize
+    tokenize: str | None = None  # "vllm" | "tgi" | "llamacpp" | "llamacpp_python": the shape of its /tokenize
+    sampling_defaults: dict = field(default_factory=dict)  # sent unless the request sets them
 
 
 _ALL_VLLM = {name: body for name, (_, body) in VLLM_EXTRAS.items()}
@@ -49,7 +55,11 @@ FLAVORS: dict[str, Flavor] = {
     "llamacpp": Flavor("llamacpp", {"top_k": "top_k", "repetition_penalty": "repeat_penalty",
                                     "ignore_eos": "ignore_eos"}, max_n=1, tokenize="llamacpp",
                        metrics=("llamacpp:requests_deferred", "llamacpp:requests_processing",
-                                "llamacpp:kv_cache_usage_ratio")),
+                                "llamacpp:kv_cache_usage_ratio"),
+                       sampling_defaults={"top_k": 0, "min_p": 0.0}),
+    "llamacpp_python": Flavor("llamacpp_python", {"top_k": "top_k", "repetition_penalty": "repeat_penalty"},
+                              max_n=1, token_id_prompts=False, health_path=None, tokenize="llamacpp_python",
+                              sampling_defaults={"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}),
     "trtllm": Flavor("trtllm", {"top_k": "top_k"}, token_id_prompts=False),
     "openai": Flavor("openai", {}, token_id_prompts=False, health_path=None),
     # Triton's generate extension (engines/upstream/triton.py), not OpenAI's API

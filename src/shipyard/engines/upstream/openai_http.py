@@ -36,7 +36,8 @@ class OpenAIHTTPEngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     engine: Literal["openai_http"] = "openai_http"
     url: str = Field(description="The server's base URL, without /v1 (e.g. http://10.0.0.5:8000)")
-    flavor: Literal["openai", "vllm", "tgi", "sglang", "trtllm", "llamacpp", "shipyard", "triton"] = "openai"
+    flavor: Literal["openai", "vllm", "tgi", "sglang", "trtllm", "llamacpp", "llamacpp_python",
+                    "shipyard", "triton"] = "openai"
     upstream_model: str | None = Field(None, description="The model's name at the upstream (default: ours)")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream's key")
     tokenizer: str | None = Field(None, description="Local tokenizer folder: exact token counts for limits")
@@ -202,7 +203,10 @@ class OpenAIHTTPEngine(Engine):
         if style == "tgi":
             status, answer = await client.post_json("/tokenize", {"inputs": prompt.text or ""})
             return [t["id"] for t in answer] if status == 200 else None
-        status, answer = await client.post_json("/tokenize", {"content": prompt.text or ""})
+        if style == "llamacpp_python":
+            status, answer = await client.post_json("/extras/tokenize", {"input": prompt.text or ""})
+        else:
+            status, answer = await client.post_json("/tokenize", {"content": prompt.text or ""})
         return list(answer["tokens"]) if status == 200 else None
 
     # ---------------------------------------------------------------- requests
@@ -258,6 +262,8 @@ class OpenAIHTTPEngine(Engine):
                 raise InvalidRequestError(f"'{name}' is not supported by this deployment's engine ({flavor.name}).",
                                           name, "unsupported_parameter")
             body[field] = value
+        for name, value in flavor.sampling_defaults.items():
+            body.setdefault(name, value)
         return path, body
 
     def _prompt_for_upstream(self, prompt: Prompt) -> str | list[int]:

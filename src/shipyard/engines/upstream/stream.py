@@ -153,9 +153,8 @@ class UpstreamStream:
 
     def _end(self) -> None:
         """The last chunk carries the usage: the upstream's own count, or ours (text chunks as
-        tokens, the prompt estimated) where it reports none."""
-        usage = self._usage or Usage(prompt_tokens=estimate_prompt_tokens(self._request.prompt),
-                                     completion_tokens=self._sent_tokens)
+        tokens; the prompt as counted before the call, else estimated) where it reports none."""
+        usage = self._usage or Usage(prompt_tokens=self._prompt_tokens(), completion_tokens=self._sent_tokens)
         self._ready.append(GenerationChunk(request_id=self._request.request_id, index=self._last_index, text="",
                                            token_ids=[], usage=usage))
         self._finish_stream()
@@ -167,9 +166,12 @@ class UpstreamStream:
         log.warning("upstream stream failed after %d tokens: %s", self._sent_tokens, error)
         self._ready.append(GenerationChunk(request_id=self._request.request_id, index=self._last_index, text="",
                                            token_ids=[], finish_reason="error",
-                                           usage=Usage(estimate_prompt_tokens(self._request.prompt),
-                                                       self._sent_tokens)))
+                                           usage=Usage(self._prompt_tokens(), self._sent_tokens)))
         self._finish_stream()
+
+    def _prompt_tokens(self) -> int:
+        ids = self._request.prompt_ids
+        return len(ids) if ids is not None else estimate_prompt_tokens(self._request.prompt)
 
     def _finish_stream(self) -> None:
         self._done = True

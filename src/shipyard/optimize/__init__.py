@@ -1,0 +1,1 @@
+"""Model optimization: conversions and quantizations that make a model cheaper to serve."""

@@ -1,0 +1,73 @@
+"""Convert a local Hugging Face model to GGUF, the file format llama.cpp serves.
+
+The converter is llama.cpp's own `convert_hf_to_gguf.py` with the `gguf` package beside it, taken
+from the llama-cpp-python source release that `scripts/llama-cpp.sh` keeps under ~/.cache (the
+same version as the installed wheel, so the file and the runtime agree on the format). It runs
+in a child process: it imports torch and its model zoo, and a failure must not take the caller
+down. Outputs are cached by the model's content hash, so converting twice is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+class GGUFError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shipyard"
+
+
+def converter_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """The vendored llama.cpp folder holding convert_hf_to_gguf.py, or a clear error."""
+    folder = cache_root() / f"llama-cpp-python-{version}" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    if not (folder / "convert_hf_to_gguf.py").is_file():
+        raise GGUFError(f"llama.cpp's converter is not in {folder}; run `scripts/llama-cpp.sh .venv/bin` "
+                        "(make test and make serve do) to fetch llama-cpp-python's source release")
+    return folder
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A hash of the files that decide the converted output (weights, config, tokenizer)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def convert_to_gguf(model_dir: Path, outtype: str = "f16", out_file: Path | None = None,
+                    timeout_s: float = 1800) -> Path:
+    """Convert `model_dir` to one GGUF file (cached by content hash unless `out_file` is given)."""
+    if outtype not in OUTTYPES:
+        raise GGUFError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise GGUFError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    if out_file is None:
+        out_file = cache_root() / "gguf" / f"{model_dir.name}-{model_fingerprint(model_dir)}-{outtype}.gguf"
+        if out_file.is_file():
+            return out_file
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_file.with_suffix(".partial")
+    command = [sys.executable, "-m", "shipyard.optimize.gguf_converter", str(converter_dir()),
+               str(model_dir), "--outfile", str(partial), "--outtype", outtype]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise GGUFError(f"GGUF conversion of {model_dir} failed (exit {result.returncode}):\n{tail}")
+    partial.replace(out_file)  # atomic: a reader never sees half a file
+    return out_file
