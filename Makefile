@@ -62,6 +62,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/hardening.py
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/replicas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

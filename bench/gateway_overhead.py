@@ -4,11 +4,14 @@ full path (auth + limits + usage + metrics + routing), and through LiteLLM's pro
     python bench/gateway_overhead.py [--duration 8] [--concurrency 50]
 
 Everything runs inside a loopback-only network namespace (LiteLLM phones home otherwise): the
-upstream, both gateways (1 worker process each) and the aiohttp load generator. Closed-loop load
-at `--concurrency` gives requests/s; an open-loop run at 100 requests/s gives the latency a
-gateway adds at a modest rate. Added latency = the gateway's percentile minus the direct one's.
-Prints a table; writes bench/results/gateway_overhead.json. LiteLLM is installed once into
-~/.cache/shipyard/bench/litellm-venv (`litellm[proxy]` from PyPI).
+upstream, both gateways and the aiohttp load generator. Each gateway is measured with 1 worker
+process, then with 2 (Shipyard's 2 workers share limits through a Redis server started here, as
+`--workers` requires; with 1 it runs its default embedded setup). Closed-loop load at
+`--concurrency` gives requests/s, streamed and not; an open-loop run at 100 requests/s gives the
+latency a gateway adds at a modest rate. Added latency = the gateway's percentile minus the
+direct one's. Prints a table; writes bench/results/gateway_overhead.json (top level: 1 worker,
+non-streamed; `stream`; `workers_2` with its own `stream`; `at_100_rps`). LiteLLM is installed
+once into ~/.cache/shipyard/bench/litellm-venv (`litellm[proxy]` from PyPI).
 """
 
 from __future__ import annotations
@@ -88,17 +91,33 @@ def start_upstream() -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_shipyard(upstream: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.1)
+    raise TimeoutError("redis-server")
+
+
+def start_shipyard(upstream: str, workdir: Path, workers: int = 1, redis_url: str | None = None
+                   ) -> tuple[subprocess.Popen, str]:
     import yaml
 
     port = free_port()
     config = {"deployments": {"m": {"engine": "openai_http", "url": upstream, "flavor": "openai"}},
-              "server": {"log_level": "warning"}}
-    path = workdir / "shipyard.yaml"
+              "server": {"log_level": "warning", "workers": workers}}
+    if redis_url:
+        config["gateway"] = {"redis_url": redis_url}
+    path = workdir / f"shipyard-{workers}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / "data")}
+    env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / f"data-{workers}")}
     proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(path), "--port", str(port)],
-                            env=env, stdout=open(workdir / "shipyard.log", "w"), stderr=subprocess.STDOUT)
+                            env=env, stdout=open(workdir / f"shipyard-{workers}.log", "w"), stderr=subprocess.STDOUT)
     _wait(f"http://127.0.0.1:{port}/ready")
     return proc, f"http://127.0.0.1:{port}"
 
@@ -110,7 +129,7 @@ def install_litellm() -> None:
         subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
 
 
-def start_litellm(upstream: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_litellm(upstream: str, workdir: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
     import yaml
 
     binary = LITELLM_VENV / "bin" / "litellm"
@@ -118,11 +137,11 @@ def start_litellm(upstream: str, workdir: Path) -> tuple[subprocess.Popen, str]:
     config = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": f"{upstream}/v1",
                                                                    "api_key": "unused"}}],
               "general_settings": {"master_key": MASTER}, "litellm_settings": {"set_verbose": False}}
-    path = workdir / "litellm.yaml"
+    path = workdir / f"litellm-{workers}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-    proc = subprocess.Popen([str(binary), "--config", str(path), "--port", str(port), "--num_workers", "1"],
-                            env=env, stdout=open(workdir / "litellm.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(binary), "--config", str(path), "--port", str(port), "--num_workers", str(workers)],
+                            env=env, stdout=open(workdir / f"litellm-{workers}.log", "w"), stderr=subprocess.STDOUT)
     _wait(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -191,47 +210,76 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _measure(targets: dict, args) -> dict:
+    """Closed-loop figures, non-streamed at the top level and streamed under `stream`."""
+    results: dict = {}
+    for stream in (False, True):
+        section = {name: asyncio.run(closed_loop(url, key, stream, args.concurrency, args.duration))
+                   for name, (url, key) in targets.items()}
+        _added(section)
+        if stream:
+            results["stream"] = section
+        else:
+            results.update(section)
+    return results
+
+
+def _added(section: dict) -> None:
+    for figures in section.values():
+        figures["p50_added_ms"] = figures["p50_ms"] - section["direct"]["p50_ms"]
+        figures["p99_added_ms"] = figures["p99_ms"] - section["direct"]["p99_ms"]
+
+
+def _gateways(upstream: str, workdir: Path, workers: int, redis_url: str | None, procs: list) -> dict:
+    targets = {"direct": (upstream, "unused")}
+    proc, url = start_shipyard(upstream, workdir, workers, redis_url)
+    procs.append(proc)
+    targets["shipyard"] = (url, ADMIN)
+    try:
+        proc, url = start_litellm(upstream, workdir, workers)
+        procs.append(proc)
+        targets["litellm"] = (url, MASTER)
+    except Exception as exc:  # reported, and the rest still measured
+        print(f"LiteLLM ({workers} workers) could not start: {exc}", file=sys.stderr)
+    return targets
+
+
 def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="shipyard-overhead-") as tmp:
         workdir = Path(tmp)
-        procs = []
+        base: list[subprocess.Popen] = []
         try:
             upstream_proc, upstream = start_upstream()
-            procs.append(upstream_proc)
-            shipyard_proc, shipyard = start_shipyard(upstream, workdir)
-            procs.append(shipyard_proc)
-            targets = {"direct": (upstream, "unused"), "shipyard": (shipyard, ADMIN)}
-            try:
-                litellm_proc, litellm = start_litellm(upstream, workdir)
-                procs.append(litellm_proc)
-                targets["litellm"] = (litellm, MASTER)
-            except Exception as exc:  # reported, and the rest still measured
-                print(f"LiteLLM could not start: {exc}", file=sys.stderr)
+            base.append(upstream_proc)
             results: dict = {"concurrency": args.concurrency, "duration_s": args.duration, "workers": 1}
-            for stream in (False, True):
-                section = {}
-                for name, (url, key) in targets.items():
-                    section[name] = asyncio.run(closed_loop(url, key, stream, args.concurrency, args.duration))
-                for name, figures in section.items():
-                    figures["p50_added_ms"] = figures["p50_ms"] - section["direct"]["p50_ms"]
-                    figures["p99_added_ms"] = figures["p99_ms"] - section["direct"]["p99_ms"]
-                if stream:
-                    results["stream"] = section
-                else:
-                    results.update(section)  # the top-level figures: non-streamed, 1 worker
-            at_100 = {name: asyncio.run(open_loop(url, key, 100, args.duration)) for name, (url, key) in targets.items()}
-            for name, figures in at_100.items():
-                figures["p50_added_ms"] = figures["p50_ms"] - at_100["direct"]["p50_ms"]
-                figures["p99_added_ms"] = figures["p99_ms"] - at_100["direct"]["p99_ms"]
-            results["at_100_rps"] = at_100
+            procs: list[subprocess.Popen] = []
+            try:  # one worker each: the top-level figures, and the latency at 100 requests/s
+                targets = _gateways(upstream, workdir, 1, None, procs)
+                results.update(_measure(targets, args))
+                at_100 = {name: asyncio.run(open_loop(url, key, 100, args.duration)) for name, (url, key) in targets.items()}
+                _added(at_100)
+                results["at_100_rps"] = at_100
+            finally:
+                _stop(procs)
+            redis_proc, redis_url = start_redis(workdir)
+            base.append(redis_proc)
+            procs = []
+            try:  # then two each
+                results["workers_2"] = _measure(_gateways(upstream, workdir, 2, redis_url, procs), args)
+            finally:
+                _stop(procs)
             return results
         finally:
-            for proc in procs:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            _stop(base)
 
 
 def main() -> None:
@@ -254,16 +302,19 @@ def main() -> None:
                    "--in-netns", "--duration", str(args.duration), "--concurrency", str(args.concurrency)]
         raise SystemExit(subprocess.call(command))
     results = run(args)
-    print(f"\n{'':<10}{'rps':>10}{'p50 added ms':>14}{'p99 added ms':>14}   (concurrency {args.concurrency}, 1 worker)")
-    for label, section in (("", results), ("stream ", results["stream"])):
-        for name in ("direct", "shipyard", "litellm"):
-            if name in section:
-                f = section[name]
-                print(f"{label + name:<10}{f['rps']:>10.0f}{f['p50_added_ms']:>14.2f}{f['p99_added_ms']:>14.2f}")
-    print("\nat 100 requests/s: " + ", ".join(f"{n} p50 +{f['p50_added_ms']:.2f} ms" for n, f in
-                                             results["at_100_rps"].items()))
-    if "litellm" in results:
-        print(f"Shipyard / LiteLLM requests/s: {results['shipyard']['rps'] / results['litellm']['rps']:.1f}x")
+    print(f"\n{'':<18}{'rps':>10}{'p50 added ms':>14}{'p99 added ms':>14}   (concurrency {args.concurrency})")
+    for workers, figures in ((1, results), (2, results["workers_2"])):
+        for label, section in (("", figures), ("stream ", figures["stream"])):
+            for name in ("direct", "shipyard", "litellm"):
+                if name in section:
+                    f = section[name]
+                    print(f"{f'{workers}w {label}{name}':<18}{f['rps']:>10.0f}{f['p50_added_ms']:>14.2f}"
+                          f"{f['p99_added_ms']:>14.2f}")
+        if "litellm" in figures:
+            print(f"{workers} worker(s): Shipyard / LiteLLM requests/s {figures['shipyard']['rps'] / figures['litellm']['rps']:.1f}x"
+                  f" (streamed {figures['stream']['shipyard']['rps'] / figures['stream']['litellm']['rps']:.1f}x)")
+    print("\nat 100 requests/s (1 worker): " + ", ".join(f"{n} p50 +{f['p50_added_ms']:.2f} ms" for n, f in
+                                                        results["at_100_rps"].items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gateway_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS / 'gateway_overhead.json'}")

@@ -121,6 +121,9 @@ def _redis_client(config: ShipyardConfig):
     return redis.Redis(connection_pool=pool)
 
 
+WORKER_PROCESS_ENV = "SHIPYARD_SERVER_WORKER"  # set in each of several server processes
+
+
 def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) -> FastAPI:
     router = Router(engines if engines is not None else build_engines(config))
     metrics = ServingMetrics(router.engines)
@@ -131,7 +134,9 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     gw = config.gateway
     authenticator = Authenticator(keystore, redis, gw.key_cache_ttl_s) if config.auth == "enabled" else None
     limiter = RedisLimiter(redis, fail_open=gw.redis_failure == "open") if redis is not None else InProcessLimiter()
-    meter = UsageMeter(db, data_dir / "usage-spool.jsonl", gw.usage_flush_interval_s)
+    # One spool per process when several workers share the data folder (api/workers.py)
+    spool = f"usage-spool-{os.getpid()}.jsonl" if os.environ.get(WORKER_PROCESS_ENV) else "usage-spool.jsonl"
+    meter = UsageMeter(db, data_dir / spool, gw.usage_flush_interval_s)
     admissions = {name: TieredAdmission(gw.max_inflight, gw.max_queue, gw.queue_timeout_s,
                                         config.server.retry_after_s) for name in config.deployments}
     deployment_limits = {name: Limits(rpm=l.rpm, tpm=l.tpm, max_concurrent=l.max_concurrent)
@@ -141,7 +146,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await db.migrate()
+        await db.migrate()  # a no-op in a worker process: its parent migrated (api/workers.py)
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
         try:
@@ -215,6 +220,17 @@ def _assemble(config: ShipyardConfig, services: Services, lifespan, modules) -> 
                        body_timeout_s=config.server.body_timeout_s,
                        body_idle_timeout_s=config.server.body_idle_timeout_s)
     return app
+
+
+async def bootstrap_store(config: ShipyardConfig) -> None:
+    """Migrate the schema and bootstrap the admin key, once, before several workers start."""
+    data_dir = config.store.resolved_data_dir()
+    db = Database(config.store.url or default_url(data_dir))
+    try:
+        await db.migrate()
+        await _bootstrap_admin(KeyStore(db, load_pepper(data_dir)), config, data_dir)
+    finally:
+        await db.close()
 
 
 async def _bootstrap_admin(keystore: KeyStore, config: ShipyardConfig, data_dir) -> None:

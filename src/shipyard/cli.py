@@ -28,12 +28,21 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, help="Name clients use (default: the folder name)"),
     log_format: Optional[str] = typer.Option(None, help="text or json"),
     num_threads: Optional[int] = typer.Option(None, help="torch threads per engine"),
+    workers: Optional[int] = typer.Option(None, min=1, help="Server processes on the port (default 1; more "
+                                                            "need Redis for exact limits)"),
 ):
     """Serve models over an OpenAI-compatible API (the built-in demo model if none is given)."""
+    cfg = _configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default=True)
+    if workers is not None:
+        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"workers": workers})})
+    if cfg.server.workers > 1:
+        from shipyard.api.workers import serve_workers
+
+        serve_workers(cfg, cfg.server.workers)
+        return
     from shipyard.api.server import run as run_server
     from shipyard.app import build_app
 
-    cfg = _configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default=True)
     run_server(build_app(cfg), cfg.server)
 
 

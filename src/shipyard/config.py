@@ -120,6 +120,8 @@ class ServerConfig(BaseModel):
     body_idle_timeout_s: float = Field(10.0, gt=0, description="Longest pause between body chunks (else 408)")
     header_timeout_s: float = Field(10.0, gt=0, description="Request headers must arrive within this")
     keep_alive_s: float = Field(5.0, gt=0, description="Idle time before a kept-alive connection closes")
+    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the port (api/workers.py)")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field("auto", description="auto: uvloop where installed")
     shutdown_grace_s: float = Field(10.0, ge=0, description="In-flight requests get this long to finish at "
                                                              "shutdown, then end with an error event")
 

@@ -74,10 +74,22 @@ class Generation:
         if self._drain is not None:
             self._forget_drain = self._drain.register(self.interrupt)
 
+    def forget(self) -> None:
+        """No longer in flight (it failed before its response began)."""
+        if self._forget_drain is not None:
+            self._forget_drain()
+            self._forget_drain = None
+
     async def prime(self) -> None:
         """For engines whose errors come with the first chunk (remote, routed): wait for every
         stream's first chunk, so such an error still gets its own status before any byte."""
-        firsts = await asyncio.gather(*(anext(stream) for stream in self._streams), return_exceptions=True)
+        if len(self._streams) == 1:  # the common case, without gather's task
+            try:
+                firsts = [await anext(self._streams[0])]
+            except (Exception, StopAsyncIteration) as exc:
+                firsts = [exc]
+        else:
+            firsts = await asyncio.gather(*(anext(stream) for stream in self._streams), return_exceptions=True)
         failure = next((f for f in firsts if isinstance(f, BaseException) and not isinstance(f, StopAsyncIteration)),
                        None)
         if failure is not None:
@@ -212,8 +224,7 @@ class Generation:
         if self.finished:
             return
         self.finished = True
-        if self._forget_drain is not None:
-            self._forget_drain()
+        self.forget()
         self.record.prompt_tokens = self.usage.prompt_tokens
         if self.status == 499 and self.record.status < 400:  # a stream's 200 went out; the log tells the truth
             self.record.status = 499
@@ -251,22 +262,29 @@ async def _prepend(first: GenerationChunk | None, stream: AsyncIterator[Generati
 
 
 async def run_until_disconnect(receive, work):
-    """Await `work`, cancelling it if the client disconnects first (non-streamed requests)."""
+    """Await `work`, cancelling it if the client disconnects first (non-streamed requests).
+
+    The work runs in this task; only the watcher is a task of its own (one task per request,
+    not two plus asyncio.wait's bookkeeping)."""
+    current = asyncio.current_task()
+    disconnected = False
 
     async def watch() -> None:
+        nonlocal disconnected
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                disconnected = True
+                current.cancel()
                 return
 
-    work_task = asyncio.ensure_future(work)
     watch_task = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-        if work_task in done:
-            return work_task.result()
-        work_task.cancel()
-        raise ClientDisconnected()
+        return await work
+    except asyncio.CancelledError:
+        if disconnected and current.uncancel() == 0:  # our own cancel, not the server's
+            raise ClientDisconnected() from None
+        raise
     finally:
         watch_task.cancel()
 

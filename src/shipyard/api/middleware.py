@@ -123,7 +123,8 @@ class RequestContextMiddleware:
                 return await receive()
             left = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), min(self.body_idle_timeout_s, max(left, 0.001)))
+                async with asyncio.timeout(min(self.body_idle_timeout_s, max(left, 0.001))):
+                    message = await receive()
             except asyncio.TimeoutError:
                 raise BodyTimeout("The request body did not arrive in time; the connection is closed.") from None
             if message["type"] == "http.request":

@@ -107,6 +107,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
         if engine.deferred_errors:
             await gen.prime()
     except BaseException as exc:
+        gen.forget()  # it never ran: nothing for the shutdown drain to wait on
         await on_error(exc)
         raise
     return gen

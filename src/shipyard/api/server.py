@@ -66,13 +66,13 @@ class DenyingWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, drain, grace_s: float):
+    def __init__(self, config: uvicorn.Config, drain_of, grace_s: float):
         super().__init__(config)
-        self.drain = drain
+        self.drain_of = drain_of  # () -> the app's Drain (a worker process builds its app later)
         self.grace_s = grace_s
 
     async def shutdown(self, sockets=None) -> None:
-        self.drain.begin(self.grace_s)
+        self.drain_of().begin(self.grace_s)
         await super().shutdown(sockets)
 
 
@@ -85,4 +85,19 @@ def run(app, server: ServerConfig) -> None:
         # uvicorn's own deadline comes after ours: by then every stream has ended cleanly.
         timeout_graceful_shutdown=int(server.shutdown_grace_s) + 5,
     )
-    asyncio.run(DrainingServer(config, app.state.services.drain, server.shutdown_grace_s).serve())
+    with asyncio.Runner(loop_factory=loop_factory(server.event_loop)) as runner:
+        runner.run(DrainingServer(config, lambda: app.state.services.drain, server.shutdown_grace_s).serve())
+
+
+def loop_factory(choice: str):
+    """uvloop (libuv) where it is installed: a gateway spends most of its time in the event loop,
+    and uvloop's is several times cheaper per callback than asyncio's pure-Python one."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop

@@ -65,7 +65,33 @@ class UsageMeter:
             self._wake.set()
 
     async def start(self) -> None:
+        self._adopt_orphans()
         self._task = asyncio.create_task(self._run())
+
+    def _adopt_orphans(self) -> None:
+        """Take over the spools of server processes that are gone (several workers share a data
+        folder, each with its own spool `usage-spool-PID.jsonl`): their records are replayed with
+        ours. A rename claims each one, so two new workers never both take the same file."""
+        folder = self.spool_path.parent
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("usage-spool*")):
+            if path.name.startswith(self.spool_path.stem + ".") or ".adopting-" in path.name:
+                continue
+            owner = path.name.removeprefix("usage-spool").split(".")[0].lstrip("-")
+            if owner.isdigit() and _alive(int(owner)):
+                continue
+            claimed = folder / f"{path.name}.adopting-{os.getpid()}"
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:  # another worker claimed it first
+                continue
+            with open(claimed) as src, open(self.spool_path, "a") as dst:
+                dst.write(src.read())
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.remove(claimed)
+            log.info("adopted the usage spool %s", path.name)
 
     async def stop(self) -> None:
         # A flag, not task.cancel(): on 3.11 a cancel racing wait_for's own wake-up can be lost.
@@ -147,6 +173,18 @@ class UsageMeter:
         if records:
             log.info("replayed %d spooled usage records", len(records))
         return True
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def now_iso() -> str:

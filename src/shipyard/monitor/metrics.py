@@ -6,6 +6,7 @@ and cache gauges are read from the engines at scrape time, so they are never sta
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -80,7 +81,19 @@ class ServingMetrics:
                                ["model_name", "finished_reason"], registry=r)
         self.errors = Counter("shipyard:request_errors", "Failed requests by error type and HTTP status",
                               ["model_name", "error_type", "status"], registry=r)
-        r.register(_EngineStateCollector(engines))
+        self._engine_state = _EngineStateCollector(engines)
+        r.register(self._engine_state)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics; with several server processes (PROMETHEUS_MULTIPROC_DIR set by
+        api/workers.py), the counters and histograms of all of them, summed, plus the engine
+        state as this process sees it."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, folder)
+        registry.register(self._engine_state)
+        return generate_latest(registry)

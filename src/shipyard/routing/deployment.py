@@ -206,7 +206,8 @@ class _RoutedStream:
             chunk, self._first = self._first, None
         else:
             try:
-                chunk = await asyncio.wait_for(anext(self._inner), max(0.001, self._deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.001, self._deadline - time.monotonic())):  # no task per chunk
+                    chunk = await anext(self._inner)
             except StopAsyncIteration:
                 await self.aclose()
                 raise
@@ -258,7 +259,8 @@ class _RoutedStream:
         stream = None
         try:
             stream = engine.generate(self.request)
-            first = await asyncio.wait_for(anext(stream), max(0.001, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                first = await anext(stream)
         except StopAsyncIteration:
             error: Exception = UpstreamError("The engine ended the response without a token.")
         except asyncio.TimeoutError:

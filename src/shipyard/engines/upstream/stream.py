@@ -73,8 +73,8 @@ class UpstreamStream:
         engine.inflight += 1
         self._opened = True
         try:
-            response = await asyncio.wait_for(engine.client.open_stream(self._path, self._body),
-                                              engine.config.first_token_timeout_s)
+            async with asyncio.timeout(engine.config.first_token_timeout_s):  # no task per call, unlike wait_for
+                response = await engine.client.open_stream(self._path, self._body)
         except asyncio.TimeoutError:
             await self.aclose()
             raise EngineTimeoutError(f"The upstream engine did not answer within "
@@ -96,7 +96,8 @@ class UpstreamStream:
         engine = self._engine
         timeout = engine.config.idle_timeout_s if self._sent_tokens else engine.config.first_token_timeout_s
         try:
-            raw = await asyncio.wait_for(self._lines.readline(), timeout)
+            async with asyncio.timeout(timeout):
+                raw = await self._lines.readline()
         except asyncio.TimeoutError:
             self._fail(EngineTimeoutError(f"The upstream engine went silent for {timeout:g} s."))
             return
