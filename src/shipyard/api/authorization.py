@@ -62,25 +62,12 @@ def bearer_token(conn: HTTPConnection) -> str | None:
     return conn.headers.get("api-key") or None
 
 
-async def authorize(conn: HTTPConnection) -> None:
-    """FastAPI dependency applied to every route of the app."""
-    route = conn.scope.get("route")
-    method = "WS" if conn.scope["type"] == "websocket" else conn.scope["method"]
-    path = getattr(route, "path", conn.url.path)
-    key = (method, path)
+def check_permission(key: tuple[str, str], principal) -> None:
+    """The route's policy for this caller (the request guard calls it for every route). A route
+    without a policy is refused: forgetting to give one must not make it open."""
     if key not in ROUTE_PERMISSIONS:
         raise PermissionDenied("This route has no access policy.")
     permission = ROUTE_PERMISSIONS[key]
-    if permission is PUBLIC and key not in AUTHENTICATED_ONLY:
-        return
-    principal = getattr(conn.state, "principal", None)
-    if principal is None:  # the request guard authenticates first; this covers apps built without it
-        gateway = conn.app.state.services.gateway
-        token = bearer_token(conn)
-        principal = await gateway.authenticate(token, defer_freshness=permission is Permission.INFERENCE)
-        conn.state.principal = principal
-        conn.state.caller = Caller(principal, lambda: gateway.authenticate(token))
-        conn.state.token_check = lambda: gateway.authenticate(token, defer_freshness=True)
     if permission is not PUBLIC and not allows(principal.role, permission):
         raise PermissionDenied(f"The role '{principal.role}' may not {permission.value.replace(':', ' ')}.")
 

@@ -16,7 +16,14 @@ from collections.abc import Iterable
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shipyard.api.authorization import AUTHENTICATED_ONLY, PUBLIC, ROUTE_PERMISSIONS, Caller, bearer_token
+from shipyard.api.authorization import (
+    AUTHENTICATED_ONLY,
+    PUBLIC,
+    ROUTE_PERMISSIONS,
+    Caller,
+    bearer_token,
+    check_permission,
+)
 from shipyard.api.errors import APIError, from_exception
 from shipyard.gateway.errors import GatewayError
 from shipyard.gateway.roles import Permission
@@ -41,11 +48,18 @@ class RequestGuard:
         self.app = app
         self.routes = list(routes)  # the app's own routes (the docs pages are public and bodiless)
         self.gateway = gateway
+        self._static: dict[tuple[str, str, str], BaseRoute] = {}  # routes without path parameters, by path
 
     def _route(self, scope: Scope) -> BaseRoute | None:
+        key = (scope["type"], scope.get("method", ""), scope["path"])
+        route = self._static.get(key)
+        if route is not None:
+            return route
         for route in self.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
+                if "{" not in getattr(route, "path", "{"):  # bounded: one entry per static route
+                    self._static[key] = route
                 return route
         return None
 
@@ -63,7 +77,9 @@ class RequestGuard:
         headers = dict(scope.get("headers") or [])
         try:
             if key not in ROUTE_PERMISSIONS or ROUTE_PERMISSIONS[key] is not PUBLIC or key in AUTHENTICATED_ONLY:
-                await self._authenticate(scope, ROUTE_PERMISSIONS.get(key))
+                permission = ROUTE_PERMISSIONS.get(key)
+                principal = await self._authenticate(scope, permission)
+                check_permission(key, principal)
             if not websocket:
                 self._check_content_type(route, headers)
         except Exception as exc:  # refusals, and any fault reading the key (mapped, e.g. a store outage → 503)
@@ -74,7 +90,7 @@ class RequestGuard:
             return
         await self.app(scope, receive, send)
 
-    async def _authenticate(self, scope: Scope, permission: Permission | None) -> None:
+    async def _authenticate(self, scope: Scope, permission: Permission | None):
         from starlette.requests import HTTPConnection
 
         conn = HTTPConnection(scope)
@@ -90,6 +106,7 @@ class RequestGuard:
         record = state.get("record")
         if record is not None:
             record.key_id, record.tenant_id = principal.key_id, principal.tenant_id
+        return principal
 
     @staticmethod
     def _check_content_type(route: BaseRoute, headers: dict[bytes, bytes]) -> None:

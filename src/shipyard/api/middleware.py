@@ -179,8 +179,8 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
     if record.status >= 400:
         record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
         metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
-    if record.path in ("/metrics", "/health", "/ready"):
-        return  # probes would drown the log
+    if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
+        return  # probes would drown the log; and a line nobody logs is not worth formatting
     hidden = ("arrival", "client_supplied_id", "rate_limit_headers")
     fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
     fields["latency_ms"] = round(latency_ms, 2)

@@ -35,6 +35,7 @@ from shipyard.engines.errors import (
     EngineUnavailableError,
     UpstreamError,
 )
+from shipyard.engines.watchdog import Watchdog
 from shipyard.routing.balancer import Balancer
 from shipyard.routing.replica import Replica
 from shipyard.routing.resilience import Backoff
@@ -190,6 +191,7 @@ class _RoutedStream:
         self._replica: Replica | None = None
         self._first: GenerationChunk | None = None
         self._deadline = time.monotonic() + deployment.policy.total_timeout_s
+        self._total = Watchdog(deployment.policy.total_timeout_s, idle=False)  # one timer, not one per chunk
         self._texts: dict[int, list[str]] = {}
         self._finishes: dict[int, str] = {}
         self._closed = False
@@ -206,8 +208,7 @@ class _RoutedStream:
             chunk, self._first = self._first, None
         else:
             try:
-                async with asyncio.timeout(max(0.001, self._deadline - time.monotonic())):  # no task per chunk
-                    chunk = await anext(self._inner)
+                chunk = await self._total.guard(anext(self._inner))
             except StopAsyncIteration:
                 await self.aclose()
                 raise
@@ -339,6 +340,7 @@ class _RoutedStream:
             self._replica.outstanding -= 1
             self._replica = None
         self.deployment._active.pop(self.request.request_id, None)
+        self._total.close()
 
     async def aclose(self) -> None:
         if self._closed:

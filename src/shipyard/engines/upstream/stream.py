@@ -31,6 +31,7 @@ from shipyard.engines.errors import (
     InvalidRequestError,
     UpstreamError,
 )
+from shipyard.engines.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from shipyard.engines.upstream.openai_http import OpenAIHTTPEngine
@@ -55,6 +56,7 @@ class UpstreamStream:
         self._usage: Usage | None = None
         self._last_index = 0
         self._opened = False
+        self._watchdog = Watchdog(engine.config.first_token_timeout_s)  # one timer for every read
 
     def __aiter__(self):
         return self
@@ -73,8 +75,7 @@ class UpstreamStream:
         engine.inflight += 1
         self._opened = True
         try:
-            async with asyncio.timeout(engine.config.first_token_timeout_s):  # no task per call, unlike wait_for
-                response = await engine.client.open_stream(self._path, self._body)
+            response = await self._watchdog.guard(engine.client.open_stream(self._path, self._body))
         except asyncio.TimeoutError:
             await self.aclose()
             raise EngineTimeoutError(f"The upstream engine did not answer within "
@@ -95,9 +96,9 @@ class UpstreamStream:
     async def _read_event(self) -> None:
         engine = self._engine
         timeout = engine.config.idle_timeout_s if self._sent_tokens else engine.config.first_token_timeout_s
+        self._watchdog.limit_s = timeout
         try:
-            async with asyncio.timeout(timeout):
-                raw = await self._lines.readline()
+            raw = await self._watchdog.guard(self._lines.readline())
         except asyncio.TimeoutError:
             self._fail(EngineTimeoutError(f"The upstream engine went silent for {timeout:g} s."))
             return
@@ -176,6 +177,7 @@ class UpstreamStream:
 
     def _finish_stream(self) -> None:
         self._done = True
+        self._watchdog.close()
         if self._response is not None:
             self._response.release()
         if self._opened:
@@ -189,6 +191,7 @@ class UpstreamStream:
 
     async def aclose(self) -> None:
         self._done = True
+        self._watchdog.close()
         if self._response is not None:
             self._response.close()  # not released to the pool: the upstream sees the abort
         if self._opened:
