@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes itself
+QUANTIZED = ("q4_k_m", "q5_k_m", "q6_k", "q4_0")  # llama.cpp's quantizer, from an f16 file
 
 
 class GGUFError(RuntimeError):
@@ -49,9 +50,14 @@ def model_fingerprint(model_dir: Path) -> str:
 
 def convert_to_gguf(model_dir: Path, outtype: str = "f16", out_file: Path | None = None,
                     timeout_s: float = 1800) -> Path:
-    """Convert `model_dir` to one GGUF file (cached by content hash unless `out_file` is given)."""
+    """Convert `model_dir` to one GGUF file (cached by content hash unless `out_file` is given).
+    k-quants (q4_k_m ...) are made from the f16 conversion by llama.cpp's quantizer."""
+    if outtype in QUANTIZED:
+        source = convert_to_gguf(model_dir, "f16", timeout_s=timeout_s)
+        target = out_file or source.with_name(source.name.replace("-f16.gguf", f"-{outtype}.gguf"))
+        return quantize_gguf(source, outtype, target)
     if outtype not in OUTTYPES:
-        raise GGUFError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+        raise GGUFError(f"outtype must be one of {', '.join(OUTTYPES + QUANTIZED)}, not {outtype!r}")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise GGUFError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
@@ -71,3 +77,24 @@ def convert_to_gguf(model_dir: Path, outtype: str = "f16", out_file: Path | None
         raise GGUFError(f"GGUF conversion of {model_dir} failed (exit {result.returncode}):\n{tail}")
     partial.replace(out_file)  # atomic: a reader never sees half a file
     return out_file
+
+
+def quantize_gguf(source: Path, method: str, target: Path, threads: int | None = None) -> Path:
+    """llama.cpp's own quantizer (llama_model_quantize) on a GGUF file; cached by target name."""
+    if target.is_file():
+        return target
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{method.upper()}", None)
+    if ftype is None:
+        raise GGUFError(f"llama.cpp has no quantization {method!r}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or os.cpu_count() or 1
+    partial = target.with_suffix(".partial")
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
+    if code != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise GGUFError(f"llama.cpp could not quantize {source.name} to {method} (code {code})")
+    partial.replace(target)
+    return target

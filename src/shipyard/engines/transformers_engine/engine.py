@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Literal
 from collections.abc import AsyncIterator
 
 import torch
@@ -55,6 +56,8 @@ class TransformersEngineConfig(BaseModel):
     max_prefill_tokens: int = Field(4096, ge=1, description="Prompt tokens prefilled in one step")
     num_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is most robust on shared CPUs)")
     max_n: int = Field(16, ge=1, description="Largest `n` (choices per request) accepted")
+    quantization: Literal["none", "int8", "fp8"] = Field(
+        "none", description="int8: dynamic int8 on CPUs, int8 weights on GPUs; fp8: Ada/Hopper GPUs (torchao)")
 
 
 class TransformersEngine(Engine):
@@ -78,7 +81,8 @@ class TransformersEngine(Engine):
         torch.set_num_threads(self.config.num_threads)
         try:
             self._loaded = await asyncio.to_thread(
-                load_model, self.config.model, self.config.device, self.config.dtype, self.config.max_model_len
+                load_model, self.config.model, self.config.device, self.config.dtype, self.config.max_model_len,
+                self.config.quantization
             )
         except Exception as exc:  # never ready, and unhealthy, so an orchestrator restarts or alerts
             self._failed = exc

@@ -45,7 +45,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_model_len: int | None = None) -> LoadedModel:
+def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_model_len: int | None = None,
+               quantization: str = "none") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -65,6 +66,10 @@ def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_
         path, dtype=resolve_dtype(dtype, torch_device), attn_implementation=ATTENTION_NAME
     )
     model.to(torch_device).eval()
+    if quantization != "none":
+        from shipyard.optimize.quantize import quantize_model
+
+        quantize_model(model, quantization, torch_device)
     config = model.config.get_text_config()
 
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048

@@ -1,0 +1,179 @@
+"""Choose how to serve a model on a machine: engine, precision, KV-cache size, batching limits.
+
+The rules a careful engineer applies, in order of preference, each checked against memory:
+weights at the chosen precision plus a KV cache that holds at least one full-length sequence (and
+room for batching) must fit in a budget — 90% of the largest GPU less a runtime reserve, or 60%
+of RAM on a CPU (the rest is the OS, the gateway and the working set). The first candidate that
+fits wins; every candidate tried says why it was or was not taken, so the plan explains itself.
+A model that fits nowhere is refused with the numbers.
+
+- GPU: a checkpoint's own quantization (GPTQ, AWQ, fp8) is kept; else bf16 (fp16 before
+  Ampere); else fp8 where the GPU has fp8 tensor cores (Ada, Hopper); else int8 weights; else
+  4-bit AWQ. vLLM serves it when installed, else the embedded engine.
+- CPU: a small model (≤ 1.5B parameters) runs on the embedded engine — dynamic int8 once it is
+  big enough for int8 matmuls to pay (≥ 300M parameters) on a CPU with int8 dot-product
+  instructions (VNNI or AMX; without them int8 is slower than fp32), fp32 otherwise; a
+  bigger one goes to llama.cpp as GGUF, q8_0 while it fits comfortably (≤ 4B), else q4_K_M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from shipyard.optimize.profile import GiB, HardwareProfile, ModelProfile
+
+# Bytes per parameter at each precision (4-bit formats with their group scales; GGUF's k-quants
+# at their average bits per weight).
+BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "gptq": 0.56, "awq": 0.56,
+                   "gguf-f16": 2.0, "gguf-q8_0": 1.0625, "gguf-q4_k_m": 0.61}
+OPTIONS = ("auto", "none", "int8", "fp8", "gptq", "awq", "gguf-q8_0", "gguf-q4_k_m")
+GPU_ONLY = {"fp8", "gptq", "awq"}
+GPU_UTILIZATION = 0.90  # vLLM's default share of GPU memory
+GPU_RESERVE = 1.5 * GiB  # CUDA context, activations, graphs
+CPU_SHARE = 0.60
+SMALL_ON_CPU = 1_500_000_000
+INT8_PAYS_ON_CPU = 300_000_000
+Q8_ON_CPU_UP_TO = 4_000_000_000
+
+
+class PlanError(ValueError):
+    """No way to serve this model here (the message has the numbers)."""
+
+
+@dataclass
+class Plan:
+    engine: str  # transformers | llamacpp | vllm
+    precision: str  # fp32, bf16, fp16, fp8, int8, gptq, awq, gguf-f16, gguf-q8_0, gguf-q4_k_m
+    device: str  # cpu | cuda
+    weight_bytes: int
+    kv_cache_tokens: int
+    kv_cache_bytes: int
+    max_num_seqs: int
+    max_model_len: int
+    budget_bytes: int
+    reasons: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # what verification falls back to, in order
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [("engine", self.engine), ("precision", self.precision), ("device", self.device),
+                ("weights", f"{self.weight_bytes / GiB:.2f} GiB"),
+                ("KV cache", f"{self.kv_cache_tokens:,} tokens ({self.kv_cache_bytes / GiB:.2f} GiB)"),
+                ("max_num_seqs", str(self.max_num_seqs)), ("max_model_len", f"{self.max_model_len:,}"),
+                ("memory budget", f"{self.budget_bytes / GiB:.1f} GiB"),
+                ("fallbacks", ", ".join(self.fallbacks) or "none")]
+
+
+def plan(hardware: HardwareProfile, model: ModelProfile, optimize: str = "auto") -> Plan:
+    if optimize not in OPTIONS:
+        raise PlanError(f"--optimize must be one of {', '.join(OPTIONS)}, not {optimize!r}")
+    gpu = max(hardware.gpus, key=lambda g: g.memory_bytes) if hardware.gpus else None
+    if optimize in GPU_ONLY and gpu is None:
+        raise PlanError(f"{optimize} needs a CUDA GPU and this machine has none ({hardware.describe()}); "
+                        "use int8 or a GGUF quantization on a CPU.")
+    if optimize in ("gguf-q8_0", "gguf-q4_k_m") and not hardware.llamacpp_installed:
+        raise PlanError(f"{optimize} is served by llama.cpp, and llama-cpp-python is not installed "
+                        "(scripts/llama-cpp.sh installs it).")
+    candidates = _candidates(hardware, model, optimize, gpu)
+    budget = int(gpu.memory_bytes * GPU_UTILIZATION - GPU_RESERVE) if gpu else int(hardware.memory_bytes * CPU_SHARE)
+    reasons: list[str] = [f"hardware: {hardware.describe()}",
+                          f"model: {model.architecture}, {model.parameters / 1e9:.2f}B parameters, "
+                          f"context {model.context_length:,}, KV {model.kv_bytes_per_token(_kv_dtype(gpu)):,} "
+                          f"bytes/token" + (f", already {model.quantization}" if model.quantization else "")]
+    chosen: Plan | None = None
+    fallbacks: list[str] = []
+    for engine, precision, why in candidates:
+        weights = _weight_bytes(model, precision)
+        kv_token = model.kv_bytes_per_token(_kv_dtype(gpu))
+        min_tokens = min(model.context_length, 8192)
+        free = budget - weights
+        if free < min_tokens * kv_token:
+            reasons.append(f"not {precision}: {weights / GiB:.2f} GiB of weights + {min_tokens * kv_token / GiB:.2f} "
+                           f"GiB for one {min_tokens:,}-token sequence > {budget / GiB:.2f} GiB budget")
+            continue
+        if chosen is not None:
+            fallbacks.append(precision)
+            continue
+        chosen = _sized(engine, precision, "cuda" if gpu else "cpu", model, weights, free, kv_token, budget, gpu,
+                        hardware)
+        reasons.append(f"{precision} on {engine}: {why}")
+    if chosen is None:
+        smallest = min(_weight_bytes(model, p) for _, p, _ in candidates)
+        raise PlanError(f"{model.parameters / 1e9:.1f}B parameters do not fit: even the smallest choice needs "
+                        f"{smallest / GiB:.1f} GiB of weights plus "
+                        f"{min(model.context_length, 8192) * model.kv_bytes_per_token(_kv_dtype(gpu)) / GiB:.1f} GiB of "
+                        f"KV cache, and the budget here is {budget / GiB:.1f} GiB ({hardware.describe()}).")
+    chosen.reasons = reasons
+    chosen.fallbacks = fallbacks
+    return chosen
+
+
+def _kv_dtype(gpu) -> int:
+    return 2 if gpu is not None else 4  # bf16 on GPUs, fp32 on the CPU path
+
+
+def _weight_bytes(model: ModelProfile, precision: str) -> int:
+    if precision == "as-is":
+        return model.weight_bytes
+    return int(model.parameters * BYTES_PER_PARAM[precision])
+
+
+def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) -> list[tuple[str, str, str]]:
+    """(engine, precision, why) in order of preference."""
+    if gpu is not None:
+        engine = "vllm" if hw.vllm_installed else "transformers"
+        half = "bf16" if gpu.bf16 else "fp16"
+        if optimize not in ("auto", "none"):
+            return [(engine, optimize if not optimize.startswith("gguf") else optimize, "asked for")]
+        if model.quantization in ("gptq", "awq", "fp8", "compressed-tensors"):
+            return [(engine, model.quantization if model.quantization in BYTES_PER_PARAM else "gptq",
+                     "the checkpoint is already quantized")]
+        if optimize == "none":
+            return [(engine, half, "no optimization asked")]
+        options = [(engine, half, "full quality, and it fits with room for the KV cache")]
+        if gpu.fp8:
+            options.append((engine, "fp8", f"{gpu.name} has fp8 tensor cores: half the weights, near-lossless"))
+        options.append((engine, "int8", "int8 weights halve the memory"))
+        options.append((engine, "awq", "4-bit AWQ: a quarter of the memory"))
+        return options
+    if optimize == "none":
+        return [("transformers", "fp32", "no optimization asked")]
+    if optimize == "int8":
+        return [("transformers", "int8", "asked for")]
+    if optimize.startswith("gguf"):
+        return [("llamacpp", optimize, "asked for")]
+    if model.file_format == "gguf":
+        return [("llamacpp", f"gguf-{model.quantization or 'f16'}", "a GGUF file is served by llama.cpp")]
+    options: list[tuple[str, str, str]] = []
+    if model.parameters <= SMALL_ON_CPU:
+        if model.parameters >= INT8_PAYS_ON_CPU and hw.int8_dot:
+            options.append(("transformers", "int8", "dynamic int8 matmuls (VNNI/AMX) beat fp32 at this size"))
+        why = ("small enough for the embedded engine; int8 would not pay at this size"
+               if model.parameters < INT8_PAYS_ON_CPU else
+               "small enough for the embedded engine" + ("" if hw.int8_dot else
+                                                         "; without VNNI/AMX, int8 would be slower than fp32"))
+        options.append(("transformers", "fp32", why))
+    if hw.llamacpp_installed:
+        if model.parameters <= Q8_ON_CPU_UP_TO:
+            options.append(("llamacpp", "gguf-q8_0", "llama.cpp's CPU kernels; 8-bit keeps the quality"))
+        options.append(("llamacpp", "gguf-q4_k_m", "llama.cpp's CPU kernels; 4-bit to fit the memory"))
+    elif not options:
+        options.append(("transformers", "int8", "llama-cpp-python is not installed; int8 is the smallest here"))
+    return options
+
+
+def _sized(engine: str, precision: str, device: str, model: ModelProfile, weights: int, free: int, kv_token: int,
+           budget: int, gpu, hw: HardwareProfile) -> Plan:
+    """KV cache and batching limits for the memory left after the weights."""
+    max_len = model.context_length
+    if device == "cuda":
+        kv_tokens = int(free // kv_token)
+        max_num_seqs = max(1, min(256, kv_tokens // max(1, min(max_len, 2048))))
+    else:  # a CPU decodes a handful of sequences usefully at once; cap the cache at what they need
+        max_num_seqs = max(1, min(16, hw.cpu_cores * 4))
+        kv_tokens = int(min(free // kv_token, max_num_seqs * max_len))
+        if kv_tokens < max_len:
+            max_len = kv_tokens
+    return Plan(engine, precision, device, weights, kv_tokens, kv_tokens * kv_token, max_num_seqs, max_len, budget)
