@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from shipyard.cli_admin import keys_app, tenants_app, usage
+from shipyard.cli_deploy import deploy
 
 app = typer.Typer(help="Shipyard: from a model folder to a production, OpenAI-compatible endpoint.",
                   no_args_is_help=True, add_completion=False)
@@ -17,6 +18,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.command("usage")(usage)
+app.command("deploy")(deploy)
 
 
 @app.command()

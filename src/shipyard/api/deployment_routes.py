@@ -44,6 +44,20 @@ async def list_deployments(request: Request):
     return {"object": "list", "data": [_view(name, engine) for name, engine in engines.items()]}
 
 
+@router.get("/{name}/plan")
+async def deployment_plan(name: str, request: Request):
+    """How `shipyard deploy` chose to serve this deployment: the plan, its reasons, the
+    verification it passed and the converted file."""
+    services_of(request).router.resolve(name)  # 404 for an unknown model
+    from shipyard.optimize.deploy import load_plan
+
+    plan = load_plan(request.app.state.config.store.resolved_data_dir(), name)
+    if plan is None:
+        raise APIError(404, f"Deployment '{name}' was not made by `shipyard deploy`: it has no plan.",
+                       code="not_found")
+    return plan
+
+
 def _set_draining(request: Request, name: str, replica: str, draining: bool) -> dict:
     deployment = _deployment(request, name)
     try:

@@ -79,7 +79,7 @@ def plan(hardware: HardwareProfile, model: ModelProfile, optimize: str = "auto")
     candidates = _candidates(hardware, model, optimize, gpu)
     budget = int(gpu.memory_bytes * GPU_UTILIZATION - GPU_RESERVE) if gpu else int(hardware.memory_bytes * CPU_SHARE)
     reasons: list[str] = [f"hardware: {hardware.describe()}",
-                          f"model: {model.architecture}, {model.parameters / 1e9:.2f}B parameters, "
+                          f"model: {model.architecture}, {_count(model.parameters)} parameters, "
                           f"context {model.context_length:,}, KV {model.kv_bytes_per_token(_kv_dtype(gpu)):,} "
                           f"bytes/token" + (f", already {model.quantization}" if model.quantization else "")]
     chosen: Plan | None = None
@@ -108,6 +108,10 @@ def plan(hardware: HardwareProfile, model: ModelProfile, optimize: str = "auto")
     chosen.reasons = reasons
     chosen.fallbacks = fallbacks
     return chosen
+
+
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e9:.2f}B" if parameters >= 1e9 else f"{parameters / 1e6:.1f}M"
 
 
 def _kv_dtype(gpu) -> int:

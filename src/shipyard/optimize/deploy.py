@@ -1,0 +1,152 @@
+"""`shipyard deploy MODEL`: profile, plan, apply, verify, write the deployment — then serve.
+
+Applying a plan turns it into a deployment as shipyard.yaml spells one:
+- `transformers` plans: the embedded engine with the plan's quantization, KV slots and context;
+- `llamacpp` plans: the model converted to GGUF (cached by content hash) and served by llama.cpp's
+  server, launched and supervised by the gateway;
+- `vllm` plans: `vllm serve` launched with `--quantization`, `--max-model-len`, `--max-num-seqs`.
+Verification compares the perplexity of what will be served with the unquantized model's on
+held-out text; past the bound, the plan's next choice is applied instead, and the report says so.
+The plan (with its reasons and the verification) is saved where `GET /admin/deployments/{name}/plan`
+finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from shipyard.optimize.profile import HardwareProfile, ModelProfile
+from shipyard.optimize.select import Plan, PlanError, plan
+
+FULL_PRECISION = {"fp32", "bf16", "fp16"}
+VLLM_QUANTIZATION = {"fp8": "fp8", "gptq": "gptq", "awq": "awq", "int8": "bitsandbytes"}
+
+
+@dataclass
+class Deployed:
+    name: str
+    plan: Plan
+    deployment: dict
+    verification: list[dict] = field(default_factory=list)  # one entry per choice tried
+    artifact: str | None = None  # the converted file, when there is one
+
+    def report(self) -> dict:
+        return {"deployment": self.name, "plan": self.plan.as_dict(), "config": self.deployment,
+                "verification": self.verification, "artifact": self.artifact}
+
+
+def deployment_name(model_path: Path) -> str:
+    stem = model_path.stem if model_path.suffix == ".gguf" else model_path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-").lower() or "model"
+
+
+def make_plan(model_path: Path, optimize: str) -> tuple[HardwareProfile, ModelProfile, Plan]:
+    hardware, model = HardwareProfile.detect(), ModelProfile.read(model_path)
+    return hardware, model, plan(hardware, model, optimize)
+
+
+def deployment_for(chosen: Plan, model_path: Path, artifact: Path | None = None) -> dict:
+    """The plan as a shipyard.yaml deployment."""
+    if chosen.engine == "transformers":
+        return {"engine": "transformers", "model": str(model_path), "device": chosen.device,
+                "quantization": chosen.precision if chosen.precision in ("int8", "fp8") else "none",
+                "max_num_seqs": chosen.max_num_seqs, "max_model_len": chosen.max_model_len}
+    if chosen.engine == "llamacpp":
+        return {"replicas": [{"engine": "launch", "kind": "llamacpp", "model": str(artifact or model_path),
+                              "name": "llamacpp-0", "args": ["--n_ctx", str(chosen.max_model_len)]}]}
+    args = ["--max-model-len", str(chosen.max_model_len), "--max-num-seqs", str(chosen.max_num_seqs)]
+    if chosen.precision in VLLM_QUANTIZATION:
+        args += ["--quantization", VLLM_QUANTIZATION[chosen.precision]]
+    return {"replicas": [{"engine": "launch", "kind": "vllm", "model": str(model_path), "name": "vllm-0",
+                          "args": args}]}
+
+
+def apply(model_path: Path, chosen: Plan, progress=None) -> Path | None:
+    """Convert or quantize what the plan needs on disk (cached); None when nothing is needed."""
+    if chosen.engine != "llamacpp" or model_path.suffix == ".gguf":
+        return None
+    from shipyard.optimize.gguf import convert_to_gguf
+
+    if progress is not None:
+        progress(f"converting to GGUF {chosen.precision.removeprefix('gguf-')}")
+    return convert_to_gguf(model_path, chosen.precision.removeprefix("gguf-"))
+
+
+def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: float, progress=None) -> dict | None:
+    """Perplexity of what will be served against the unquantized model (None: nothing to check)."""
+    from shipyard.optimize.verify import compare, held_out_text, perplexity_gguf, perplexity_hf
+
+    quantized = chosen.precision not in FULL_PRECISION and chosen.precision != "gguf-f16"
+    if not quantized or model_path.suffix == ".gguf" or chosen.engine == "vllm":
+        return None
+    if progress is not None:
+        progress(f"verifying {chosen.precision}: perplexity on held-out text")
+    text = held_out_text()
+    reference = perplexity_hf(model_path, text)
+    if artifact is not None:
+        candidate = perplexity_gguf(artifact, text)
+    else:
+        candidate = perplexity_hf(model_path, text, chosen.precision, device=chosen.device)
+    verdict = compare(reference, candidate, bound_pct)
+    return {"precision": chosen.precision, "reference_perplexity": round(reference.perplexity, 4),
+            "perplexity": round(candidate.perplexity, 4), "loss_pct": round(verdict.loss_pct, 3),
+            "bound_pct": bound_pct, "kept": verdict.kept,
+            "reference_decode_tokens_per_s": round(reference.decode_tokens_per_s or 0, 1),
+            "decode_tokens_per_s": round(candidate.decode_tokens_per_s or 0, 1)}
+
+
+def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> Deployed:
+    """Plan, apply and verify; a choice that loses too much quality gives way to the next."""
+    hardware, model, chosen = make_plan(model_path, optimize)
+    name = deployment_name(model_path)
+    tried: list[dict] = []
+    choices = [chosen.precision, *chosen.fallbacks] if optimize == "auto" else [chosen.precision]
+    for precision in choices:
+        current = chosen if precision == chosen.precision else _replan(hardware, model, chosen, precision)
+        artifact = apply(model_path, current, progress)
+        check = verify(model_path, current, artifact, bound_pct, progress)
+        if check is not None:
+            tried.append(check)
+        if check is None or check["kept"]:
+            current.reasons = chosen.reasons + ([f"verification: {current.precision} lost "
+                                                 f"{check['loss_pct']:.2f}% perplexity (bound {bound_pct}%)"]
+                                                if check else [])
+            if current is not chosen:
+                current.reasons.append(f"fell back from {chosen.precision}: it lost more than {bound_pct}%")
+            return Deployed(name, current, deployment_for(current, model_path, artifact), tried,
+                            str(artifact) if artifact else None)
+    raise PlanError(f"every choice lost more than {bound_pct}% perplexity: " +
+                    ", ".join(f"{t['precision']} {t['loss_pct']:.2f}%" for t in tried))
+
+
+def _replan(hardware: HardwareProfile, model: ModelProfile, first: Plan, precision: str) -> Plan:
+    option = precision if precision in ("int8", "gguf-q8_0", "gguf-q4_k_m", "fp8", "gptq", "awq") else "none"
+    return plan(hardware, model, option)
+
+
+def write_config(config_path: Path, deployed: Deployed) -> None:
+    """Add (or replace) the deployment in shipyard.yaml, keeping everything else in it."""
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    config = config or {}
+    config.setdefault("deployments", {})[deployed.name] = deployed.deployment
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def save_plan(data_dir: Path, deployed: Deployed) -> Path:
+    folder = data_dir / "plans"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{deployed.name}.json"
+    path.write_text(json.dumps(deployed.report(), indent=2))
+    return path
+
+
+def load_plan(data_dir: Path, name: str) -> dict | None:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", name) or name.startswith("."):
+        return None
+    path = data_dir / "plans" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,68 @@
+"""`shipyard deploy`: --plan prints and exits; a deploy converts (once), verifies, writes the
+deployment and its plan, and what it wrote serves through the gateway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+import yaml
+
+from conftest import ServerProcess
+from gateway_support import ADMIN_KEY, call
+
+
+def _deploy(*args: str, data_dir, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SHIPYARD_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "shipyard", "deploy", *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=cwd)
+
+
+def test_plan_prints_and_exits_without_converting(tiny_model, tmp_path):
+    result = _deploy(str(tiny_model), "--plan", data_dir=tmp_path / "data", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for field in ("engine", "precision", "KV cache", "max_num_seqs", "max_model_len", "transformers", "fp32"):
+        assert field in result.stdout
+    assert "int8 would not pay" in result.stdout  # the why
+    assert not (tmp_path / "shipyard.yaml").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_gpu_only_choice_on_a_cpu_is_a_clear_refusal(tiny_model, tmp_path):
+    result = _deploy(str(tiny_model), "--optimize", "awq", "--plan", data_dir=tmp_path / "data", cwd=tmp_path)
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
+
+
+def test_deploy_to_gguf_verifies_writes_and_serves(tiny_model, tmp_path):
+    data_dir = tmp_path / "data"
+    result = _deploy(str(tiny_model), "--optimize", "gguf-q8_0", "--no-serve", data_dir=data_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verification: gguf-q8_0 lost" in result.stdout
+    config = yaml.safe_load((tmp_path / "shipyard.yaml").read_text())
+    replica = config["deployments"]["tiny"]["replicas"][0]
+    assert replica["kind"] == "llamacpp" and replica["model"].endswith("-q8_0.gguf")
+    converted = os.stat(replica["model"]).st_mtime_ns
+    again = _deploy(str(tiny_model), "--optimize", "gguf-q8_0", "--no-serve", data_dir=data_dir, cwd=tmp_path)
+    assert again.returncode == 0 and os.stat(replica["model"]).st_mtime_ns == converted  # cached by content hash
+
+    with ServerProcess(config, tmp_path, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "SHIPYARD_DATA_DIR": str(data_dir)}
+                       ) as server:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=ADMIN_KEY, max_retries=0) as client:
+            reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=4)
+            assert 1 <= reply.usage.completion_tokens <= 4
+        plan = call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/tiny/plan").json()
+        assert plan["plan"]["precision"] == "gguf-q8_0" and plan["verification"][0]["kept"] is True
+        assert plan["verification"][0]["loss_pct"] <= 2.0
+        missing = call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/nope/plan")
+        assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "..", ".hidden"])
+def test_plan_names_cannot_leave_the_plans_folder(tmp_path, name):
+    from shipyard.optimize.deploy import load_plan
+
+    (tmp_path / "secret.json").write_text("{}")
+    assert load_plan(tmp_path / "data", name) is None
