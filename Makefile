@@ -63,6 +63,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/hardening.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/optimization.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -77,6 +77,21 @@ def test_completions_honour_max_tokens_and_stop(client):
     assert text.startswith(stopped.choices[0].text)
 
 
+def test_concurrent_streams_each_run_to_the_end(client):
+    """llama-cpp-python cuts a stream short when another request arrives unless told not to
+    (`--interrupt_requests false`, which the launcher sets): every stream gets its tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stream(_):
+        chunks = list(client.chat.completions.create(**_chat(max_tokens=6, logit_bias={"0": -100}), stream=True,
+                                                     stream_options={"include_usage": True}))
+        return chunks[-1].usage.completion_tokens, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(stream, range(4)))
+    assert all(tokens == 6 and text for tokens, text in results), results
+
+
 def test_what_llama_cpp_cannot_do_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(**_chat(max_tokens=2, n=2))

@@ -73,8 +73,11 @@ def command_for(config: LaunchConfig, name: str, port: int) -> list[str]:
         "sglang": [python, "-m", "sglang.launch_server", "--model-path", model, "--served-model-name", name,
                    "--host", host, "--port", str(port)],  # RadixAttention prefix caching is on by default
         "trtllm": ["trtllm-serve", model, "--host", host, "--port", str(port)],
+        # llama-cpp-python serves one request at a time and, by default, cuts the one in flight
+        # short when another arrives (`interrupt_requests`): queue them instead
         "llamacpp": [python, "-m", "llama_cpp.server", "--model", model, "--model_alias", name,
-                     "--host", host, "--port", str(port), "--n_threads", str(config.num_threads)],
+                     "--host", host, "--port", str(port), "--n_threads", str(config.num_threads),
+                     "--interrupt_requests", "false"],
         "llama-server": ["llama-server", "--model", model, "--alias", name, "--host", host, "--port", str(port),
                          "--threads", str(config.num_threads), "--metrics"],
     }[config.kind]

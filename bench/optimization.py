@@ -1,0 +1,193 @@
+"""Optimization on the demo model, one run: fp32, dynamic int8, GGUF f16 / q8_0 / q4_K_M.
+
+    python bench/optimization.py [--requests 8] [--max-tokens 64]
+
+Each variant is served by `shipyard serve` (the embedded engine for fp32 and int8; llama.cpp's
+server launched by the gateway for the GGUF files) and measured through the API with streamed
+chat completions at concurrency 1 and 8: decode tokens/s (completion tokens over wall time),
+time to first token, and the resident memory of the serving process tree. Perplexity on held-out
+text comes from shipyard.optimize.verify (the same windows for every format). Last, Shipyard's
+llama.cpp path is compared with llama.cpp's own server on the same q8_0 file, called directly.
+Prints a table; writes bench/results/optimization.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from gateway_overhead import ADMIN, _wait, free_port  # noqa: E402
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its descendants."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        stack.extend(int(c) for c in children)
+    return total
+
+
+def _serve(deployment: dict, workdir: Path, name: str) -> tuple[subprocess.Popen, str]:
+    import yaml
+
+    port = free_port()
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"deployments": {"demo": deployment}, "server": {"log_level": "warning"}}))
+    env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / f"data-{name}")}
+    proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(path), "--port", str(port)],
+                            env=env, stdout=open(workdir / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+    _wait(f"http://127.0.0.1:{port}/ready", timeout=300)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _llama_server(gguf: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "demo",
+                             "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024",
+                             "--interrupt_requests", "false"],  # as Shipyard launches it
+                            stdout=open(workdir / "llama-direct.log", "w"), stderr=subprocess.STDOUT)
+    _wait(f"http://127.0.0.1:{port}/v1/models", timeout=120)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def _load(url: str, key: str, concurrency: int, requests: int, max_tokens: int, no_stop: dict) -> dict:
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {key}"}
+    ttfts: list[float] = []
+    errors: list[str] = []
+    tokens = 0
+    queue = list(range(requests))
+
+    async def one(session, index: int) -> None:
+        nonlocal tokens
+        body = {"model": "demo", "messages": [{"role": "user", "content": f"What is a tuple in Python? ({index})"}],
+                "max_tokens": max_tokens, "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True},
+                "logit_bias": no_stop}  # every request runs to max_tokens (llama.cpp's server has no ignore_eos)
+        start = time.perf_counter()
+        first = None
+        pieces, reported = 0, None  # llama-cpp-python's own server reports no usage in streams
+        async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+            if response.status != 200:
+                errors.append(f"{response.status} {(await response.text())[:200]}")
+                return
+            async for raw in response.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:") or line.endswith("[DONE]"):
+                    continue
+                event = json.loads(line[5:])
+                if any((c.get("delta") or {}).get("content") for c in event.get("choices") or []):
+                    pieces += 1
+                    if first is None:
+                        first = time.perf_counter() - start
+                if event.get("usage"):
+                    reported = event["usage"]["completion_tokens"]
+        tokens += reported if reported is not None else pieces
+        if first is not None:
+            ttfts.append(first * 1000)
+
+    async def user(session) -> None:
+        while queue:
+            await one(session, queue.pop())
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await one(session, -1)  # warm-up
+        tokens, ttfts[:] = 0, []
+        started = time.perf_counter()
+        await asyncio.gather(*(user(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"tokens_per_s": tokens / elapsed, "ttft_ms_p50": statistics.median(ttfts) if ttfts else None,
+            "completion_tokens": tokens, "errors": errors[:3], "error_count": len(errors)}
+
+
+def _measure(proc: subprocess.Popen, url: str, key: str, args) -> dict:
+    figures = {f"c{c}": asyncio.run(_load(url, key, c, args.requests, args.max_tokens, args.no_stop)) for c in (1, 8)}
+    figures["rss_mib"] = round(_tree_rss(proc.pid) / 2**20, 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    from shipyard.demo.build import default_demo_path
+    from shipyard.optimize.gguf import convert_to_gguf
+    from shipyard.optimize.verify import held_out_text, perplexity_gguf, perplexity_hf
+
+    model = default_demo_path()
+    if not (model / "config.json").exists():
+        raise SystemExit(f"the demo model is not built ({model}); run `make demo-model`")
+    text = held_out_text()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    args.no_stop = {str(tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|endoftext|>", "<|im_end|>")}
+    ggufs = {name: convert_to_gguf(model, name.removeprefix("gguf-")) for name in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m")}
+    engine = {"engine": "transformers", "model": str(model), "num_threads": 1, "max_num_seqs": 16}
+    variants = {
+        "fp32": ({**engine}, lambda: perplexity_hf(model, text)),
+        "int8": ({**engine, "quantization": "int8"}, lambda: perplexity_hf(model, text, "int8")),
+        **{name: ({"replicas": [{"engine": "launch", "kind": "llamacpp", "model": str(path), "name": "llama",
+                                 "num_threads": 1, "args": ["--n_ctx", "1024"]}]},
+                  lambda path=path: perplexity_gguf(path, text))
+           for name, path in ggufs.items()},
+    }
+    results: dict = {"model": model.name, "requests": args.requests, "max_tokens": args.max_tokens, "variants": {}}
+    with tempfile.TemporaryDirectory(prefix="shipyard-optimization-") as tmp:
+        workdir = Path(tmp)
+        for name, (deployment, quality) in variants.items():
+            proc, url = _serve(deployment, workdir, name)
+            try:
+                figures = _measure(proc, url, ADMIN, args)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            figures["perplexity"] = round(quality().perplexity, 4)
+            results["variants"][name] = figures
+        proc, url = _llama_server(ggufs["gguf-q8_0"], workdir)
+        try:
+            results["llamacpp_direct_q8_0"] = _measure(proc, url, "none", args)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    v = results["variants"]
+    results["int8_decode_speedup"] = v["int8"]["c1"]["tokens_per_s"] / v["fp32"]["c1"]["tokens_per_s"]
+    results["int8_perplexity_loss_pct"] = (v["int8"]["perplexity"] - v["fp32"]["perplexity"]) / v["fp32"]["perplexity"] * 100
+    results["llamacpp_via_shipyard_ratio"] = (v["gguf-q8_0"]["c1"]["tokens_per_s"] /
+                                              results["llamacpp_direct_q8_0"]["c1"]["tokens_per_s"])
+    print(f"\n{'':<22}{'tok/s c1':>10}{'tok/s c8':>10}{'TTFT c1 ms':>12}{'RSS MiB':>9}{'perplexity':>12}")
+    rows = {**v, "llama.cpp direct q8_0": {**results["llamacpp_direct_q8_0"], "perplexity": v["gguf-q8_0"]["perplexity"]}}
+    for name, f in rows.items():
+        print(f"{name:<22}{f['c1']['tokens_per_s']:>10.1f}{f['c8']['tokens_per_s']:>10.1f}"
+              f"{f['c1']['ttft_ms_p50'] or 0:>12.1f}{f['rss_mib']:>9.0f}{f['perplexity']:>12.3f}")
+    print(f"int8 decode speedup (c1) {results['int8_decode_speedup']:.2f}x, perplexity loss "
+          f"{results['int8_perplexity_loss_pct']:.3f}%; Shipyard's llama.cpp path / llama.cpp direct "
+          f"{results['llamacpp_via_shipyard_ratio']:.2f}x")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "optimization.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'optimization.json'}")
+
+
+if __name__ == "__main__":
+    main()
