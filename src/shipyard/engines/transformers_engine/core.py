@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from shipyard.engines.base import GenerationChunk, TokenLogprob, Usage
 from shipyard.engines.transformers_engine.model_runner import ModelRunner
@@ -113,7 +112,7 @@ class EngineCore:
             seq.pending_logprobs.append(logprob)
         if seq.needs_penalties:
             if seq.output_counts is None:
-                seq.output_counts = torch.zeros(self.sampler.vocab_size)
+                seq.output_counts = self.sampler.new_counts()
             seq.output_counts[token] += 1
 
         if token in seq.eos_token_ids and not seq.params.ignore_eos:

@@ -94,7 +94,7 @@ class TransformersEngine(Engine):
         self._core = EngineCore(
             ModelRunner(loaded.model, cache, loaded.device),
             Scheduler(cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
-            Sampler(loaded.vocab_size, self._token_text),
+            Sampler(loaded.vocab_size, self._token_text, loaded.device),
             loaded.max_model_len,
         )
         self._thread = threading.Thread(target=self._run_loop, name="shipyard-engine", daemon=True)
@@ -240,7 +240,8 @@ class TransformersEngine(Engine):
             generator = None
             if params.seed is not None:
                 # Choice 0 uses the seed itself, so n=1 and n>1 agree on the first choice.
-                generator = torch.Generator().manual_seed((params.seed + index * 1_000_003) % (2**63))
+                generator = torch.Generator(device=self._loaded.device).manual_seed(
+                    (params.seed + index * 1_000_003) % (2**63))  # beside the logits it draws from
             sequences.append(
                 Sequence(
                     request_id=request.request_id,

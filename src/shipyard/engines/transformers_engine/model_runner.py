@@ -155,7 +155,7 @@ class ModelRunner:
             )
         finally:
             _active.batch = None
-        logits = out.logits[0].float().cpu()
+        logits = out.logits[0].float()  # stays on the device: the sampler draws there
         n = len(prompts)
         full = {index: logits[at: at + length] for index, (at, length) in spans.items()}
         return logits[:r], logits[r: r + n], full

@@ -3,6 +3,10 @@
 Vectorised over the batch (one sort serves top-k and top-p for all rows); only the final draw of
 a seeded row uses that row's own `torch.Generator`, so its tokens depend on its seed and its
 logits alone, never on what else shares the batch.
+
+Everything runs where the logits are: on a GPU, penalties, bias, top-k/p and the draws stay on
+the device and only the chosen ids come back (one copy per step; logprobs only for the rows
+that asked). On a CPU it is the same code, so the same seeds give the same ids.
 """
 
 from __future__ import annotations
@@ -17,28 +21,34 @@ _GREEDY_BELOW = 1e-5
 
 
 class Sampler:
-    def __init__(self, vocab_size: int, token_text: TokenTextCache):
+    def __init__(self, vocab_size: int, token_text: TokenTextCache, device: torch.device | None = None):
         self.vocab_size = vocab_size
         self.token_text = token_text
+        self.device = device or torch.device("cpu")
+
+    def new_counts(self) -> torch.Tensor:
+        """A sequence's output-token counts (for penalties), kept beside the logits."""
+        return torch.zeros(self.vocab_size, device=self.device)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[int, TokenLogprob | None]]:
         """`logits` [B, V] float32, row i for `seqs[i]`. Returns (token id, logprob entry) per row."""
         logits = logits[:, : self.vocab_size]
+        device = logits.device
         raw_logprobs = None
         if any(s.params.logprobs for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties_and_bias(logits, seqs)
 
-        tokens = [0] * len(seqs)
+        picks = torch.empty(len(seqs), dtype=torch.long, device=device)
         greedy = [i for i, s in enumerate(seqs) if s.params.temperature < _GREEDY_BELOW]
         sampled = [i for i, s in enumerate(seqs) if s.params.temperature >= _GREEDY_BELOW]
         if greedy:
-            picks = logits[greedy].argmax(dim=-1).tolist()
-            for i, token in zip(greedy, picks):
-                tokens[i] = token
+            rows = torch.tensor(greedy, dtype=torch.long, device=device)
+            picks[rows] = logits[rows].argmax(dim=-1)
         if sampled:
-            for i, token in zip(sampled, self._sample_rows(logits[sampled], [seqs[i] for i in sampled])):
-                tokens[i] = token
+            rows = torch.tensor(sampled, dtype=torch.long, device=device)
+            picks[rows] = self._sample_rows(logits[rows], [seqs[i] for i in sampled])
+        tokens = picks.tolist()  # the step's one copy to the host
 
         results: list[tuple[int, TokenLogprob | None]] = []
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
@@ -57,10 +67,10 @@ class Sampler:
             if seq.needs_penalties:
                 counts = seq.output_counts
                 if counts is None:
-                    counts = seq.output_counts = torch.zeros(self.vocab_size)
+                    counts = seq.output_counts = self.new_counts()
                 if p.repetition_penalty != 1.0:
                     seen = counts > 0
-                    seen[torch.tensor(seq.prompt_ids, dtype=torch.long)] = True
+                    seen[torch.tensor(seq.prompt_ids, dtype=torch.long, device=row.device)] = True
                     scaled = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
                     row.copy_(torch.where(seen, scaled, row))
                 if p.frequency_penalty:
@@ -68,12 +78,14 @@ class Sampler:
                 if p.presence_penalty:
                     row.sub_(p.presence_penalty * (counts > 0).float())
             if p.logit_bias:
-                ids = torch.tensor(list(p.logit_bias.keys()), dtype=torch.long)
-                row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=row.dtype))
+                ids = torch.tensor(list(p.logit_bias.keys()), dtype=torch.long, device=row.device)
+                row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device))
         return logits
 
-    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-        temperatures = torch.tensor([s.params.temperature for s in seqs], dtype=logits.dtype)
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The drawn ids, as a tensor on the logits' device (nothing is copied to the host here)."""
+        device = logits.device
+        temperatures = torch.tensor([s.params.temperature for s in seqs], dtype=logits.dtype, device=device)
         scores = logits / temperatures.unsqueeze(1)
         top_ks = [s.params.top_k if 0 < s.params.top_k < self.vocab_size else self.vocab_size for s in seqs]
         top_ps = [s.params.top_p for s in seqs]
@@ -84,25 +96,25 @@ class Sampler:
         if use_top_k or use_top_p:
             scores, order = scores.sort(dim=-1, descending=True)
             if use_top_k:
-                ranks = torch.arange(scores.shape[1]).unsqueeze(0)
-                scores = scores.masked_fill(ranks >= torch.tensor(top_ks).unsqueeze(1), float("-inf"))
+                ranks = torch.arange(scores.shape[1], device=device).unsqueeze(0)
+                limits = torch.tensor(top_ks, device=device).unsqueeze(1)
+                scores = scores.masked_fill(ranks >= limits, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         if use_top_p:
             # Keep the smallest prefix (in descending order) whose mass reaches top_p; the top token always stays.
             before = probs.cumsum(dim=-1) - probs
-            probs = probs.masked_fill(before > torch.tensor(top_ps).unsqueeze(1), 0.0)
+            probs = probs.masked_fill(before > torch.tensor(top_ps, dtype=probs.dtype, device=device).unsqueeze(1), 0.0)
 
-        picks = [0] * len(seqs)
+        picks = torch.empty(len(seqs), dtype=torch.long, device=device)
         unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
         for i, seq in enumerate(seqs):
-            if seq.generator is not None:
-                picks[i] = int(torch.multinomial(probs[i], 1, generator=seq.generator))
+            if seq.generator is not None:  # the row's own generator (on the same device)
+                picks[i] = torch.multinomial(probs[i], 1, generator=seq.generator)[0]
         if unseeded:
-            drawn = torch.multinomial(probs[unseeded], 1).squeeze(1).tolist()
-            for i, pick in zip(unseeded, drawn):
-                picks[i] = pick
+            rows = torch.tensor(unseeded, dtype=torch.long, device=device)
+            picks[rows] = torch.multinomial(probs[rows], 1).squeeze(1)
         if order is not None:
-            picks = [int(order[i, pick]) for i, pick in enumerate(picks)]
+            picks = order.gather(1, picks.unsqueeze(1)).squeeze(1)
         return picks
 
     def prompt_logprobs(self, logits: torch.Tensor, prompt_ids: list[int], top_n: int) -> list[TokenLogprob]:
@@ -112,7 +124,7 @@ class Sampler:
         text, raw = self.token_text.get(prompt_ids[0])
         entries: list[TokenLogprob | None] = [TokenLogprob(text, prompt_ids[0], None, raw, [])]
         if len(prompt_ids) > 1:
-            targets = torch.tensor(prompt_ids[1:], dtype=torch.long)
+            targets = torch.tensor(prompt_ids[1:], dtype=torch.long, device=logprobs.device)
             chosen = logprobs.gather(1, targets.unsqueeze(1))
             ranks = ((logprobs > chosen).sum(dim=1) + 1).tolist()
             for position, token in enumerate(prompt_ids[1:]):
