@@ -80,3 +80,13 @@ def test_overrides_are_honoured():
     assert plan(CPU_BOX, QWEN_05B, "none").precision == "fp32"
     assert plan(CPU_BOX, QWEN_05B, "gguf-q8_0").engine == "llamacpp"
     assert plan(GPU_80, LLAMA_7B, "int8").precision == "int8"
+
+
+def test_a_gguf_file_is_served_by_llama_cpp_on_any_machine():
+    gguf = ModelProfile("m.gguf", "llama", int(7e9), 32, 4096, 8, 128, 8192, "gguf", int(4.1e9), "q4_k_m", "gguf")
+    for hardware in (CPU_BOX, GPU_80):
+        chosen = plan(hardware, gguf)
+        assert (chosen.engine, chosen.precision) == ("llamacpp", "gguf-q4_k_m")
+        assert chosen.weight_bytes == int(4.1e9)  # the file's own size
+    odd = ModelProfile("m.gguf", "llama", int(7e9), 32, 4096, 8, 128, 8192, "gguf", int(5e9), "q5_k_s", "gguf")
+    assert plan(CPU_BOX, odd).precision == "gguf-q5_k_s"

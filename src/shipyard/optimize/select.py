@@ -119,13 +119,15 @@ def _kv_dtype(gpu) -> int:
 
 
 def _weight_bytes(model: ModelProfile, precision: str) -> int:
-    if precision == "as-is":
+    if precision == "as-is" or model.file_format == "gguf":  # a GGUF file's size is its weights
         return model.weight_bytes
     return int(model.parameters * BYTES_PER_PARAM[precision])
 
 
 def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) -> list[tuple[str, str, str]]:
     """(engine, precision, why) in order of preference."""
+    if model.file_format == "gguf":  # a GGUF file is llama.cpp's format, on a CPU or offloaded to a GPU
+        return [("llamacpp", f"gguf-{model.quantization or 'f16'}", "a GGUF file is served by llama.cpp")]
     if gpu is not None:
         engine = "vllm" if hw.vllm_installed else "transformers"
         half = "bf16" if gpu.bf16 else "fp16"
@@ -148,8 +150,6 @@ def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) ->
         return [("transformers", "int8", "asked for")]
     if optimize.startswith("gguf"):
         return [("llamacpp", optimize, "asked for")]
-    if model.file_format == "gguf":
-        return [("llamacpp", f"gguf-{model.quantization or 'f16'}", "a GGUF file is served by llama.cpp")]
     options: list[tuple[str, str, str]] = []
     if model.parameters <= SMALL_ON_CPU:
         if model.parameters >= INT8_PAYS_ON_CPU and hw.int8_dot:
