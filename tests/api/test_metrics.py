@@ -45,7 +45,7 @@ def test_health_and_ready(server):
 
 
 def test_one_log_line_per_request(server, client):
-    client.completions.create(model=MODEL_NAME, prompt="log me", max_tokens=2,
+    client.completions.create(model=MODEL_NAME, prompt="log me", max_tokens=2, extra_body={"ignore_eos": True},
                               extra_headers={"x-request-id": "log-check-1"})
     server.wait_for_log("log-check-1")
     lines = [line for line in server.log().splitlines() if "log-check-1" in line]
