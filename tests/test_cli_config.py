@@ -19,7 +19,7 @@ def test_serve_model_flag_with_json_logs(tiny_model, tmp_path):
         proc.wait_ready()
         models = httpx.get(f"{proc.base_url}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["flagged"]
-        httpx.post(f"{proc.base_url}/v1/completions", json={"model": "flagged", "prompt": "x", "max_tokens": 2},
+        httpx.post(f"{proc.base_url}/v1/completions", json={"model": "flagged", "prompt": "x", "max_tokens": 2, "ignore_eos": True},
                    headers={"x-request-id": "json-log-1"})
         proc.wait_for_log('"request_id":"json-log-1"')
     finally:

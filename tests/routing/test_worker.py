@@ -50,7 +50,8 @@ def test_the_openai_client_works_with_the_token(worker):
                                                max_tokens=3)
         assert reply.usage.completion_tokens >= 1
         chunks = list(client.completions.create(model="tiny", prompt="def", max_tokens=3, stream=True,
-                                                stream_options={"include_usage": True}))
+                                                stream_options={"include_usage": True},
+                                                extra_body={"ignore_eos": True}))
         assert chunks[-1].usage.completion_tokens == 3
 
 
