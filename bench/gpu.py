@@ -76,6 +76,19 @@ def generate_tokens_per_s(model, concurrency: int, prompt_len: int, new: int) ->
     return (out.shape[1] - prompt_len) * concurrency / (time.perf_counter() - started)
 
 
+async def profile_decode(engine, args) -> str:
+    """Where a concurrency-1 decode step's time goes: the top operators, and kernels per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        await engine_tokens_per_s(None, 1, args.prompt, 32, engine)
+    events = prof.key_averages()
+    kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    table = events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60)
+    return f"{kernels} CUDA kernels for ~{2 * 33} forward passes (warm-up included)\n{table}"
+
+
 async def run_engine(folder: Path, args) -> dict[int, float]:
     from shipyard.engines.transformers_engine.engine import TransformersEngine, TransformersEngineConfig
 
@@ -86,7 +99,10 @@ async def run_engine(folder: Path, args) -> dict[int, float]:
     while not engine.ready():
         await asyncio.sleep(0.1)
     try:
-        return {c: await engine_tokens_per_s(folder, c, args.prompt, args.new, engine) for c in args.concurrency}
+        figures = {c: await engine_tokens_per_s(folder, c, args.prompt, args.new, engine) for c in args.concurrency}
+        if args.profile:
+            print(await profile_decode(engine, args))
+        return figures
     finally:
         await engine.stop()
 
@@ -96,6 +112,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--profile", action="store_true", help="also profile decode steps at concurrency 1")
     args = parser.parse_args()
     import torch
 
