@@ -79,19 +79,12 @@ class _WorkerProcess(Process):
         return self._server
 
 
-async def _prepare(config: ShipyardConfig) -> None:
-    """Once, before any worker: migrate the schema, bootstrap the admin key."""
-    from shipyard.app import bootstrap_store
-
-    await bootstrap_store(config)
-
-
 def serve_workers(config: ShipyardConfig, workers: int) -> None:
     from shipyard.api.server import DenyingWebSocketProtocol, TimedHttpProtocol, loop_factory
-    from shipyard.app import WORKER_PROCESS_ENV
+    from shipyard.app import WORKER_PROCESS_ENV, bootstrap_store
 
     check_workers(config, workers)
-    asyncio.run(_prepare(config))
+    asyncio.run(bootstrap_store(config))  # once, before any worker
     server = config.server
     metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ.update({CONFIG_ENV: config.model_dump_json(), WORKER_PROCESS_ENV: "1",

@@ -2,9 +2,10 @@
 
 `asyncio.timeout()` around every read of a stream arms and disarms a timer per read (under
 uvloop, a libuv timer each time): several per request, a measurable share of a gateway's CPU.
-A `Watchdog` arms one timer for the stream and lets each read merely note the time (`touch`);
-when the timer fires it checks whether the limit has really passed since the last touch, and
-only then cancels the task that is waiting inside `guard()`, which raises TimeoutError there.
+A `Watchdog` arms one timer for the stream and lets each read merely note when it ended; when
+the timer fires it checks whether the limit has really passed since the last read (idle) or the
+start, and only then cancels the task that is waiting inside `guard()`, which raises
+TimeoutError there.
 """
 
 from __future__ import annotations
@@ -27,12 +28,6 @@ class Watchdog:
         self._handle: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def touch(self, limit_s: float | None = None) -> None:
-        """Activity: the limit counts from now (optionally a new limit)."""
-        self._since = time.monotonic()
-        if limit_s is not None:
-            self.limit_s = limit_s
-
     def _arm(self) -> None:
         if self._handle is None and not self._closed:
             delay = self._since + self.limit_s - time.monotonic()
@@ -41,7 +36,7 @@ class Watchdog:
     def _fire(self) -> None:
         self._handle = None
         left = self._since + self.limit_s - time.monotonic()
-        if left > 0.0005:  # touched meanwhile: look again when the new limit would pass
+        if left > 0.0005:  # a read ended meanwhile: look again when the new limit would pass
             self._arm()
             return
         self._expired = True

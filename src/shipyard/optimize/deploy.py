@@ -13,6 +13,7 @@ finds it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -79,15 +80,14 @@ def apply(model_path: Path, chosen: Plan, progress=None) -> Path | None:
 
 def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: float, progress=None) -> dict | None:
     """Perplexity of what will be served against the unquantized model (None: nothing to check)."""
-    from shipyard.optimize.verify import compare, held_out_text, perplexity_gguf, perplexity_hf
+    from shipyard.optimize.verify import compare, perplexity_gguf, perplexity_hf
 
     quantized = chosen.precision not in FULL_PRECISION and chosen.precision != "gguf-f16"
     if not quantized or model_path.suffix == ".gguf" or chosen.engine == "vllm":
         return None
     if progress is not None:
         progress(f"verifying {chosen.precision}: perplexity on held-out text")
-    text = held_out_text()
-    reference = perplexity_hf(model_path, text)
+    text, reference = _reference(model_path)
     if artifact is not None:
         candidate = perplexity_gguf(artifact, text)
     else:
@@ -100,6 +100,15 @@ def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: flo
             "decode_tokens_per_s": round(candidate.decode_tokens_per_s or 0, 1)}
 
 
+@functools.lru_cache(maxsize=4)
+def _reference(model_path: Path):
+    """The unquantized model on the held-out text, measured once however many choices are tried."""
+    from shipyard.optimize.verify import held_out_text, perplexity_hf
+
+    text = held_out_text()
+    return text, perplexity_hf(model_path, text)
+
+
 def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> Deployed:
     """Plan, apply and verify; a choice that loses too much quality gives way to the next."""
     hardware, model, chosen = make_plan(model_path, optimize)
@@ -107,7 +116,7 @@ def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> 
     tried: list[dict] = []
     choices = [chosen.precision, *chosen.fallbacks] if optimize == "auto" else [chosen.precision]
     for precision in choices:
-        current = chosen if precision == chosen.precision else _replan(hardware, model, chosen, precision)
+        current = chosen if precision == chosen.precision else _replan(hardware, model, precision)
         artifact = apply(model_path, current, progress)
         check = verify(model_path, current, artifact, bound_pct, progress)
         if check is not None:
@@ -124,7 +133,7 @@ def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> 
                     ", ".join(f"{t['precision']} {t['loss_pct']:.2f}%" for t in tried))
 
 
-def _replan(hardware: HardwareProfile, model: ModelProfile, first: Plan, precision: str) -> Plan:
+def _replan(hardware: HardwareProfile, model: ModelProfile, precision: str) -> Plan:
     option = precision if precision in ("int8", "gguf-q8_0", "gguf-q4_k_m", "fp8", "gptq", "awq") else "none"
     return plan(hardware, model, option)
 

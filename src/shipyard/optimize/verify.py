@@ -67,37 +67,30 @@ def perplexity_hf(model_dir: str | Path, text: str, quantization: str = "none", 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else torch.bfloat16,
                                                  attn_implementation="sdpa").to(torch_device).eval()
     quantize_model(model, quantization, torch_device)  # as the engine does at load time
-    loaded = _Loaded(model, torch_device)
     ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, window):
-            chunk = torch.tensor([ids[start:start + window + 1]], device=loaded.device)
+            chunk = torch.tensor([ids[start:start + window + 1]], device=torch_device)
             if chunk.shape[1] < 2:
                 break
-            logits = loaded.model(chunk[:, :-1]).logits.float()
+            logits = model(chunk[:, :-1]).logits.float()
             losses = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
             nll += float(losses)
             count += chunk.shape[1] - 1
-    return Quality(math.exp(nll / count), count, _decode_speed_hf(loaded))
+    return Quality(math.exp(nll / count), count, _decode_speed_hf(model, torch_device))
 
 
-@dataclass
-class _Loaded:
-    model: object
-    device: object
-
-
-def _decode_speed_hf(loaded, steps: int = 32) -> float:
+def _decode_speed_hf(model, device, steps: int = 32) -> float:
     import torch
 
     with torch.inference_mode():
-        ids = torch.tensor([[1] * 16], device=loaded.device)
-        out = loaded.model(ids, use_cache=True)
+        ids = torch.tensor([[1] * 16], device=device)
+        out = model(ids, use_cache=True)
         past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         started = time.perf_counter()
         for _ in range(steps):
-            out = loaded.model(token, past_key_values=past, use_cache=True)
+            out = model(token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         return steps / (time.perf_counter() - started)
 
