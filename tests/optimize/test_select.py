@@ -80,6 +80,10 @@ def test_overrides_are_honoured():
     assert plan(CPU_BOX, QWEN_05B, "none").precision == "fp32"
     assert plan(CPU_BOX, QWEN_05B, "gguf-q8_0").engine == "llamacpp"
     assert plan(GPU_80, LLAMA_7B, "int8").precision == "int8"
+    import dataclasses
+
+    gpu_with_llamacpp = dataclasses.replace(GPU_80, llamacpp_installed=True)
+    assert plan(gpu_with_llamacpp, LLAMA_7B, "gguf-q4_k_m").engine == "llamacpp"  # GGUF is llama.cpp's, GPU or not
 
 
 def test_a_gguf_file_is_served_by_llama_cpp_on_any_machine():

@@ -128,11 +128,13 @@ def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) ->
     """(engine, precision, why) in order of preference."""
     if model.file_format == "gguf":  # a GGUF file is llama.cpp's format, on a CPU or offloaded to a GPU
         return [("llamacpp", f"gguf-{model.quantization or 'f16'}", "a GGUF file is served by llama.cpp")]
+    if optimize.startswith("gguf"):
+        return [("llamacpp", optimize, "asked for")]
     if gpu is not None:
         engine = "vllm" if hw.vllm_installed else "transformers"
         half = "bf16" if gpu.bf16 else "fp16"
         if optimize not in ("auto", "none"):
-            return [(engine, optimize if not optimize.startswith("gguf") else optimize, "asked for")]
+            return [(engine, optimize, "asked for")]
         if model.quantization in ("gptq", "awq", "fp8", "compressed-tensors"):
             return [(engine, model.quantization if model.quantization in BYTES_PER_PARAM else "gptq",
                      "the checkpoint is already quantized")]
@@ -148,8 +150,6 @@ def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) ->
         return [("transformers", "fp32", "no optimization asked")]
     if optimize == "int8":
         return [("transformers", "int8", "asked for")]
-    if optimize.startswith("gguf"):
-        return [("llamacpp", optimize, "asked for")]
     options: list[tuple[str, str, str]] = []
     if model.parameters <= SMALL_ON_CPU:
         if model.parameters >= INT8_PAYS_ON_CPU and hw.int8_dot:
