@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 from shipyard.engines.base import EngineStats
@@ -88,3 +89,31 @@ def test_backoff_honours_retry_after_and_caps():
     backoff = Backoff(base_s=0.1, max_s=0.5)
     assert all(0 <= backoff.delay(attempt) <= 0.5 for attempt in range(10))
     assert backoff.delay(0, retry_after_s=2.0) == 2.0
+
+
+class _Startable(_Engine):
+    async def start(self):
+        await asyncio.sleep(0.05)
+
+    async def stop(self):
+        await asyncio.sleep(0.05)
+
+
+def test_racing_admin_calls_never_duplicate_a_name_or_remove_the_last_replica():
+    from shipyard.routing.deployment import DeploymentEngine, RoutingPolicy
+
+    async def scenario():
+        deployment = DeploymentEngine("m", [Replica("a", _Startable()), Replica("b", _Startable())],
+                                      Balancer("round_robin"), RoutingPolicy())
+        added = await asyncio.gather(deployment.add_replica(Replica("c", _Startable())),
+                                     deployment.add_replica(Replica("c", _Startable())), return_exceptions=True)
+        assert sum(isinstance(r, ValueError) for r in added) == 1
+        assert [r.name for r in deployment.replicas] == ["a", "b", "c"]
+        removed = await asyncio.gather(*(deployment.remove_replica(n) for n in ("a", "b", "c", "a")),
+                                       return_exceptions=True)
+        # two go; the third would be the last; the second "a" is gone (404) or on its way out (409)
+        assert [r is None for r in removed] == [True, True, False, False]
+        assert isinstance(removed[2], ValueError) and isinstance(removed[3], (KeyError, ValueError))
+        assert [r.name for r in deployment.replicas] == ["c"]
+
+    asyncio.run(scenario())

@@ -83,6 +83,7 @@ class DeploymentEngine(Engine):
         self.make_replica: Callable[[dict], Replica] | None = None
         self.model = ModelInfo(id=name, max_model_len=0, owned_by="shipyard", created=int(time.time()))
         self._active: dict[str, _RoutedStream] = {}
+        self._changing: set[str] = set()  # replicas being added or removed (admin calls can race)
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -157,23 +158,33 @@ class DeploymentEngine(Engine):
 
     async def add_replica(self, replica: Replica) -> None:
         """Join the pool live: started first, taken into routing once its engine is ready."""
-        if any(r.name == replica.name for r in self.replicas):
+        if replica.name in self._changing or any(r.name == replica.name for r in self.replicas):
             raise ValueError(f"'{self.name}' already has a replica named '{replica.name}'")
-        await replica.engine.start()
-        self.replicas = [*self.replicas, replica]
+        self._changing.add(replica.name)  # held across the start, so a second add of the name is refused
+        try:
+            await replica.engine.start()
+            self.replicas = [*self.replicas, replica]
+        finally:
+            self._changing.discard(replica.name)
 
     async def remove_replica(self, name: str, drain_timeout_s: float = 60.0) -> None:
         """Leave the pool live: drained (no new requests), its in-flight requests given up to
         `drain_timeout_s` to finish, then stopped."""
         replica = self.replica(name)
-        if len(self.replicas) == 1:
-            raise ValueError(f"'{name}' is the last replica of '{self.name}'")
-        replica.draining = True
-        deadline = time.monotonic() + drain_timeout_s
-        while replica.outstanding > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self.replicas = [r for r in self.replicas if r is not replica]
-        await replica.engine.stop()
+        if name in self._changing:
+            raise ValueError(f"'{name}' is already being removed from '{self.name}'")
+        if not [r for r in self.replicas if r is not replica and r.name not in self._changing]:
+            raise ValueError(f"'{name}' is the last replica of '{self.name}'")  # counting those on their way out
+        self._changing.add(name)
+        try:
+            replica.draining = True
+            deadline = time.monotonic() + drain_timeout_s
+            while replica.outstanding > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self.replicas = [r for r in self.replicas if r is not replica]
+            await replica.engine.stop()
+        finally:
+            self._changing.discard(name)
 
     def replica(self, name: str) -> Replica:
         for replica in self.replicas:
@@ -190,7 +201,6 @@ class _RoutedStream:
         self._inner: AsyncIterator[GenerationChunk] | None = None
         self._replica: Replica | None = None
         self._first: GenerationChunk | None = None
-        self._deadline = time.monotonic() + deployment.policy.total_timeout_s
         self._total = Watchdog(deployment.policy.total_timeout_s, idle=False)  # one timer, not one per chunk
         self._texts: dict[int, list[str]] = {}
         self._finishes: dict[int, str] = {}
@@ -212,11 +222,7 @@ class _RoutedStream:
             except StopAsyncIteration:
                 await self.aclose()
                 raise
-            except asyncio.TimeoutError:  # tokens have gone out: end with an error, never silently
-                await self.aclose()
-                return GenerationChunk(self.request.request_id, 0, "", [], finish_reason="error",
-                                       usage=Usage(estimate_prompt_tokens(self.request.prompt), 0))
-            except Exception:
+            except Exception:  # past the total timeout, or a failure: tokens have gone out, so end with an error
                 await self.aclose()
                 return GenerationChunk(self.request.request_id, 0, "", [], finish_reason="error",
                                        usage=Usage(estimate_prompt_tokens(self.request.prompt), 0))
