@@ -118,3 +118,26 @@ def test_no_usage_record_lost_when_the_database_dies(tiny_model, tmp_path, redis
         assert "replayed" in server.log()
     finally:
         server.stop()
+
+
+def test_spools_of_dead_processes_are_adopted_and_live_ones_left(tmp_path):
+    """Several workers share a data folder, a spool each: a new one takes over the spools (and
+    half-done claims) of processes that are gone, never those of one still running."""
+    import os
+    import subprocess
+
+    from shipyard.gateway.usage import UsageMeter
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = os.getppid()
+    files = {f"usage-spool-{gone.pid}.jsonl": "dead\n", "usage-spool.jsonl": "single\n",
+             f"usage-spool-{gone.pid}.replaying.adopting-{gone.pid}": "dead-claim\n",
+             f"usage-spool-{live}.jsonl": "live\n", f"usage-spool-7.jsonl.adopting-{live}": "claimed-by-live\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    own = tmp_path / f"usage-spool-{os.getpid()}.jsonl"
+    UsageMeter(None, own)._adopt_orphans()
+    assert sorted(own.read_text().split()) == ["dead", "dead-claim", "single"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [own.name, f"usage-spool-{live}.jsonl", f"usage-spool-7.jsonl.adopting-{live}"])

@@ -76,12 +76,15 @@ class UsageMeter:
         if not folder.is_dir():
             return
         for path in sorted(folder.glob("usage-spool*")):
-            if path.name.startswith(self.spool_path.stem + ".") or ".adopting-" in path.name:
+            name = path.name
+            if name.startswith(self.spool_path.stem + "."):
+                continue  # our own
+            original, _, adopter = name.partition(".adopting-")
+            # whoever holds it: the process adopting it, else the one that wrote it (none: a single server's)
+            holder = adopter or original.removeprefix("usage-spool").split(".")[0].lstrip("-")
+            if holder.isdigit() and _alive(int(holder)):
                 continue
-            owner = path.name.removeprefix("usage-spool").split(".")[0].lstrip("-")
-            if owner.isdigit() and _alive(int(owner)):
-                continue
-            claimed = folder / f"{path.name}.adopting-{os.getpid()}"
+            claimed = folder / f"{original}.adopting-{os.getpid()}"  # also takes over a dead adopter's claim
             try:
                 os.rename(path, claimed)
             except FileNotFoundError:  # another worker claimed it first
