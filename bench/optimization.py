@@ -2,8 +2,8 @@
 
     python bench/optimization.py [--requests 8] [--max-tokens 64]
 
-Each variant is served by `shipyard serve` (the embedded engine for fp32 and int8; llama.cpp's
-server launched by the gateway for the GGUF files) and measured through the API with streamed
+Each variant is served by `shipyard serve` (the embedded PyTorch engine for fp32 and int8; the
+in-process `llamacpp` engine for the GGUF files) and measured through the API with streamed
 chat completions at concurrency 1 and 8: decode tokens/s (completion tokens over wall time),
 time to first token, and the resident memory of the serving process tree. Perplexity on held-out
 text comes from shipyard.optimize.verify (the same windows for every format). Last, Shipyard's
@@ -148,8 +148,8 @@ def main() -> None:
     variants = {
         "fp32": ({**engine}, lambda: perplexity_hf(model, text)),
         "int8": ({**engine, "quantization": "int8"}, lambda: perplexity_hf(model, text, "int8")),
-        **{name: ({"replicas": [{"engine": "launch", "kind": "llamacpp", "model": str(path), "name": "llama",
-                                 "num_threads": 1, "args": ["--n_ctx", "1024"]}]},
+        **{name: ({"engine": "llamacpp", "model": str(path), "tokenizer": str(model), "num_threads": 1,
+                   "max_num_seqs": 16, "max_model_len": 1024},
                   lambda path=path: perplexity_gguf(path, text))
            for name, path in ggufs.items()},
     }

@@ -25,6 +25,8 @@ from shipyard.config import (
     BreakerConfig,
     LaunchedReplica,
     ShipyardConfig,
+    LlamaCppDeployment,
+    LlamaCppReplica,
     TransformersDeployment,
     TransformersReplica,
     TritonDeployment,
@@ -32,6 +34,7 @@ from shipyard.config import (
 )
 from shipyard.engines.base import Engine
 from shipyard.engines.launch import LaunchedEngine
+from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
 from shipyard.engines.upstream import OpenAIHTTPEngine, TritonEngine
 from shipyard.gateway.admission import TieredAdmission
@@ -64,6 +67,8 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
     for name, deployment in config.deployments.items():
         if isinstance(deployment, TransformersDeployment):
             engines[name] = TransformersEngine(deployment, model_id=name)
+        elif isinstance(deployment, LlamaCppDeployment):
+            engines[name] = LlamaCppEngine(deployment, model_id=name)
         elif isinstance(deployment, (UpstreamDeployment, TritonDeployment)):  # one remote replica
             engines[name] = DeploymentEngine(name, [Replica(name, _replica_engine(deployment, name, name))],
                                              Balancer("round_robin"), RoutingPolicy(), lookup=engines.get)
@@ -101,6 +106,8 @@ def _replica_factory(deployment: str, breaker):
 def _replica_engine(spec, deployment: str, replica_name: str) -> Engine:
     if isinstance(spec, TransformersReplica):
         return TransformersEngine(spec, model_id=deployment)
+    if isinstance(spec, LlamaCppReplica):
+        return LlamaCppEngine(spec, model_id=deployment)
     if isinstance(spec, LaunchedReplica):
         return LaunchedEngine(spec, deployment, replica_name)
     if isinstance(spec, TritonDeployment):

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from shipyard.engines.launch import LaunchConfig
+from shipyard.engines.llamacpp_engine import LlamaCppEngineConfig
 from shipyard.engines.transformers_engine import TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
 
@@ -29,6 +30,13 @@ class TransformersDeployment(TransformersEngineConfig):
 
     model_config = ConfigDict(extra="forbid")
     engine: Literal["transformers"] = "transformers"
+
+
+class LlamaCppDeployment(LlamaCppEngineConfig):
+    """A GGUF file served in-process: llama.cpp runs the forward, the embedded engine the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: Literal["llamacpp"] = "llamacpp"
 
 
 class UpstreamDeployment(OpenAIHTTPEngineConfig):
@@ -50,6 +58,10 @@ class TransformersReplica(TransformersDeployment, _ReplicaFields):
     pass
 
 
+class LlamaCppReplica(LlamaCppDeployment, _ReplicaFields):
+    pass
+
+
 class UpstreamReplica(UpstreamDeployment, _ReplicaFields):
     pass
 
@@ -68,6 +80,7 @@ def _engine_kind(value) -> str:
 
 
 Replica = Annotated[Union[Annotated[TransformersReplica, Tag("transformers")],
+                          Annotated[LlamaCppReplica, Tag("llamacpp")],
                           Annotated[UpstreamReplica, Tag("openai_http")],
                           Annotated[TritonReplica, Tag("triton")],
                           Annotated[LaunchedReplica, Tag("launch")]], Discriminator(_engine_kind)]
@@ -102,6 +115,7 @@ def _deployment_kind(value) -> str:
 
 # Told apart by `engine` (which may be left out for the embedded engine), or by `replicas`.
 Deployment = Annotated[Union[Annotated[TransformersDeployment, Tag("transformers")],
+                             Annotated[LlamaCppDeployment, Tag("llamacpp")],
                              Annotated[UpstreamDeployment, Tag("openai_http")],
                              Annotated[TritonDeployment, Tag("triton")],
                              Annotated[RoutedDeployment, Tag("routed")]], Discriminator(_deployment_kind)]

@@ -41,11 +41,12 @@ def test_deploy_to_gguf_verifies_writes_and_serves(tiny_model, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verification: gguf-q8_0 lost" in result.stdout
     config = yaml.safe_load((tmp_path / "shipyard.yaml").read_text())
-    replica = config["deployments"]["tiny"]["replicas"][0]
-    assert replica["kind"] == "llamacpp" and replica["model"].endswith("-q8_0.gguf")
-    converted = os.stat(replica["model"]).st_mtime_ns
+    deployment = config["deployments"]["tiny"]
+    assert deployment["engine"] == "llamacpp" and deployment["model"].endswith("-q8_0.gguf")
+    assert deployment["tokenizer"] == str(tiny_model)
+    converted = os.stat(deployment["model"]).st_mtime_ns
     again = _deploy(str(tiny_model), "--optimize", "gguf-q8_0", "--no-serve", data_dir=data_dir, cwd=tmp_path)
-    assert again.returncode == 0 and os.stat(replica["model"]).st_mtime_ns == converted  # cached by content hash
+    assert again.returncode == 0 and os.stat(deployment["model"]).st_mtime_ns == converted  # cached by content hash
 
     with ServerProcess(config, tmp_path, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "SHIPYARD_DATA_DIR": str(data_dir)}
                        ) as server:

@@ -2,8 +2,8 @@
 
 Applying a plan turns it into a deployment as shipyard.yaml spells one:
 - `transformers` plans: the embedded engine with the plan's quantization, KV slots and context;
-- `llamacpp` plans: the model converted to GGUF (cached by content hash) and served by llama.cpp's
-  server, launched and supervised by the gateway;
+- `llamacpp` plans: the model converted to GGUF (cached by content hash) and served in process by
+  the `llamacpp` engine (llama.cpp's forward, the embedded engine's batching and sampling);
 - `vllm` plans: `vllm serve` launched with `--quantization`, `--max-model-len`, `--max-num-seqs`.
 Verification compares the perplexity of what will be served with the unquantized model's on
 held-out text; past the bound, the plan's next choice is applied instead, and the report says so.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from shipyard.engines.llamacpp_engine.native import MAX_SEQUENCES
 from shipyard.optimize.profile import HardwareProfile, ModelProfile
 from shipyard.optimize.select import Plan, PlanError, plan
 
@@ -58,8 +59,11 @@ def deployment_for(chosen: Plan, model_path: Path, artifact: Path | None = None)
                 "quantization": chosen.precision if chosen.precision in ("int8", "fp8") else "none",
                 "max_num_seqs": chosen.max_num_seqs, "max_model_len": chosen.max_model_len}
     if chosen.engine == "llamacpp":
-        return {"replicas": [{"engine": "launch", "kind": "llamacpp", "model": str(artifact or model_path),
-                              "name": "llamacpp-0", "args": ["--n_ctx", str(chosen.max_model_len)]}]}
+        deployment = {"engine": "llamacpp", "model": str(artifact or model_path),
+                      "max_num_seqs": min(chosen.max_num_seqs, MAX_SEQUENCES), "max_model_len": chosen.max_model_len}
+        if model_path.is_dir():  # converted here: the model's own tokenizer files are exact
+            deployment["tokenizer"] = str(model_path)
+        return deployment
     args = ["--max-model-len", str(chosen.max_model_len), "--max-num-seqs", str(chosen.max_num_seqs)]
     if chosen.precision in VLLM_QUANTIZATION:
         args += ["--quantization", VLLM_QUANTIZATION[chosen.precision]]

@@ -46,16 +46,21 @@ log = logging.getLogger("shipyard.engine")
 MAX_CHARS_PER_TOKEN = 32
 
 
-class TransformersEngineConfig(BaseModel):
-    model: str = Field(description="Path to a local Hugging Face causal-LM folder")
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
-    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+class EmbeddedEngineConfig(BaseModel):
+    """What every in-process engine shares: its scheduler's bounds and the API's limits."""
+
     max_model_len: int | None = Field(None, description="Context window; defaults to the model's own")
     max_num_seqs: int = Field(64, ge=1, description="KV-cache slots: sequences decoded together")
     max_waiting: int = Field(256, ge=0, description="Waiting-queue bound; beyond it requests get 503")
     max_prefill_tokens: int = Field(4096, ge=1, description="Prompt tokens prefilled in one step")
-    num_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is most robust on shared CPUs)")
+    num_threads: int = Field(1, ge=1, description="compute threads (1 is most robust on shared CPUs)")
     max_n: int = Field(16, ge=1, description="Largest `n` (choices per request) accepted")
+
+
+class TransformersEngineConfig(EmbeddedEngineConfig):
+    model: str = Field(description="Path to a local Hugging Face causal-LM folder")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
     quantization: Literal["none", "int8", "fp8"] = Field(
         "none", description="int8: dynamic int8 on CPUs, int8 weights on GPUs; fp8: Ada/Hopper GPUs (torchao)")
 
@@ -80,20 +85,16 @@ class TransformersEngine(Engine):
         self._loop = asyncio.get_running_loop()
         torch.set_num_threads(self.config.num_threads)
         try:
-            self._loaded = await asyncio.to_thread(
-                load_model, self.config.model, self.config.device, self.config.dtype, self.config.max_model_len,
-                self.config.quantization
-            )
+            self._loaded, runner = await asyncio.to_thread(self._load_backend)
         except Exception as exc:  # never ready, and unhealthy, so an orchestrator restarts or alerts
             self._failed = exc
             raise
         loaded = self._loaded
         self.model.max_model_len = loaded.max_model_len
-        cache = SlotKVCache(loaded.num_layers, self.config.max_num_seqs, loaded.max_model_len)
         self._token_text = TokenTextCache(loaded.tokenizer)
         self._core = EngineCore(
-            ModelRunner(loaded.model, cache, loaded.device),
-            Scheduler(cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
+            runner,
+            Scheduler(runner.cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
             Sampler(loaded.vocab_size, self._token_text, loaded.device),
             loaded.max_model_len,
         )
@@ -101,6 +102,14 @@ class TransformersEngine(Engine):
         self._thread.start()
         self._ready = True
         log.info("loaded %s from %s on %s (context %d)", self.model.id, self.config.model, loaded.device, loaded.max_model_len)
+
+    def _load_backend(self) -> tuple[LoadedModel, ModelRunner]:
+        """Blocking: the weights, the tokenizer and what runs a step's forward over the KV cache.
+        Other in-process backends (llama.cpp) override this and keep everything else."""
+        config = self.config
+        loaded = load_model(config.model, config.device, config.dtype, config.max_model_len, config.quantization)
+        cache = SlotKVCache(loaded.num_layers, config.max_num_seqs, loaded.max_model_len)
+        return loaded, ModelRunner(loaded.model, cache, loaded.device)
 
     async def stop(self) -> None:
         self._ready = False
@@ -111,6 +120,8 @@ class TransformersEngine(Engine):
         for stream in self._streams.values():
             stream.put_nowait(EngineUnavailableError("engine stopped"))
         self._streams.clear()
+        if self._core is not None and not (self._thread and self._thread.is_alive()):
+            self._core.runner.close()  # native memory (llama.cpp) goes now, not at exit
 
     def ready(self) -> bool:
         return self._ready and self._failed is None

@@ -45,6 +45,27 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+
+
+def eos_token_ids(tokenizer, *sources) -> frozenset[int]:
+    """Every id that ends a generation: the tokenizer's and each source's `eos_token_id` (an int
+    or a list), and ChatML's `<|im_end|>` when the default template is the one in use."""
+    eos: set[int] = set()
+    for source in (*sources, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            eos.add(value)
+        elif isinstance(value, (list, tuple)):
+            eos.update(int(v) for v in value)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if im_end is not None and tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE:
+        eos.add(im_end)
+    return frozenset(eos)
+
+
 def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_model_len: int | None = None,
                quantization: str = "none") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,8 +79,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the folder, never a hub
     torch_device = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    ensure_chat_template(tokenizer)
     from shipyard.engines.transformers_engine.model_runner import ATTENTION_NAME
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -76,23 +96,12 @@ def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_
     if max_model_len is not None:
         context = min(context, max_model_len) if context else max_model_len
 
-    eos: set[int] = set()
-    for source in (getattr(model, "generation_config", None), config, tokenizer):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            eos.add(value)
-        elif isinstance(value, (list, tuple)):
-            eos.update(int(v) for v in value)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    if im_end is not None and tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE:
-        eos.add(im_end)
-
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         device=torch_device,
         max_model_len=int(context),
-        eos_token_ids=frozenset(eos),
+        eos_token_ids=eos_token_ids(tokenizer, getattr(model, "generation_config", None), config),
         # Embedding matrices are often padded past the tokenizer; never sample an id it cannot decode.
         vocab_size=min(len(tokenizer), int(model.get_output_embeddings().weight.shape[0])),
         num_layers=int(config.num_hidden_layers),

@@ -159,3 +159,6 @@ class ModelRunner:
         n = len(prompts)
         full = {index: logits[at: at + length] for index, (at, length) in spans.items()}
         return logits[:r], logits[r: r + n], full
+
+    def close(self) -> None:
+        """Nothing to free by hand: the cache's tensors go with the engine."""
