@@ -144,6 +144,9 @@ class EngineStats:
     kv_cache_usage: float  # 0..1
     max_num_seqs: int
     max_waiting: int
+    # KV prefix sharing, in prompt tokens since start (vLLM's counters): looked up, and found
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 @dataclass(slots=True)

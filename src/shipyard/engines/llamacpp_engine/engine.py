@@ -49,6 +49,9 @@ class LlamaCppEngine(TransformersEngine):
         )
         return loaded, LlamaCppRunner(native)
 
+    def _prefix_cache(self, runner) -> None:
+        return None  # llama.cpp's KV cells are its own; prompts are computed whole
+
 
 def load_tokenizer(gguf: Path, folder: str | None):
     """The tokenizer as transformers builds it (from a folder, or from the GGUF's metadata), so

@@ -38,6 +38,7 @@ class LlamaCppRunner:
         prompts: list[list[int]],
         prompt_slots: list[int],
         every_position: set[int] = frozenset(),
+        prompt_starts: list[int] | None = None,  # always 0: llama.cpp's cache has no prefix pool here
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
         r = len(decode_tokens)
         tokens, positions, seqs = [decode_tokens], [decode_positions], [list(range(r))]

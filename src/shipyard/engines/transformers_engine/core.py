@@ -11,17 +11,20 @@ import time
 
 from shipyard.engines.base import GenerationChunk, TokenLogprob, Usage
 from shipyard.engines.transformers_engine.model_runner import ModelRunner
+from shipyard.engines.transformers_engine.prefix_cache import PrefixCache
 from shipyard.engines.transformers_engine.sampler import Sampler
 from shipyard.engines.transformers_engine.scheduler import Scheduler
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
 class EngineCore:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, sampler: Sampler, max_model_len: int):
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, sampler: Sampler, max_model_len: int,
+                 prefix_cache: PrefixCache | None = None):
         self.runner = runner
         self.scheduler = scheduler
         self.sampler = sampler
         self.max_model_len = max_model_len
+        self.prefix_cache = prefix_cache
 
     def step(self) -> list[GenerationChunk]:
         # Sequences already running decode one token; newly admitted prompts are prefilled in the
@@ -34,13 +37,22 @@ class EngineCore:
                 for seq in group.sequences:
                     seq.timings.scheduled = now
         scored = {i for i, g in enumerate(admitted) if g.sequences[0].params.prompt_logprobs is not None}
+        sharing = self.prefix_cache is not None
+        if sharing:  # known prefixes are copied in, not computed (scored prompts need every position)
+            for i, group in enumerate(admitted):
+                if i not in scored:
+                    group.cached_tokens = self.prefix_cache.load(group.prompt_ids, group.sequences[0].slot)
         decode_logits, prefill_logits, prompt_logits = self.runner.forward(
             [s.last_token for s in decoding],
             [s.length - 1 for s in decoding],
             [g.prompt_ids for g in admitted],
             [g.sequences[0].slot for g in admitted],
             scored,
+            [g.cached_tokens for g in admitted],
         )
+        if sharing:  # before any fork or compaction touches these slots
+            for group in admitted:
+                self.prefix_cache.store(group.prompt_ids, group.sequences[0].slot)
         for index, logits in prompt_logits.items():
             group = admitted[index]
             group.prompt_logprobs = self.sampler.prompt_logprobs(
@@ -163,6 +175,7 @@ class EngineCore:
         for request_id, chunk in last_of_group.items():
             group = self.scheduler.groups.get(request_id)
             if group is not None and group.finished:
-                chunk.usage = Usage(prompt_tokens=len(group.prompt_ids), completion_tokens=group.completion_tokens)
+                chunk.usage = Usage(prompt_tokens=len(group.prompt_ids), completion_tokens=group.completion_tokens,
+                                    cached_tokens=group.cached_tokens)
                 self.scheduler.forget(group)
         return chunks

@@ -34,6 +34,7 @@ from shipyard.engines.transformers_engine.core import EngineCore
 from shipyard.engines.transformers_engine.kv_cache import SlotKVCache
 from shipyard.engines.transformers_engine.loader import LoadedModel, load_model
 from shipyard.engines.transformers_engine.model_runner import ModelRunner
+from shipyard.engines.transformers_engine.prefix_cache import PrefixCache
 from shipyard.engines.transformers_engine.sampler import Sampler
 from shipyard.engines.transformers_engine.scheduler import Scheduler
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup
@@ -63,6 +64,8 @@ class TransformersEngineConfig(EmbeddedEngineConfig):
     dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
     quantization: Literal["none", "int8", "fp8"] = Field(
         "none", description="int8: dynamic int8 on CPUs, int8 weights on GPUs; fp8: Ada/Hopper GPUs (torchao)")
+    prefix_cache_mib: float = Field(256, ge=0, description="Memory for shared prompt-prefix KV blocks (0: off)")
+    prefix_block_size: int = Field(16, ge=1, le=1024, description="Tokens per shared prefix block")
 
 
 class TransformersEngine(Engine):
@@ -97,6 +100,7 @@ class TransformersEngine(Engine):
             Scheduler(runner.cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
             Sampler(loaded.vocab_size, self._token_text, loaded.device),
             loaded.max_model_len,
+            self._prefix_cache(runner),
         )
         self._thread = threading.Thread(target=self._run_loop, name="shipyard-engine", daemon=True)
         self._thread.start()
@@ -110,6 +114,10 @@ class TransformersEngine(Engine):
         loaded = load_model(config.model, config.device, config.dtype, config.max_model_len, config.quantization)
         cache = SlotKVCache(loaded.num_layers, config.max_num_seqs, loaded.max_model_len)
         return loaded, ModelRunner(loaded.model, cache, loaded.device)
+
+    def _prefix_cache(self, runner) -> PrefixCache | None:
+        mib = self.config.prefix_cache_mib
+        return PrefixCache(runner.cache, int(mib * 2**20), self.config.prefix_block_size) if mib else None
 
     async def stop(self) -> None:
         self._ready = False
@@ -133,7 +141,7 @@ class TransformersEngine(Engine):
         core = self._core
         if core is None:
             return EngineStats(0, 0, 0.0, self.config.max_num_seqs, self.config.max_waiting)
-        scheduler = core.scheduler
+        scheduler, prefix = core.scheduler, core.prefix_cache
         capacity = self.config.max_num_seqs * max(self.model.max_model_len, 1)
         return EngineStats(
             num_waiting=len(scheduler.waiting) + self._inbox.qsize(),
@@ -141,6 +149,8 @@ class TransformersEngine(Engine):
             kv_cache_usage=min(1.0, scheduler.kv_tokens_used() / capacity),
             max_num_seqs=self.config.max_num_seqs,
             max_waiting=self.config.max_waiting,
+            prefix_cache_queries=prefix.queries if prefix else 0,
+            prefix_cache_hits=prefix.hits if prefix else 0,
         )
 
     @property

@@ -28,7 +28,7 @@ class FlatBatch:
     num_decode: int  # tokens 0..R-1 are decode tokens of slots 0..R-1
     decode_kv_len: int
     decode_mask: torch.Tensor | None  # [R, 1, 1, decode_kv_len], True = attend
-    prefills: list[tuple[int, int, int]]  # (slot, first flat index, prompt length)
+    prefills: list[tuple[int, int, int, int]]  # (slot, first flat index, first position computed, prompt length)
     write_slots: torch.Tensor  # [T]
     write_positions: torch.Tensor  # [T]
 
@@ -76,13 +76,17 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
         out = F.scaled_dot_product_attention(q, keys[:r, :, :length], values[:r, :, :length],
                                              attn_mask=batch.decode_mask, scale=scaling)
         outputs.append(out.reshape(r, heads, head_dim))
-    for slot, start, length in batch.prefills:
-        q = query[:, :, start : start + length]
+    for slot, start, cached, length in batch.prefills:
+        q = query[:, :, start : start + length - cached]
         k = keys[slot : slot + 1, :, :length]
         v = values[slot : slot + 1, :, :length]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+        if cached:  # queries for positions cached..length-1 see every key up to their own position
+            mask = torch.arange(length, device=q.device) <= torch.arange(cached, length, device=q.device)[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
         outputs.append(out[0].transpose(0, 1))
     return torch.cat(outputs, dim=0).unsqueeze(0), None
 
@@ -103,9 +107,11 @@ class ModelRunner:
         prompts: list[list[int]],
         prompt_slots: list[int],
         every_position: set[int] = frozenset(),
+        prompt_starts: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
         """Decode row b (slot b) feeds `decode_tokens[b]` at `decode_positions[b]`; each prompt is
-        written from position 0 of its slot. Returns float32 logits on the CPU: [R, V] for the
+        written from position `prompt_starts[i]` of its slot (0 unless its prefix is already there,
+        copied from the prefix cache). Returns float32 logits on the CPU: [R, V] for the
         decode rows, [N, V] for the last position of each prompt, and [L, V] (every position) for
         the prompts whose index is in `every_position` (prompt scoring)."""
         r = len(decode_tokens)
@@ -113,11 +119,11 @@ class ModelRunner:
         positions = list(decode_positions)
         slots = list(range(r))
         prefills, last_indices = [], []
-        for prompt, slot in zip(prompts, prompt_slots):
-            prefills.append((slot, len(tokens), len(prompt)))
-            tokens += prompt
-            positions += range(len(prompt))
-            slots += [slot] * len(prompt)
+        for prompt, slot, cached in zip(prompts, prompt_slots, prompt_starts or [0] * len(prompts)):
+            prefills.append((slot, len(tokens), cached, len(prompt)))
+            tokens += prompt[cached:]
+            positions += range(cached, len(prompt))
+            slots += [slot] * (len(prompt) - cached)
             last_indices.append(len(tokens) - 1)
         longest = max([p + 1 for p in decode_positions] + [len(p) for p in prompts])
         self.cache.ensure_capacity(longest)
@@ -140,8 +146,8 @@ class ModelRunner:
         )
         kept = list(range(r)) + last_indices
         spans: dict[int, tuple[int, int]] = {}
-        for index in sorted(every_position):
-            _, start, length = prefills[index]
+        for index in sorted(every_position):  # scored prompts are always computed whole
+            _, start, _, length = prefills[index]
             spans[index] = (len(kept), length)
             kept += range(start, start + length)
         keep = torch.tensor(kept, dtype=torch.long, device=device)

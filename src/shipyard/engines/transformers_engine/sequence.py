@@ -65,6 +65,7 @@ class SequenceGroup:
     sequences: list[Sequence]
     prompt_ids: list[int]
     prompt_logprobs: list[TokenLogprob] | None = None  # computed at prefill, sent once
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
 
     @property
     def finished(self) -> bool:
