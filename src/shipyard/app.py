@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from shipyard import __version__
-from shipyard.api import admin_routes, deployment_routes, ops_routes, openai_routes, tokenize_routes, websocket
+from shipyard.api import (admin_routes, cache_routes, deployment_routes, ops_routes, openai_routes, tokenize_routes,
+                          websocket)
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
@@ -32,6 +33,9 @@ from shipyard.config import (
     TritonDeployment,
     UpstreamDeployment,
 )
+from shipyard.cache.engine import CachingEngine
+from shipyard.cache.exact import ExactCache
+from shipyard.cache.semantic import SemanticCache
 from shipyard.engines.base import Engine
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
@@ -132,12 +136,14 @@ WORKER_PROCESS_ENV = "SHIPYARD_SERVER_WORKER"  # set in each of several server p
 
 
 def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) -> FastAPI:
-    router = Router(engines if engines is not None else build_engines(config))
-    metrics = ServingMetrics(router.engines)
+    engines = engines if engines is not None else build_engines(config)
+    redis = _redis_client(config)
+    caches = build_caches(config, engines, redis)
+    router = Router(engines, caches)
+    metrics = ServingMetrics(router.engines, lambda: router.front)
     data_dir = config.store.resolved_data_dir()
     db = Database(config.store.url or default_url(data_dir))
     keystore = KeyStore(db, load_pepper(data_dir))
-    redis = _redis_client(config)
     gw = config.gateway
     authenticator = Authenticator(keystore, redis, gw.key_cache_ttl_s) if config.auth == "enabled" else None
     limiter = RedisLimiter(redis, fail_open=gw.redis_failure == "open") if redis is not None else InProcessLimiter()
@@ -157,7 +163,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
         try:
-            async with _engines_running(router):
+            async with _engines_running(router, caches):
                 yield
         finally:
             await limiter.close()  # queued limit corrections
@@ -169,7 +175,19 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request)
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
-                                                  admin_routes, deployment_routes))
+                                                  admin_routes, deployment_routes, cache_routes))
+
+
+def build_caches(config: ShipyardConfig, engines: dict[str, Engine], redis) -> dict[str, CachingEngine]:
+    """The cache layer in front of each deployment that has one (exact: every deployment unless
+    disabled; semantic: those that opt in). In Redis when the gateway has it, so every process
+    shares one cache."""
+    settings = config.cache
+    exact = ExactCache(settings.exact, redis) if settings.exact.enabled else None
+    semantic = SemanticCache(settings.semantic) if settings.semantic.deployments else None
+    return {name: CachingEngine(engine, name, exact, semantic, name in settings.exact.sampled_deployments)
+            for name, engine in engines.items()
+            if exact is not None or (semantic is not None and semantic.enabled_for(name))}
 
 
 def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engine] | None = None) -> FastAPI:
@@ -197,9 +215,9 @@ def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engi
 
 
 @contextlib.asynccontextmanager
-async def _engines_running(router: Router):
+async def _engines_running(router: Router, caches: dict[str, CachingEngine] | None = None):
     """Models load in the background: /health answers at once, /ready says 503 until loaded."""
-    loading = asyncio.create_task(_start_then_freeze(router))
+    loading = asyncio.create_task(_start_then_freeze(router, caches or {}))
     loading.add_done_callback(_report_load_failure)
     try:
         yield
@@ -210,12 +228,15 @@ async def _engines_running(router: Router):
         await router.stop()
 
 
-async def _start_then_freeze(router: Router) -> None:
+async def _start_then_freeze(router: Router, caches: dict[str, CachingEngine]) -> None:
     """Once the models are loaded, move every object that exists by then (modules, weights'
     wrappers, the app) out of the garbage collector's sight: it would otherwise walk that heap
     (torch, transformers: millions of objects) on every full collection, pausing the event loop
     for hundreds of milliseconds in the middle of serving."""
     await router.start()
+    semantic = next((c.semantic for c in caches.values() if c.semantic is not None), None)
+    if semantic is not None:  # the embedding model loads before serving, not on a first request
+        await asyncio.to_thread(lambda: semantic.embedder)
     gc.collect()
     gc.freeze()
 

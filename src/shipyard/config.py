@@ -19,6 +19,8 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from shipyard.cache.exact import ExactCacheConfig
+from shipyard.cache.semantic import SemanticCacheConfig
 from shipyard.engines.launch import LaunchConfig
 from shipyard.engines.llamacpp_engine import LlamaCppEngineConfig
 from shipyard.engines.transformers_engine import TransformersEngineConfig
@@ -176,12 +178,22 @@ class StoreConfig(BaseModel):
         return Path(value).expanduser()
 
 
+class CacheConfig(BaseModel):
+    """The exact cache (on by default, for deterministic requests) and the semantic cache
+    (opt-in per deployment). KV prefix sharing is set per embedded deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+    exact: ExactCacheConfig = ExactCacheConfig()
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+
 class ShipyardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: ServerConfig = ServerConfig()
     auth: Literal["enabled", "disabled"] = Field("enabled", description="'disabled' only for local use")
     store: StoreConfig = StoreConfig()
     gateway: GatewayConfig = GatewayConfig()
+    cache: CacheConfig = CacheConfig()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
 
     @classmethod

@@ -22,6 +22,7 @@ from shipyard.gateway.auth import rotation_due as is_rotation_due
 from shipyard.gateway.errors import NotFound, PermissionDenied
 from shipyard.gateway.keystore import KeySpec, aware
 from shipyard.gateway.roles import ADMIN_GRANTED, Role
+from shipyard.gateway.usage import CACHE_HITS
 from shipyard.store.models import ApiKey, Tenant, UsageRecord
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -200,7 +201,7 @@ async def revoke_key(key_id: str, request: Request):
 
 
 USAGE_COLUMNS = ("tenant_id", "key_id", "model", "requests", "prompt_tokens", "completion_tokens",
-                 "cached_tokens", "cost_usd")
+                 "cached_tokens", "cache_hits", "cost_usd")
 
 
 @router.get("/usage")
@@ -225,6 +226,7 @@ async def usage(
                    func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
                    func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
                    func.coalesce(func.sum(UsageRecord.cached_tokens), 0).label("cached_tokens"),
+                   func.count().filter(UsageRecord.cache.in_(CACHE_HITS)).label("cache_hits"),
                    func.coalesce(func.sum(UsageRecord.cost_usd), 0.0).label("cost_usd")).group_by(*columns)
     for column, value in (("tenant_id", tenant_id), ("key_id", key_id), ("model", model)):
         if value is not None:

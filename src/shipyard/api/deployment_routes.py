@@ -20,7 +20,7 @@ router = APIRouter(prefix="/admin/deployments", tags=["admin"])
 
 
 def _deployment(request: Request, name: str) -> DeploymentEngine:
-    engine = services_of(request).router.resolve(name)
+    engine = services_of(request).router.engine(name)
     if not isinstance(engine, DeploymentEngine):
         raise APIError(409, f"'{name}' is a single in-process engine, not a deployment of replicas.",
                        code="not_replicated")
@@ -48,7 +48,7 @@ async def list_deployments(request: Request):
 async def deployment_plan(name: str, request: Request):
     """How `shipyard deploy` chose to serve this deployment: the plan, its reasons, the
     verification it passed and the converted file."""
-    services_of(request).router.resolve(name)  # 404 for an unknown model
+    services_of(request).router.engine(name)  # 404 for an unknown model
     from shipyard.optimize.deploy import load_plan
 
     plan = load_plan(request.app.state.config.store.resolved_data_dir(), name)

@@ -100,13 +100,21 @@ class Generation:
         served = next((f.served_by for f in self._primed if f is not None and f.served_by), None)
         if served:
             self.record.served_by = served
+        statuses = [f.cache for f in self._primed if f is not None and f.cache]
+        if statuses:  # several prompts: a miss anywhere is a miss; all answered from cache is a hit
+            self.record.cache = next((s for s in ("miss", "bypass", "semantic") if s in statuses), "hit")
+            similarities = [f.cache_similarity for f in self._primed if f is not None and f.cache_similarity]
+            self.record.cache_similarity = min(similarities) if similarities else None
 
     def route_headers(self) -> dict[str, str]:
-        """Who answered a routed request; a fallback says so."""
+        """What the caches did; who answered a routed request (a fallback says so)."""
+        headers = {"x-shipyard-cache": self.record.cache or "bypass"}
+        if self.record.cache_similarity is not None:
+            headers["x-shipyard-cache-similarity"] = f"{self.record.cache_similarity:.4f}"
         served = self.record.served_by
         if not served:
-            return {}
-        headers = {"x-shipyard-served-by": served}
+            return headers
+        headers["x-shipyard-served-by"] = served
         if served.startswith("fallback:") or served == "response-store":
             headers["x-shipyard-fallback"] = served.removeprefix("fallback:")
         return headers

@@ -38,6 +38,9 @@ class RequestRecord:
     ttft_ms: float | None = None
     finish_reason: str | None = None
     served_by: str | None = None  # routed requests: the replica, or the fallback that answered
+    cache: str | None = None  # what the caches did: hit, semantic, miss or bypass
+    cache_similarity: float | None = None  # a semantic hit's cosine similarity
+    cache_header: str | None = None  # the client's Cache-Control header
     error_type: str | None = None
     status: int = 0
     client_supplied_id: bool = False

@@ -21,7 +21,7 @@ from shipyard.api.formatting import (
 )
 from shipyard.api.generation import ClientDisconnected, Generation, new_engine_request_id, run_until_disconnect
 from shipyard.api.middleware import RequestRecord
-from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
+from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest, cache_control
 from shipyard.api.streaming import SHUTTING_DOWN, chat_events, completion_events, engine_failure, sse
 from shipyard.engines.base import GenerationRequest, Prompt, SamplingParams, estimate_prompt_tokens
 from shipyard.gateway.errors import GatewayError, StaleCredentials
@@ -72,7 +72,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
 
     async def on_finish(gen: Generation, status: int) -> None:
         await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
-                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms)
+                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache)
 
     async def on_error(exc: BaseException) -> None:
         await gateway.finish(ticket, usage_id, from_exception(exc).status, prompt_tokens, 0, 0,
@@ -82,7 +82,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
 
 
 async def _start(services: Services, caller: Caller, record: RequestRecord, engine, prompts: list[Prompt],
-                 params: SamplingParams) -> Generation:
+                 params: SamplingParams, control: str | None = None) -> Generation:
     """Bound, tokenize (once, off the event loop), admit, submit."""
     if services.drain.draining:
         raise SHUTTING_DOWN
@@ -98,7 +98,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
                                        params.n)
     principal = caller.principal
     requests = [GenerationRequest(new_engine_request_id(), prompt, params, record.arrival, ids,
-                                  priority=principal.tier, scope=principal.tenant_id)
+                                  priority=principal.tier, scope=principal.tenant_id, cache_control=control)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
     gen.on_finish = on_finish
@@ -117,7 +117,7 @@ async def prepare_chat(body: ChatCompletionRequest, services: Services, record: 
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompt, params = body.to_engine()
-    gen = await _start(services, caller, record, engine, [prompt], params)
+    gen = await _start(services, caller, record, engine, [prompt], params, cache_control(body.cache, record.cache_header))
     fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -127,7 +127,8 @@ async def prepare_completion(body: CompletionRequest, services: Services, record
     record.model, record.stream = body.model, body.stream
     engine = services.router.resolve(body.model)
     prompts, params = body.to_engine()
-    gen = await _start(services, caller, record, engine, prompts, params)  # limits see every prompt and choice
+    control = cache_control(body.cache, record.cache_header)
+    gen = await _start(services, caller, record, engine, prompts, params, control)  # limits see every prompt and choice
     fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -155,6 +156,7 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
+    request.state.record.cache_header = request.headers.get("cache-control")
     gen, fmt, want_logprobs = await prepare_chat(body, services_of(request), request.state.record,
                                                  caller_of(request))
 
@@ -172,6 +174,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
+    request.state.record.cache_header = request.headers.get("cache-control")
     gen, fmt, want_logprobs = await prepare_completion(body, services_of(request), request.state.record,
                                                        caller_of(request))
     prompts = body.prompts()

@@ -19,6 +19,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class CacheOptions(BaseModel):
+    """Per-request cache control, as LiteLLM spells it: `{"no-cache": true}` skips the lookup (the
+    fresh answer is still stored: a refresh); `{"no-store": true}` skips the cache entirely."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    no_cache: bool = Field(False, alias="no-cache")
+    no_store: bool = Field(False, alias="no-store")
+
+
+def cache_control(options: CacheOptions | None, header: str | None) -> str | None:
+    """The body's `cache` field or the HTTP Cache-Control header (no-store wins)."""
+    directives = {d.strip().lower() for d in (header or "").split(",")}
+    if (options is not None and options.no_store) or "no-store" in directives:
+        return "no-store"
+    if (options is not None and options.no_cache) or "no-cache" in directives:
+        return "no-cache"
+    return None
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -105,6 +124,7 @@ class _SamplingFields(NullsAreDefaults):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: logprobs of every prompt token
+    cache: CacheOptions | None = None
 
     @field_validator("stop")
     @classmethod

@@ -67,6 +67,7 @@ class GenerationRequest:
     prompt_ids: list[int] | None = None  # from `Engine.encode()`, so the prompt is tokenized once
     priority: int = 0  # the caller's tier: routing may keep replica pools by it
     scope: str = ""  # an opaque partition (the tenant): anything remembered is never shared across it
+    cache_control: str | None = None  # "no-cache": do not reuse a stored answer; "no-store": nor keep this one
 
 
 @dataclass(slots=True)
@@ -133,6 +134,8 @@ class GenerationChunk:
     # Tokens this chunk carries when their ids are unknown (an upstream that streams text only).
     num_tokens: int = 0
     served_by: str | None = None  # on a routed request's first chunk: the replica, or the fallback
+    cache: str | None = None  # on a cached deployment's first chunk: hit, semantic, miss or bypass
+    cache_similarity: float | None = None  # with a semantic hit: the prompts' cosine similarity
     # On the request's first chunk when `prompt_logprobs` was asked: one entry per prompt token.
     prompt_logprobs: list[TokenLogprob] | None = None
 
@@ -212,6 +215,31 @@ class Engine(abc.ABC):
     def token_strings(self, token_ids: list[int]) -> list[str] | None:
         """The vocabulary's spelling of each id, where known."""
         return None
+
+    def identity(self) -> str:
+        """What names the model behind this engine: a cached answer is only reused while this
+        stays the same, so a new model version (other weights, another upstream) never serves an
+        old answer."""
+        return f"{type(self).__name__}:{self.model.id}"
+
+
+def path_identity(path: str) -> str:
+    """A local model file or folder as its files' names, sizes and modification times: cheap,
+    and changed by any rewrite of the weights."""
+    import hashlib
+    import os
+
+    root = os.path.expanduser(path)
+    digest = hashlib.sha256(root.encode())
+    files = [root] if os.path.isfile(root) else sorted(
+        os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names)
+    for name in files:
+        try:
+            stat = os.stat(name)
+        except OSError:
+            continue
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
 
 
 def estimate_prompt_tokens(prompt: Prompt) -> int:

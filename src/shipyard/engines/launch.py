@@ -30,6 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shipyard.engines.base import path_identity
 from shipyard.engines.upstream import OpenAIHTTPEngine, OpenAIHTTPEngineConfig
 
 log = logging.getLogger("shipyard.launch")
@@ -166,6 +167,10 @@ class LaunchedEngine(OpenAIHTTPEngine):
             url=self.launcher.url, flavor=FLAVOR_OF[config.kind], upstream_model=model_id,
             first_token_timeout_s=config.first_token_timeout_s, idle_timeout_s=config.idle_timeout_s,
             poll_interval_s=config.poll_interval_s), model_id, api_key=self.launcher.token)
+
+    def identity(self) -> str:  # the port is new at every launch; the model is what matters
+        config = self.launcher.config
+        return f"launch:{config.kind}:{config.model}:{path_identity(config.model)}:{config.args}"
 
     async def start(self) -> None:
         await self.launcher.start()

@@ -17,7 +17,7 @@ from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, Limits, Principal, generation_key
 from shipyard.gateway.errors import PermissionDenied, StaleCredentials
 from shipyard.gateway.limits import BUDGET, CONCURRENCY, MICRO, MINUTE_MS, RATE, Bucket, Reservation
-from shipyard.gateway.usage import Usage, UsageMeter, now_iso, price_of
+from shipyard.gateway.usage import Usage, UsageMeter, now_iso, price_of, spent_tokens
 
 # With auth disabled (local use only) every request runs as this principal.
 ANONYMOUS = Principal(key_id="anonymous", tenant_id="local", role="admin", tier=0, allowed_models=None,
@@ -122,30 +122,32 @@ class Gateway:
         return ticket
 
     async def finish(self, ticket: Ticket, request_id: str, status: int, prompt_tokens: int,
-                     completion_tokens: int, cached_tokens: int, latency_ms: float, ttft_ms: float | None) -> None:
+                     completion_tokens: int, cached_tokens: int, latency_ms: float, ttft_ms: float | None,
+                     cache: str | None = None) -> None:
         if ticket.finished:
             return
         ticket.finished = True
         if ticket.admission is not None and ticket.admitted:
             ticket.admission.leave(ticket.weight)
-        cost = price_of(self.prices, ticket.model, prompt_tokens, completion_tokens)
-        actual = {"tokens": prompt_tokens + completion_tokens, "budget": round(cost * MICRO)}
+        cost = price_of(self.prices, ticket.model, prompt_tokens, completion_tokens, cached_tokens, cache)
+        actual = {"tokens": spent_tokens(prompt_tokens, completion_tokens, cached_tokens, cache),
+                  "budget": round(cost * MICRO)}
         if status >= 400 and completion_tokens == 0:
             actual["requests"] = 0  # refused after admission (e.g. context too long): not a request served
         # Otherwise whatever was generated counts, however the request ended (client gone, shutdown, error).
         await self.limiter.settle(ticket.reservation, actual)
         self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
-                    cached_tokens, latency_ms, ttft_ms, cost)
+                    cached_tokens, latency_ms, ttft_ms, cost, cache)
 
     def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
                completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,
-               ttft_ms: float | None = None, cost: float = 0.0) -> None:
+               ttft_ms: float | None = None, cost: float = 0.0, cache: str | None = None) -> None:
         if self.meter is None:
             return
         self.meter.record(Usage(request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id,
                                 model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                 cached_tokens=cached_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, status=status,
-                                cost_usd=cost, created_at=now_iso()))
+                                cost_usd=cost, created_at=now_iso(), cache=cache))
 
 
 def monotonic_ms(since: float) -> float:

@@ -39,12 +39,34 @@ class Usage:
     status: int
     cost_usd: float
     created_at: str  # ISO 8601, UTC
+    cache: str | None = None  # hit, semantic, miss or bypass (None: no cache layer)
 
 
-def price_of(prices: dict[str, dict[str, float]], model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """Cost in USD from a per-million-token price table (`default` applies to unlisted models)."""
+CACHE_HITS = ("hit", "semantic")  # answered from the exact or the semantic cache
+
+
+def price_of(prices: dict[str, dict[str, float]], model: str, prompt_tokens: int, completion_tokens: int,
+             cached_tokens: int = 0, cache: str | None = None) -> float:
+    """Cost in USD from a per-million-token price table (`default` applies to unlisted models).
+
+    Prompt tokens whose keys/values came from the prefix cache cost `cached_prompt` (default: half
+    of `prompt`); an answer from the exact or semantic cache costs `cache_hit` per token, prompt
+    and completion alike (default 0: nothing was computed)."""
     price = prices.get(model) or prices.get("default") or {}
-    return (prompt_tokens * price.get("prompt", 0.0) + completion_tokens * price.get("completion", 0.0)) / 1e6
+    if cache in CACHE_HITS:
+        return (prompt_tokens + completion_tokens) * price.get("cache_hit", 0.0) / 1e6
+    prompt_rate = price.get("prompt", 0.0)
+    cached_rate = price.get("cached_prompt", prompt_rate / 2)
+    return ((prompt_tokens - cached_tokens) * prompt_rate + cached_tokens * cached_rate
+            + completion_tokens * price.get("completion", 0.0)) / 1e6
+
+
+def spent_tokens(prompt_tokens: int, completion_tokens: int, cached_tokens: int, cache: str | None) -> int:
+    """What rate limits count: the tokens an engine really processed. An answer from cache costs
+    none; prompt tokens reused from the prefix cache are not counted either."""
+    if cache in CACHE_HITS:
+        return 0
+    return prompt_tokens - cached_tokens + completion_tokens
 
 
 class UsageMeter:

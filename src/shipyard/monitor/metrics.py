@@ -22,8 +22,9 @@ _LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
 
 
 class _EngineStateCollector(Collector):
-    def __init__(self, engines: Callable[[], dict[str, Engine]]):
+    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict):
         self._engines = engines
+        self._layers = layers
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         running = GaugeMetricFamily("shipyard:num_requests_running", "Requests in the running batch", labels=["model_name"])
@@ -61,10 +62,38 @@ class _EngineStateCollector(Collector):
                 breaker.add_metric(labels, 1.0 if replica["breaker"] == "open" else 0.0)
                 outstanding.add_metric(labels, replica["outstanding"])
         yield from (running, waiting, kv, *routing.values(), up, breaker, outstanding)
+        yield from self._cache_families()
+
+    def _cache_families(self):
+        """Per deployment and cache layer: lookups, hits and the hit rate (the exact and semantic
+        caches count requests; KV prefix sharing counts prompt tokens, under vLLM's names)."""
+        queries = CounterMetricFamily("shipyard:cache_queries", "Cache lookups", labels=["model_name", "layer"])
+        hits = CounterMetricFamily("shipyard:cache_hits", "Cache lookups answered", labels=["model_name", "layer"])
+        rate = GaugeMetricFamily("shipyard:cache_hit_rate", "Hits / lookups since start", labels=["model_name", "layer"])
+        bypassed = CounterMetricFamily("shipyard:cache_bypassed", "Requests not eligible or told to skip the cache",
+                                       labels=["model_name"])
+        prefix_q = CounterMetricFamily("shipyard:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                       labels=["model_name"])
+        prefix_h = CounterMetricFamily("shipyard:prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                                       labels=["model_name"])
+        for name, layer in self._layers().items():
+            counters = layer.counters
+            for kind, asked in counters.queries.items():
+                queries.add_metric([name, kind], asked)
+                hits.add_metric([name, kind], counters.hits[kind])
+                rate.add_metric([name, kind], counters.hits[kind] / asked if asked else 0.0)
+            bypassed.add_metric([name], counters.bypassed)
+        for name, engine in self._engines().items():
+            stats = engine.stats()
+            prefix_q.add_metric([name], stats.prefix_cache_queries)
+            prefix_h.add_metric([name], stats.prefix_cache_hits)
+            rate.add_metric([name, "prefix"], stats.prefix_cache_hits / stats.prefix_cache_queries
+                            if stats.prefix_cache_queries else 0.0)
+        yield from (queries, hits, rate, bypassed, prefix_q, prefix_h)
 
 
 class ServingMetrics:
-    def __init__(self, engines: Callable[[], dict[str, Engine]]):
+    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("shipyard:time_to_first_token_seconds", "Time to first token", ["model_name"],
@@ -81,7 +110,7 @@ class ServingMetrics:
                                ["model_name", "finished_reason"], registry=r)
         self.errors = Counter("shipyard:request_errors", "Failed requests by error type and HTTP status",
                               ["model_name", "error_type", "status"], registry=r)
-        self._engine_state = _EngineStateCollector(engines)
+        self._engine_state = _EngineStateCollector(engines, layers)
         r.register(self._engine_state)
 
     def render(self) -> bytes:

@@ -86,6 +86,10 @@ class DeploymentEngine(Engine):
         self._changing: set[str] = set()  # replicas being added or removed (admin calls can race)
 
     # ---------------------------------------------------------------- lifecycle
+    def identity(self) -> str:
+        """Every replica's model: adding or replacing one changes what may answer."""
+        return "routed:" + "|".join(sorted(r.engine.identity() for r in self.replicas))
+
     async def start(self) -> None:
         results = await asyncio.gather(*(r.engine.start() for r in self.replicas), return_exceptions=True)
         for replica, result in zip(self.replicas, results):

@@ -16,10 +16,21 @@ class ModelNotFoundError(LookupError):
 
 
 class Router:
-    def __init__(self, engines: dict[str, Engine]):
+    def __init__(self, engines: dict[str, Engine], front: dict[str, Engine] | None = None):
         self._engines = dict(engines)
+        # Layers in front of a deployment's engine (the cache): requests go through them, while
+        # the admin routes, metrics and lifecycle see the engine itself.
+        self.front = dict(front or {})
 
     def resolve(self, model: str) -> Engine:
+        """The engine that serves requests for `model` (behind its layers)."""
+        engine = self.front.get(model) or self._engines.get(model)
+        if engine is None:
+            raise ModelNotFoundError(model)
+        return engine
+
+    def engine(self, model: str) -> Engine:
+        """The deployment's own engine, without the layers in front."""
         engine = self._engines.get(model)
         if engine is None:
             raise ModelNotFoundError(model)

@@ -22,6 +22,7 @@ from shipyard.engines.base import (
     ModelInfo,
     Prompt,
     Timings,
+    path_identity,
 )
 from shipyard.engines.detokenizer import IncrementalDetokenizer, TokenTextCache
 from shipyard.engines.errors import (
@@ -82,6 +83,7 @@ class TransformersEngine(Engine):
         self._streams: dict[str, asyncio.Queue] = {}
         self._ready = False
         self._failed: BaseException | None = None
+        self._identity: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -210,6 +212,11 @@ class TransformersEngine(Engine):
         if bad:
             raise InvalidRequestError(f"Token id {bad[0]} is outside the vocabulary (0..{len(tokenizer) - 1}).", "tokens")
         return await asyncio.to_thread(tokenizer.decode, token_ids)
+
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = f"{type(self).__name__}:{path_identity(self.config.model)}:{self.config.model_dump_json()}"
+        return self._identity
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return [self._token_text.get(t)[0] for t in token_ids]

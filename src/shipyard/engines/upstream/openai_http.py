@@ -101,6 +101,9 @@ class OpenAIHTTPEngine(Engine):
         self.inflight = 0  # requests this process has open upstream
 
     # ---------------------------------------------------------------- lifecycle
+    def identity(self) -> str:
+        return f"upstream:{self.config.url}:{self.upstream_model}"
+
     async def start(self) -> None:
         self.client = UpstreamClient(self.config.url, self._api_key or _secret(self.config),
                                      self.config.connect_timeout_s, self.config.max_connections)

@@ -1,0 +1,41 @@
+"""DELETE /admin/cache: forget cached answers (exact and semantic) by deployment, tenant or both.
+
+A tenant-admin forgets its own tenant's answers only; an admin may name any tenant, a whole
+deployment (every tenant), or both. Invalidation is immediate in every gateway process that
+shares the Redis cache (generation numbers, see cache/exact.py).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from shipyard.api.authorization import principal_of
+from shipyard.api.errors import APIError
+from shipyard.api.openai_routes import services_of
+from shipyard.cache.engine import CachingEngine
+from shipyard.gateway.errors import PermissionDenied
+from shipyard.gateway.roles import Role
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.delete("/cache")
+async def invalidate_cache(request: Request, deployment: str | None = None, tenant_id: str | None = None):
+    principal = principal_of(request)
+    if principal.role != Role.ADMIN.value:
+        if tenant_id is not None and tenant_id != principal.tenant_id:
+            raise PermissionDenied("You may only clear your own tenant's cached answers.")
+        tenant_id = principal.tenant_id
+    if deployment is None and tenant_id is None:
+        raise APIError(400, "Name a deployment, a tenant_id, or both.", param="deployment", code="missing_scope")
+    router_ = services_of(request).router
+    names = [deployment] if deployment is not None else list(router_.engines())
+    if deployment is not None:
+        router_.engine(deployment)  # 404 for an unknown model
+    cleared = []
+    for name in names:
+        layer = router_.front.get(name)
+        if isinstance(layer, CachingEngine):
+            await layer.invalidate(tenant_id)
+            cleared.append(name)
+    return {"object": "cache.invalidation", "deployments": cleared, "tenant_id": tenant_id}

@@ -1,0 +1,160 @@
+"""The cache layer: an `Engine` in front of a deployment's engine.
+
+A request is looked up in the exact cache, then (for deployments that opt in) in the semantic
+cache; a hit replays the stored chunks without touching the engine. A miss streams from the
+engine while recording, and a complete answer is stored in both. The request's first chunk says
+what happened (`cache`: hit, semantic, miss or bypass), and the api turns it into the
+`x-shipyard-cache` header; so this engine reports with its first chunk (`deferred_errors`).
+
+Eligible: deterministic requests (temperature 0 or a seed), or any request for a deployment that
+opted in to reusing sampled answers. A request may skip the lookup (`cache_control`
+"no-cache": a refresh, still stored) or the cache entirely ("no-store" too): both are a bypass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from shipyard.cache import keys, recording
+from shipyard.cache.exact import ExactCache
+from shipyard.cache.semantic import SemanticCache
+from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, Prompt
+
+log = logging.getLogger("shipyard.cache")
+
+
+@dataclass
+class CacheCounters:
+    """Lookups and hits per layer, for /metrics."""
+
+    queries: dict[str, int] = field(default_factory=lambda: {"exact": 0, "semantic": 0})
+    hits: dict[str, int] = field(default_factory=lambda: {"exact": 0, "semantic": 0})
+    bypassed: int = 0
+
+
+class CachingEngine(Engine):
+    deferred_errors = True
+
+    def __init__(self, inner: Engine, deployment: str, exact: ExactCache | None, semantic: SemanticCache | None,
+                 cache_sampled: bool = False):
+        self.inner = inner
+        self.deployment = deployment
+        self.exact = exact
+        self.semantic = semantic if semantic is not None and semantic.enabled_for(deployment) else None
+        self.cache_sampled = cache_sampled
+        self.counters = CacheCounters()
+        self._storing: set[asyncio.Task] = set()
+
+    @property
+    def model(self):
+        return self.inner.model
+
+    # The inner engine is started, stopped and watched by the router; these only pass through.
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return self.inner.ready()
+
+    async def health(self) -> bool:
+        return await self.inner.health()
+
+    def stats(self):
+        return self.inner.stats()
+
+    async def cancel(self, request_id: str) -> None:
+        await self.inner.cancel(request_id)
+
+    async def encode(self, prompt: Prompt, add_special_tokens: bool = True):
+        return await self.inner.encode(prompt, add_special_tokens)
+
+    async def decode(self, token_ids: list[int]) -> str:
+        return await self.inner.decode(token_ids)
+
+    def token_strings(self, token_ids: list[int]):
+        return self.inner.token_strings(token_ids)
+
+    def identity(self) -> str:
+        return self.inner.identity()
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        return self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        eligible = (self.exact is not None or self.semantic is not None) and (
+            self.cache_sampled or keys.deterministic(request.params))
+        if not eligible or request.cache_control == "no-store":
+            self.counters.bypassed += 1
+            async for chunk in self._passthrough(request, "bypass"):
+                yield chunk
+            return
+        partition = keys.partition(request.scope, self.deployment, self.inner.identity(), request.params)
+        key = keys.request_key(partition, request)
+        vector = None
+        if request.cache_control != "no-cache":
+            if self.exact is not None:
+                self.counters.queries["exact"] += 1
+                stored = await self.exact.get(key, request.scope, self.deployment)
+                if stored is not None:
+                    self.counters.hits["exact"] += 1
+                    for chunk in self._replay(stored, request, "hit", None):
+                        yield chunk
+                    return
+            text = keys.prompt_text(request) if self.semantic is not None else None
+            if text is not None:
+                self.counters.queries["semantic"] += 1
+                vector = await self.semantic.embed(text)
+                match = self.semantic.lookup(partition, vector)
+                if match is not None:
+                    self.counters.hits["semantic"] += 1
+                    for chunk in self._replay(match.answer, request, "semantic", match.similarity):
+                        yield chunk
+                    return
+        recorded: list[GenerationChunk] = []
+        async for chunk in self._passthrough(request, "bypass" if request.cache_control else "miss"):
+            recorded.append(chunk)
+            yield chunk
+        if recording.complete(recorded) and request.cache_control != "no-store":
+            # Stored in the background: a slow cache never holds back the end of the response.
+            task = asyncio.ensure_future(self._store(request, partition, key, vector, recording.encode(recorded)))
+            self._storing.add(task)
+            task.add_done_callback(self._storing.discard)
+
+    async def _store(self, request: GenerationRequest, partition: str, key: str, vector, answer: bytes) -> None:
+        if self.exact is not None:
+            await self.exact.put(key, request.scope, self.deployment, answer)
+        if self.semantic is not None and (text := keys.prompt_text(request)) is not None:
+            try:
+                if vector is None:
+                    vector = await self.semantic.embed(text)
+                self.semantic.add(partition, request.scope, self.deployment, vector, answer)
+            except Exception:  # a cache that cannot store is a cache that misses, never an error
+                log.exception("semantic cache store failed")
+
+    def _replay(self, stored: bytes, request: GenerationRequest, status: str, similarity: float | None):
+        chunks = recording.decode(stored, request.request_id)
+        chunks[0].cache, chunks[0].cache_similarity = status, similarity
+        return chunks
+
+    async def _passthrough(self, request: GenerationRequest, status: str) -> AsyncIterator[GenerationChunk]:
+        stream = self.inner.generate(request)
+        first = True
+        try:
+            async for chunk in stream:
+                if first:
+                    chunk.cache, first = status, False
+                yield chunk
+        finally:
+            await stream.aclose()
+
+    async def invalidate(self, tenant: str | None = None) -> None:
+        if self.exact is not None:
+            await self.exact.invalidate(tenant, self.deployment)
+        if self.semantic is not None:
+            self.semantic.invalidate(tenant, self.deployment)

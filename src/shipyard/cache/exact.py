@@ -1,0 +1,136 @@
+"""The exact prompt cache: a finished answer kept under its request's key, with a TTL and size
+bounds. In process by default; in Redis when configured, so every gateway process shares it.
+
+Invalidation is by generation numbers: each tenant and each deployment has one, and both are in
+every key. Bumping one (the admin route) makes every older entry unreachable at once, in every
+process, without scanning; the unreachable entries age out by their TTL or the LRU bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger("shipyard.cache")
+
+
+class ExactCacheConfig(BaseModel):
+    enabled: bool = Field(True, description="Reuse answers to identical deterministic requests")
+    ttl_s: float = Field(3600.0, gt=0, description="How long an answer is reused")
+    max_entries: int = Field(10_000, ge=1, description="In-process bound (least recently used go first)")
+    max_bytes: int = Field(256 << 20, ge=1, description="In-process bound on stored answers")
+    max_entry_bytes: int = Field(1 << 20, ge=1, description="Bigger answers are not kept")
+    backend: str = Field("auto", pattern="^(auto|memory|redis)$",
+                         description="auto: Redis when the gateway has a redis_url, else in process")
+    timeout_s: float = Field(0.5, gt=0, description="A lookup slower than this (a frozen Redis) is a miss")
+    sampled_deployments: list[str] = Field(default_factory=list,
+                                           description="Deployments whose sampled (temperature > 0, no seed) "
+                                                       "answers are reused too")
+
+
+class MemoryBackend:
+    def __init__(self, max_entries: int, max_bytes: int):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._generations: dict[str, int] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (time.monotonic() + ttl_s, value)
+        self.size += len(value)
+        while len(self._entries) > self.max_entries or self.size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self.size -= len(value)
+
+    async def generations(self, names: list[str]) -> list[int]:
+        return [self._generations.get(n, 0) for n in names]
+
+    async def bump(self, name: str) -> None:
+        self._generations[name] = self._generations.get(name, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class RedisBackend:
+    PREFIX = "shipyard:cache:"
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.redis.get(self.PREFIX + key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self.redis.set(self.PREFIX + key, value, px=max(1, int(ttl_s * 1000)))
+
+    async def generations(self, names: list[str]) -> list[int]:
+        values = await self.redis.mget([self.PREFIX + "gen:" + n for n in names])
+        return [int(v) if v is not None else 0 for v in values]
+
+    async def bump(self, name: str) -> None:
+        await self.redis.incr(self.PREFIX + "gen:" + name)
+
+
+class ExactCache:
+    def __init__(self, config: ExactCacheConfig, redis=None):
+        self.config = config
+        self.backend = RedisBackend(redis) if redis is not None and config.backend != "memory" else \
+            MemoryBackend(config.max_entries, config.max_bytes)
+
+    async def _scoped(self, key: str, tenant: str, deployment: str) -> str:
+        generations = await self.backend.generations(_generation_names(tenant, deployment))
+        return ".".join(map(str, generations)) + "." + key
+
+    async def get(self, key: str, tenant: str, deployment: str) -> bytes | None:
+        """The stored answer, or None; a cache that fails or freezes is a miss, never an error."""
+        try:
+            return await asyncio.wait_for(self._get(key, tenant, deployment), self.config.timeout_s)
+        except Exception as exc:
+            log.warning("exact cache read failed (%s); answering from the engine", type(exc).__name__)
+            return None
+
+    async def _get(self, key: str, tenant: str, deployment: str) -> bytes | None:
+        return await self.backend.get(await self._scoped(key, tenant, deployment))
+
+    async def put(self, key: str, tenant: str, deployment: str, value: bytes) -> None:
+        if len(value) > self.config.max_entry_bytes:
+            return
+        try:
+            await asyncio.wait_for(self._set(key, tenant, deployment, value), self.config.timeout_s * 4)
+        except Exception as exc:
+            log.warning("exact cache write failed (%s)", type(exc).__name__)
+
+    async def _set(self, key: str, tenant: str, deployment: str, value: bytes) -> None:
+        await self.backend.set(await self._scoped(key, tenant, deployment), value, self.config.ttl_s)
+
+    async def invalidate(self, tenant: str | None = None, deployment: str | None = None) -> None:
+        """Every answer of the tenant, of the deployment, or (both given) of the tenant there."""
+        names = _generation_names(tenant or "", deployment or "")
+        await self.backend.bump(names[2] if tenant is not None and deployment is not None
+                                else names[0] if tenant is not None else names[1])
+
+
+def _generation_names(tenant: str, deployment: str) -> list[str]:
+    return [f"tenant:{tenant}", f"deployment:{deployment}", f"pair:{tenant}\0{deployment}"]

