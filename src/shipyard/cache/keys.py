@@ -49,5 +49,5 @@ def prompt_text(request: GenerationRequest) -> str | None:
     """The prompt as text, for embedding (None for token-id prompts)."""
     prompt = request.prompt
     if prompt.messages is not None:
-        return "\n".join(f"{m.role}: {m.content}" for m in prompt.messages)
+        return "\n".join(m.content for m in prompt.messages)
     return prompt.text
