@@ -64,6 +64,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/optimization.py
+	$(BIN)/python bench/caching.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -51,6 +51,7 @@ from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
 from shipyard.gateway.usage import UsageMeter
 from shipyard.monitor.metrics import ServingMetrics
+from shipyard.routing.affinity import PrefixAffinity
 from shipyard.routing.balancer import Balancer
 from shipyard.routing.deployment import DeploymentEngine, RoutingPolicy
 from shipyard.routing.replica import Replica
@@ -88,8 +89,10 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
             policy = RoutingPolicy(retries=deployment.retries, first_token_timeout_s=deployment.first_token_timeout_s,
                                    total_timeout_s=deployment.total_timeout_s,
                                    retry_after_s=config.server.retry_after_s)
+            affinity = PrefixAffinity(deployment.affinity_slack) if deployment.affinity_on else None
             engines[name] = DeploymentEngine(name, replicas, Balancer(deployment.balancer), policy, deployment.fallback,
-                                             engines.get, ResponseStore() if deployment.response_store else None)
+                                             engines.get, ResponseStore() if deployment.response_store else None,
+                                             affinity)
             engines[name].make_replica = _replica_factory(name, breaker)
     return engines
 

@@ -106,7 +106,18 @@ class RoutedDeployment(BaseModel):
     total_timeout_s: float = Field(600.0, gt=0)
     fallback: list[str] = Field(default_factory=list, description="other deployments to try, in order")
     response_store: bool = Field(False, description="last resort: the last good answer to the same prompt")
+    prefix_affinity: bool | None = Field(None, description="send a prompt where its prefix was sent (KV-cache "
+                                                            "reuse); default: on with the load-aware balancers")
+    affinity_slack: int = Field(4, ge=0, description="requests the prefix's replica may run above the least "
+                                                      "busy one before the request goes elsewhere")
     breaker: BreakerConfig = BreakerConfig()
+
+    @property
+    def affinity_on(self) -> bool:
+        """Round-robin and weighted are explicit shares of traffic: affinity would override them."""
+        if self.prefix_affinity is not None:
+            return self.prefix_affinity
+        return self.balancer in ("least_outstanding", "power_of_two")
 
 
 def _deployment_kind(value) -> str:

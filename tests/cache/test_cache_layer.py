@@ -104,3 +104,14 @@ async def test_a_frozen_redis_is_a_miss_not_an_outage():
     await asyncio.sleep(2.5)  # the background store gives up too
     await client.aclose()
     listener.close()
+
+
+def test_prices_and_limits_count_what_was_spent():
+    from shipyard.gateway.usage import price_of, spent_tokens
+
+    prices = {"m": {"prompt": 1.0, "completion": 2.0}}
+    assert price_of(prices, "m", 100, 10) == (100 * 1.0 + 10 * 2.0) / 1e6
+    assert price_of(prices, "m", 100, 10, cached_tokens=60) == (40 * 1.0 + 60 * 0.5 + 10 * 2.0) / 1e6
+    assert price_of(prices, "m", 100, 10, cache="hit") == 0.0
+    assert price_of({"m": {**prices["m"], "cache_hit": 0.1}}, "m", 100, 10, cache="semantic") == 110 * 0.1 / 1e6
+    assert spent_tokens(100, 10, 60, "miss") == 50 and spent_tokens(100, 10, 100, "hit") == 0

@@ -38,6 +38,7 @@ def gateway(fake, tmp_path_factory):
         admin = AdminClient(proc.base_url)
         proc.keys = {name: admin.key(admin.tenant(name))["key"] for name in ("acme", "globex")}
         proc.tenant_admin = admin.key(admin.tenant("initech"), role="tenant-admin")["key"]
+        proc.metered = admin.key(admin.tenant("metered", tpm=100))["key"]
         yield proc
 
 
@@ -166,3 +167,12 @@ def test_a_redis_cache_is_shared_by_two_gateways(fake, redis_server, tmp_path):
         assert len(fake.requests) == before + 1
         assert call(a.base_url, ADMIN_KEY, "DELETE", f"/admin/cache?deployment={MODEL}").status_code == 200
         assert _chat(b.base_url, ADMIN_KEY, "Shared?").headers["x-shipyard-cache"] == "miss"  # everywhere at once
+
+
+def test_hits_do_not_spend_the_token_budget(gateway):
+    """tpm 100: a miss spends its prompt and completion; ten hits of the same request spend none."""
+    for _ in range(11):
+        response = _chat(gateway.base_url, gateway.metered, "Counted once?")
+        assert response.status_code == 200, response.text
+    assert response.headers["x-shipyard-cache"] == "hit"
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) > 50

@@ -52,7 +52,8 @@ def test_usage_records_costs_and_queries(tiny_model, tmp_path):
         assert future["data"] == []
         by_model = admin.get("/admin/usage", params={"tenant_id": tenant, "group_by": "model"}).json()["data"]
         assert by_model == [{"model": MODEL_NAME, "requests": 3, "prompt_tokens": row["prompt_tokens"],
-                             "completion_tokens": 9, "cached_tokens": 0, "cost_usd": pytest.approx(expected_cost)}]
+                             "completion_tokens": 9, "cached_tokens": 0, "cache_hits": 0,
+                             "cost_usd": pytest.approx(expected_cost)}]
     finally:
         server.stop()
 

@@ -80,7 +80,9 @@ def gateway(fakes, worker, tmp_path_factory):
         "tiny-remote": {"replicas": [{"engine": "openai_http", "url": worker, "flavor": "shipyard",
                                       "upstream_model": "tiny", "api_key_env": "WORKER_TOKEN"}]},
     }
-    config = {"deployments": deployments, "gateway": {"usage_flush_interval_s": 0.1}}
+    # routing is what is tested here: every request must reach a replica, so no exact cache
+    config = {"deployments": deployments, "gateway": {"usage_flush_interval_s": 0.1},
+              "cache": {"exact": {"enabled": False}}}
     with ServerProcess(config, tmp_path_factory.mktemp("routing"),
                        env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "WORKER_TOKEN": WORKER_TOKEN}) as proc:
         yield proc

@@ -38,6 +38,11 @@ class _EngineStateCollector(Collector):
                                                  labels=["model_name"]),
             "no_replica": CounterMetricFamily("shipyard:routing_no_replica", "Requests with no healthy replica left",
                                               labels=["model_name"]),
+            "affinity_routed": CounterMetricFamily("shipyard:routing_affinity_routed",
+                                                   "Requests sent to the replica holding their prompt prefix",
+                                                   labels=["model_name"]),
+            "affinity_shed": CounterMetricFamily("shipyard:routing_affinity_shed",
+                                                 "Requests whose prefix replica was too busy", labels=["model_name"]),
         }
         up = GaugeMetricFamily("shipyard:replica_up", "1 while the replica answers its health check",
                                labels=["model_name", "replica"])

@@ -36,6 +36,7 @@ from shipyard.engines.errors import (
     UpstreamError,
 )
 from shipyard.engines.watchdog import Watchdog
+from shipyard.routing.affinity import PrefixAffinity
 from shipyard.routing.balancer import Balancer
 from shipyard.routing.replica import Replica
 from shipyard.routing.resilience import Backoff
@@ -68,7 +69,7 @@ class DeploymentEngine(Engine):
 
     def __init__(self, name: str, replicas: list[Replica], balancer: Balancer, policy: RoutingPolicy,
                  fallbacks: list[str] | None = None, lookup: Callable[[str], Engine] | None = None,
-                 store: ResponseStore | None = None):
+                 store: ResponseStore | None = None, affinity: PrefixAffinity | None = None):
         if not replicas:
             raise ValueError(f"deployment {name!r} has no replicas")
         self.name = name
@@ -78,6 +79,7 @@ class DeploymentEngine(Engine):
         self.fallbacks = list(fallbacks or [])
         self.lookup = lookup
         self.store = store
+        self.affinity = affinity
         self.counters = RoutingCounters()
         # Builds a Replica from a config spec (set by the app, which knows the engine kinds).
         self.make_replica: Callable[[dict], Replica] | None = None
@@ -132,16 +134,21 @@ class DeploymentEngine(Engine):
         return self._any_engine().token_strings(token_ids)
 
     # ---------------------------------------------------------------- routing
-    def choose(self, priority: int, exclude: set[int]) -> Replica | None:
+    def choose(self, priority: int, exclude: set[int], request: GenerationRequest | None = None) -> Replica | None:
         """Tier routing first (the highest pool the caller's tier reaches that has a live
-        replica), then the balancer among that pool's live replicas."""
+        replica), then prefix affinity, then the balancer among that pool's live replicas."""
         live = [r for r in self.replicas if r.available()]
         untried = [r for r in live if id(r) not in exclude] or live
         eligible = [r for r in untried if r.min_tier <= priority]
         if not eligible:
             return None
         pool = max(r.min_tier for r in eligible)
-        return self.balancer.pick([r for r in eligible if r.min_tier == pool])
+        candidates = [r for r in eligible if r.min_tier == pool]
+        chosen = self.affinity.pick(request, candidates) if self.affinity and request is not None else None
+        chosen = chosen or self.balancer.pick(candidates)
+        if self.affinity is not None and request is not None:
+            self.affinity.remember(request, chosen)
+        return chosen
 
     def generate(self, request: GenerationRequest) -> _RoutedStream:
         stream = _RoutedStream(self, request)
@@ -156,7 +163,9 @@ class DeploymentEngine(Engine):
     def routing_snapshot(self) -> dict:
         """For the metrics collector: counters, and per replica whether it is up, its breaker,
         what this gateway has in flight there."""
-        return {"counters": vars(self.counters).copy(),
+        affinity = self.affinity
+        return {"counters": {**vars(self.counters), "affinity_routed": affinity.routed if affinity else 0,
+                             "affinity_shed": affinity.shed if affinity else 0},
                 "replicas": [{"name": r.name, "up": r.engine.ready(), "breaker": r.breaker.state,
                               "outstanding": r.outstanding, "draining": r.draining} for r in self.replicas]}
 
@@ -186,6 +195,8 @@ class DeploymentEngine(Engine):
             while replica.outstanding > 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             self.replicas = [r for r in self.replicas if r is not replica]
+            if self.affinity is not None:
+                self.affinity.forget(replica.name)
             await replica.engine.stop()
         finally:
             self._changing.discard(name)
@@ -241,7 +252,7 @@ class _RoutedStream:
         tried: set[int] = set()
         last_error: Exception | None = None
         for attempt in range(policy.retries + 1):
-            replica = deployment.choose(request.priority, tried)
+            replica = deployment.choose(request.priority, tried, request)
             if replica is None:
                 break
             tried.add(id(replica))
