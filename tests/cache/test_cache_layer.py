@@ -115,3 +115,15 @@ def test_prices_and_limits_count_what_was_spent():
     assert price_of(prices, "m", 100, 10, cache="hit") == 0.0
     assert price_of({"m": {**prices["m"], "cache_hit": 0.1}}, "m", 100, 10, cache="semantic") == 110 * 0.1 / 1e6
     assert spent_tokens(100, 10, 60, "miss") == 50 and spent_tokens(100, 10, 100, "hit") == 0
+
+
+def test_a_failure_behind_the_cache_keeps_its_origin():
+    """The cache layer reports with its first chunk like a remote engine, but an embedded engine
+    that breaks mid-answer is still this server's fault (500), and an upstream's still a 502."""
+    from shipyard.api.streaming import engine_failure
+
+    local = CachingEngine(Scripted(), "d", ExactCache(ExactCacheConfig()), None)
+    assert local.deferred_errors and engine_failure(local).status == 500
+    remote_inner = Scripted()
+    remote_inner.deferred_errors = True
+    assert engine_failure(CachingEngine(remote_inner, "d", None, None)).status == 502

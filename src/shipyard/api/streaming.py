@@ -25,7 +25,7 @@ DONE = "[DONE]"
 
 def engine_failure(engine) -> APIError:
     """A generation that broke after it started: our engine's fault (500), or an upstream's (502)."""
-    if engine.deferred_errors:
+    if engine.remote:
         return APIError(502, "The upstream engine failed while generating this response.", code="upstream_error")
     return APIError(500, "The engine failed while generating this response.", code="engine_error")
 SHUTTING_DOWN = APIError(503, "The server is shutting down; this response was cut short. Retry on another "

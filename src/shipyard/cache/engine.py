@@ -52,6 +52,10 @@ class CachingEngine(Engine):
     def model(self):
         return self.inner.model
 
+    @property
+    def remote(self) -> bool:
+        return self.inner.remote
+
     # The inner engine is started, stopped and watched by the router; these only pass through.
     async def start(self) -> None:
         return None

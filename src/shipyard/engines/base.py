@@ -169,6 +169,11 @@ class Engine(abc.ABC):
     # still get their own HTTP status.
     deferred_errors: bool = False
 
+    @property
+    def remote(self) -> bool:
+        """Whether a failure mid-generation is an upstream's (502) rather than this server's (500)."""
+        return self.deferred_errors
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load weights / connect; `ready()` is true once this returns."""
