@@ -189,7 +189,8 @@ class Generation:
         if tokens:
             self.usage.completion_tokens += tokens  # billed even if the request ends early
             self.record.completion_tokens = self.usage.completion_tokens
-            metrics.generation_tokens.labels(model).inc(tokens)
+            if not self.from_cache:  # engine work only: a cached answer generated nothing
+                metrics.generation_tokens.labels(model).inc(tokens)
             key = (prompt_index, chunk.index)
             previous = self._last_at.get(key)
             if self.first_token_at is None:
@@ -214,10 +215,16 @@ class Generation:
                 self.usage.prompt_tokens = self._reported.prompt_tokens or self.usage.prompt_tokens
                 self.usage.completion_tokens = self._reported.completion_tokens or self.usage.completion_tokens
             self.usage.cached_tokens += chunk.usage.cached_tokens
-            metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
+            if not self.from_cache:
+                metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens - chunk.usage.cached_tokens)
             if chunk.timings is not None and chunk.timings.queue_time is not None:
                 metrics.queue.labels(model).observe(chunk.timings.queue_time)
             self.record.prompt_tokens = self.usage.prompt_tokens
+
+    @property
+    def from_cache(self) -> bool:
+        """Answered by the exact or semantic cache, without an engine."""
+        return self.record.cache in ("hit", "semantic")
 
     @property
     def status(self) -> int:

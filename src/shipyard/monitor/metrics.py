@@ -109,7 +109,8 @@ class ServingMetrics:
                              buckets=_LATENCY_BUCKETS, registry=r)
         self.queue = Histogram("shipyard:request_queue_time_seconds", "Time spent waiting for a batch slot",
                                ["model_name"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("shipyard:prompt_tokens", "Prefilled prompt tokens", ["model_name"], registry=r)
+        self.prompt_tokens = Counter("shipyard:prompt_tokens", "Prefilled prompt tokens (not those reused from a cache)",
+                                     ["model_name"], registry=r)
         self.generation_tokens = Counter("shipyard:generation_tokens", "Generated tokens", ["model_name"], registry=r)
         self.success = Counter("shipyard:request_success", "Finished requests by finish reason",
                                ["model_name", "finished_reason"], registry=r)
