@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from shipyard import __version__
-from shipyard.api import (admin_routes, cache_routes, deployment_routes, ops_routes, openai_routes, tokenize_routes,
-                          websocket)
+from shipyard.api import (admin_routes, cache_routes, deployment_routes, monitor_routes, ops_routes, openai_routes,
+                          tokenize_routes, websocket)
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
@@ -178,7 +178,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request)
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
-                                                  admin_routes, deployment_routes, cache_routes))
+                                                  admin_routes, deployment_routes, cache_routes, monitor_routes))
 
 
 def build_caches(config: ShipyardConfig, engines: dict[str, Engine], redis) -> dict[str, CachingEngine]:

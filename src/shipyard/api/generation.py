@@ -190,17 +190,15 @@ class Generation:
             self.usage.completion_tokens += tokens  # billed even if the request ends early
             self.record.completion_tokens = self.usage.completion_tokens
             if not self.from_cache:  # engine work only: a cached answer generated nothing
-                metrics.generation_tokens.labels(model).inc(tokens)
+                metrics.count_tokens(model, "generation", tokens)
             key = (prompt_index, chunk.index)
             previous = self._last_at.get(key)
             if self.first_token_at is None:
                 self.first_token_at = now
                 self.record.ttft_ms = (now - self.record.arrival) * 1000
-                metrics.ttft.labels(model).observe(now - self.record.arrival)
+                metrics.observe_latency(model, "ttft", now - self.record.arrival)
             elif previous is not None:
-                gap = (now - previous) / tokens
-                for _ in range(tokens):
-                    metrics.itl.labels(model).observe(gap)
+                metrics.observe_latency(model, "itl", (now - previous) / tokens, tokens)
             self._last_at[key] = now
         if chunk.finish_reason == "error":
             self.failed = True
@@ -216,9 +214,9 @@ class Generation:
                 self.usage.completion_tokens = self._reported.completion_tokens or self.usage.completion_tokens
             self.usage.cached_tokens += chunk.usage.cached_tokens
             if not self.from_cache:
-                metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens - chunk.usage.cached_tokens)
+                metrics.count_tokens(model, "prompt", chunk.usage.prompt_tokens - chunk.usage.cached_tokens)
             if chunk.timings is not None and chunk.timings.queue_time is not None:
-                metrics.queue.labels(model).observe(chunk.timings.queue_time)
+                metrics.observe_latency(model, "queue", chunk.timings.queue_time)
             self.record.prompt_tokens = self.usage.prompt_tokens
 
     @property
@@ -243,7 +241,7 @@ class Generation:
         self.record.prompt_tokens = self.usage.prompt_tokens
         if self.status == 499 and self.record.status < 400:  # a stream's 200 went out; the log tells the truth
             self.record.status = 499
-        self.metrics.e2e.labels(self.model).observe(time.monotonic() - self.record.arrival)
+        self.metrics.observe_latency(self.model, "e2e", time.monotonic() - self.record.arrival)
         if self.on_finish is not None:
             await self.on_finish(self, self.status)
 

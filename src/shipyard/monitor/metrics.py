@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shipyard.engines.base import Engine
+from shipyard.monitor.health import HealthWindows
 
 # vLLM's buckets: TTFT and ITL are short, end-to-end and queue times long.
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -117,7 +118,23 @@ class ServingMetrics:
         self.errors = Counter("shipyard:request_errors", "Failed requests by error type and HTTP status",
                               ["model_name", "error_type", "status"], registry=r)
         self._engine_state = _EngineStateCollector(engines, layers)
+        self._latency = {"ttft": self.ttft, "itl": self.itl, "e2e": self.e2e, "queue": self.queue}
+        self.health = HealthWindows()
         r.register(self._engine_state)
+
+    # The request path reports here once; the Prometheus series and the sliding windows both see it.
+    def observe_latency(self, model: str, series: str, seconds: float, count: int = 1) -> None:
+        histogram = self._latency[series].labels(model)
+        for _ in range(count):
+            histogram.observe(seconds)
+        self.health.of(model).latency[series].observe(seconds, count)
+
+    def count_tokens(self, model: str, kind: str, tokens: int) -> None:
+        (self.prompt_tokens if kind == "prompt" else self.generation_tokens).labels(model).inc(tokens)
+        self.health.of(model).tokens.add(kind, tokens)
+
+    def count_outcome(self, model: str, outcome: str) -> None:
+        self.health.of(model).outcomes.add(outcome)
 
     def render(self) -> bytes:
         """This process's metrics; with several server processes (PROMETHEUS_MULTIPROC_DIR set by

@@ -1,0 +1,111 @@
+"""Percentiles over a sliding time window, cheap enough for the request path.
+
+Prometheus histograms answer "how many under 0.5 s since start"; operators ask "what was P95
+over the last five minutes". A `SlidingHistogram` keeps observations in log-spaced buckets
+(DDSketch's idea: every value within ±1% of its bucket's centre, whatever its magnitude), one
+sparse bucket map per time slice. A window's percentiles merge the slices it covers, so memory
+is bounded by slices × distinct buckets, and an observation is one dict increment.
+The clock is injected, so tests drive time exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+
+GAMMA = 1.02  # bucket width ratio: relative error ≤ (GAMMA - 1) / 2 = 1%
+_LOG_GAMMA = math.log(GAMMA)
+
+
+def _bucket(value: float) -> int:
+    return math.floor(math.log(value) / _LOG_GAMMA) if value > 0 else -(10**9)
+
+
+def _centre(bucket: int) -> float:
+    if bucket == -(10**9):
+        return 0.0
+    return 2 * GAMMA ** bucket * GAMMA / (GAMMA + 1)  # the bucket's midpoint in relative terms
+
+
+class SlidingHistogram:
+    def __init__(self, slice_s: float = 10.0, slices: int = 360, clock: Callable[[], float] = time.monotonic):
+        self.slice_s = slice_s
+        self.slices = slices  # the longest window answered: slice_s × slices (an hour by default)
+        self.clock = clock
+        self._data: dict[int, Counter] = {}  # slice number → bucket → count
+        self._sums: dict[int, float] = {}
+
+    def observe(self, value: float, count: int = 1) -> None:
+        number = int(self.clock() // self.slice_s)
+        counts = self._data.get(number)
+        if counts is None:
+            counts = self._data[number] = Counter()
+            self._sums[number] = 0.0
+            self._expire(number)
+        counts[_bucket(value)] += count
+        self._sums[number] += value * count
+
+    def _expire(self, current: int) -> None:
+        for number in [n for n in self._data if n <= current - self.slices]:
+            del self._data[number], self._sums[number]
+
+    def _window(self, window_s: float) -> tuple[Counter, float]:
+        now = int(self.clock() // self.slice_s)
+        first = now - max(1, math.ceil(window_s / self.slice_s)) + 1
+        merged: Counter = Counter()
+        total = 0.0
+        for number, counts in self._data.items():
+            if first <= number <= now:
+                merged.update(counts)
+                total += self._sums[number]
+        return merged, total
+
+    def summary(self, window_s: float, quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict:
+        """{count, mean, p50, p95, p99} over the last `window_s` seconds (None without data)."""
+        merged, total = self._window(window_s)
+        count = sum(merged.values())
+        result: dict = {"count": count, "mean": total / count if count else None}
+        ordered = sorted(merged.items())
+        for q in quantiles:
+            result[f"p{round(q * 100):d}"] = _quantile(ordered, count, q) if count else None
+        return result
+
+
+def _quantile(ordered: list[tuple[int, int]], count: int, q: float) -> float:
+    rank = q * (count - 1)
+    seen = 0
+    for bucket, n in ordered:
+        seen += n
+        if seen > rank:
+            return _centre(bucket)
+    return _centre(ordered[-1][0])
+
+
+class SlidingCounter:
+    """Event counts per time slice, by label: rates and totals over a window."""
+
+    def __init__(self, slice_s: float = 10.0, slices: int = 360, clock: Callable[[], float] = time.monotonic):
+        self.slice_s = slice_s
+        self.slices = slices
+        self.clock = clock
+        self._data: dict[int, Counter] = {}
+
+    def add(self, label: str, count: float = 1) -> None:
+        number = int(self.clock() // self.slice_s)
+        counts = self._data.get(number)
+        if counts is None:
+            counts = self._data[number] = Counter()
+            for old in [n for n in self._data if n <= number - self.slices]:
+                del self._data[old]
+        counts[label] += count
+
+    def totals(self, window_s: float) -> Counter:
+        now = int(self.clock() // self.slice_s)
+        first = now - max(1, math.ceil(window_s / self.slice_s)) + 1
+        merged: Counter = Counter()
+        for number, counts in self._data.items():
+            if first <= number <= now:
+                merged.update(counts)
+        return merged
