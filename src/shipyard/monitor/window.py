@@ -29,42 +29,54 @@ def _centre(bucket: int) -> float:
     return 2 * GAMMA ** bucket * GAMMA / (GAMMA + 1)  # the bucket's midpoint in relative terms
 
 
-class SlidingHistogram:
-    def __init__(self, slice_s: float = 10.0, slices: int = 360, clock: Callable[[], float] = time.monotonic):
-        self.slice_s = slice_s
-        self.slices = slices  # the longest window answered: slice_s × slices (an hour by default)
-        self.clock = clock
-        self._data: dict[int, Counter] = {}  # slice number → bucket → count
-        self._sums: dict[int, float] = {}
+class _Slices:
+    """Per-slice Counters, the old ones dropped: what both kinds of window share."""
 
-    def observe(self, value: float, count: int = 1) -> None:
+    def __init__(self, slice_s: float, slices: int, clock: Callable[[], float]):
+        self.slice_s = slice_s
+        self.slices = slices  # the longest window answered: slice_s × slices
+        self.clock = clock
+        self._data: dict[int, Counter] = {}
+
+    def _current(self) -> tuple[int, Counter]:
         number = int(self.clock() // self.slice_s)
         counts = self._data.get(number)
         if counts is None:
             counts = self._data[number] = Counter()
-            self._sums[number] = 0.0
-            self._expire(number)
-        counts[_bucket(value)] += count
-        self._sums[number] += value * count
+            for old in [n for n in self._data if n <= number - self.slices]:
+                self._dropped(old)
+                del self._data[old]
+        return number, counts
 
-    def _expire(self, current: int) -> None:
-        for number in [n for n in self._data if n <= current - self.slices]:
-            del self._data[number], self._sums[number]
+    def _dropped(self, number: int) -> None:
+        pass
 
-    def _window(self, window_s: float) -> tuple[Counter, float]:
+    def _covering(self, window_s: float) -> list[int]:
         now = int(self.clock() // self.slice_s)
         first = now - max(1, math.ceil(window_s / self.slice_s)) + 1
-        merged: Counter = Counter()
-        total = 0.0
-        for number, counts in self._data.items():
-            if first <= number <= now:
-                merged.update(counts)
-                total += self._sums[number]
-        return merged, total
+        return [n for n in self._data if first <= n <= now]
+
+
+class SlidingHistogram(_Slices):
+    def __init__(self, slice_s: float = 10.0, slices: int = 360, clock: Callable[[], float] = time.monotonic):
+        super().__init__(slice_s, slices, clock)
+        self._sums: dict[int, float] = {}
+
+    def observe(self, value: float, count: int = 1) -> None:
+        number, counts = self._current()
+        counts[_bucket(value)] += count
+        self._sums[number] = self._sums.get(number, 0.0) + value * count
+
+    def _dropped(self, number: int) -> None:
+        self._sums.pop(number, None)
 
     def summary(self, window_s: float, quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict:
         """{count, mean, p50, p95, p99} over the last `window_s` seconds (None without data)."""
-        merged, total = self._window(window_s)
+        merged: Counter = Counter()
+        total = 0.0
+        for number in self._covering(window_s):
+            merged.update(self._data[number])
+            total += self._sums.get(number, 0.0)
         count = sum(merged.values())
         result: dict = {"count": count, "mean": total / count if count else None}
         ordered = sorted(merged.items())
@@ -83,29 +95,17 @@ def _quantile(ordered: list[tuple[int, int]], count: int, q: float) -> float:
     return _centre(ordered[-1][0])
 
 
-class SlidingCounter:
+class SlidingCounter(_Slices):
     """Event counts per time slice, by label: rates and totals over a window."""
 
     def __init__(self, slice_s: float = 10.0, slices: int = 360, clock: Callable[[], float] = time.monotonic):
-        self.slice_s = slice_s
-        self.slices = slices
-        self.clock = clock
-        self._data: dict[int, Counter] = {}
+        super().__init__(slice_s, slices, clock)
 
     def add(self, label: str, count: float = 1) -> None:
-        number = int(self.clock() // self.slice_s)
-        counts = self._data.get(number)
-        if counts is None:
-            counts = self._data[number] = Counter()
-            for old in [n for n in self._data if n <= number - self.slices]:
-                del self._data[old]
-        counts[label] += count
+        self._current()[1][label] += count
 
     def totals(self, window_s: float) -> Counter:
-        now = int(self.clock() // self.slice_s)
-        first = now - max(1, math.ceil(window_s / self.slice_s)) + 1
         merged: Counter = Counter()
-        for number, counts in self._data.items():
-            if first <= number <= now:
-                merged.update(counts)
+        for number in self._covering(window_s):
+            merged.update(self._data[number])
         return merged
