@@ -51,6 +51,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("POST", "/admin/deployments/{name}/replicas/{replica}/resume"): Permission.DEPLOYMENTS_MANAGE,
     ("DELETE", "/admin/cache"): Permission.CACHE_MANAGE,
     ("GET", "/admin/monitor/health"): Permission.METRICS_READ,
+    ("POST", "/admin/scores"): Permission.SCORES_WRITE,
+    ("GET", "/admin/scores"): Permission.USAGE_READ,
     ("POST", "/tokenize"): Permission.INFERENCE,
     ("POST", "/detokenize"): Permission.INFERENCE,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)

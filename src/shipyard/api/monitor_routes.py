@@ -1,20 +1,31 @@
-"""/admin/monitor: what the monitors see, as JSON (the dashboard and operators read these).
+"""What the monitors see, as JSON (the dashboard and operators read these).
 
-`GET /admin/monitor/health`: per deployment, latency percentiles, throughput, outcomes and live
-queue figures over a sliding window (monitor/health.py). Global figures across tenants, so
-admins and metrics-role keys only, like /metrics.
+- `GET /admin/monitor/health`: per deployment, latency percentiles, throughput, outcomes and live
+  queue figures over a sliding window (monitor/health.py). Global figures across tenants, so
+  admins and metrics-role keys only, like /metrics.
+- `POST /admin/scores`, `GET /admin/scores`: the score store (monitor/scores.py). Tenant-scoped:
+  a key writes and reads scores of its own tenant's requests only; admins see every tenant.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from datetime import datetime
+from typing import Literal
 
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse
+
+from shipyard.api.authorization import principal_of
+from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
+from shipyard.gateway.errors import PermissionDenied
+from shipyard.gateway.roles import Role
+from shipyard.monitor.scores import ScoreIn, ScoreStore, UnknownRequest
 
-router = APIRouter(prefix="/admin/monitor", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-@router.get("/health")
+@router.get("/monitor/health")
 async def health(request: Request, deployment: str | None = None,
                  window_s: float = Query(300.0, ge=1.0, le=3600.0, description="seconds, up to an hour")):
     services = services_of(request)
@@ -22,3 +33,40 @@ async def health(request: Request, deployment: str | None = None,
     if deployment is not None:
         services.router.engine(deployment)  # 404 for an unknown model
     return {"object": "list", "data": services.metrics.health.summary(window_s, engines, deployment)}
+
+
+def _store(request: Request) -> ScoreStore:
+    return ScoreStore(services_of(request).db)
+
+
+@router.post("/scores", status_code=201)
+async def add_scores(request: Request, scores: list[ScoreIn] = Body(min_length=1, max_length=100)):
+    """Up to 100 scores of served requests. Only admins may write `monitor` or `eval` scores:
+    others are the system's own measurements."""
+    principal = principal_of(request)
+    admin = principal.role == Role.ADMIN.value
+    if not admin and any(s.source in ("monitor", "eval") for s in scores):
+        raise APIError(400, "Only admins may write 'monitor' or 'eval' scores; use 'api' or 'annotation'.",
+                       param="source", code="invalid_value")
+    try:
+        rows = await _store(request).add(scores, None if admin else principal.tenant_id)
+    except UnknownRequest as exc:
+        raise APIError(404, str(exc), param="request_id", code="request_not_found") from None
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="value", code="invalid_value") from None
+    return JSONResponse({"object": "list", "data": rows}, status_code=201)
+
+
+@router.get("/scores")
+async def list_scores(request: Request, deployment: str | None = None, name: str | None = None,
+                      request_id: str | None = Query(None, max_length=160),
+                      source: Literal["monitor", "eval", "annotation", "api"] | None = None,
+                      tenant_id: str | None = None, start: datetime | None = None, end: datetime | None = None,
+                      limit: int = Query(100, ge=1, le=1000)):
+    principal = principal_of(request)
+    if principal.role != Role.ADMIN.value:
+        if tenant_id is not None and tenant_id != principal.tenant_id:
+            raise PermissionDenied("You may only read your own tenant's scores.")
+        tenant_id = principal.tenant_id
+    rows = await _store(request).query(tenant_id, deployment, name, request_id, source, start, end, limit)
+    return {"object": "list", "data": rows}

@@ -23,6 +23,7 @@ class Permission(str, enum.Enum):
     KEYS_READ = "keys:read"
     USAGE_READ = "usage:read"
     DEPLOYMENTS_MANAGE = "deployments:manage"  # see replicas, drain and resume them (admins)
+    SCORES_WRITE = "scores:write"  # score requests of one's own tenant (feedback, labels)
     CACHE_MANAGE = "cache:manage"  # forget cached answers (own tenant; admin: any, or a whole deployment)
 
 
@@ -30,8 +31,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     # /metrics is global (every tenant's traffic), so no tenant-scoped role reads it.
     Role.TENANT_ADMIN: frozenset({Permission.KEYS_MANAGE, Permission.KEYS_READ, Permission.USAGE_READ,
-                                  Permission.TENANTS_READ, Permission.MODELS_READ, Permission.CACHE_MANAGE}),
-    Role.DEVELOPER: frozenset({Permission.INFERENCE, Permission.MODELS_READ}),
+                                  Permission.TENANTS_READ, Permission.MODELS_READ, Permission.CACHE_MANAGE,
+                                  Permission.SCORES_WRITE}),
+    Role.DEVELOPER: frozenset({Permission.INFERENCE, Permission.MODELS_READ, Permission.SCORES_WRITE}),
     Role.VIEWER: frozenset({Permission.USAGE_READ, Permission.TENANTS_READ, Permission.MODELS_READ}),
     Role.METRICS: frozenset({Permission.METRICS_READ}),
 }

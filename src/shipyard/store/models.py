@@ -1,10 +1,10 @@
-"""Tables: tenants, API keys (hashed secrets only) and usage records."""
+"""Tables: tenants, API keys (hashed secrets only), usage records and evaluation scores."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -78,4 +78,25 @@ class UsageRecord(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Score(Base):
+    """One evaluation of one request: a monitor's metric, an eval run, a human label, user feedback."""
+
+    __tablename__ = "scores"
+    __table_args__ = (Index("ix_scores_tenant_deployment_name_time", "tenant_id", "deployment", "name", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(160), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    deployment: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # numeric | categorical | boolean
+    numeric: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(200))
+    boolean: Mapped[bool | None] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(16))  # monitor | eval | annotation | api
+    comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

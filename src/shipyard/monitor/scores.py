@@ -1,0 +1,119 @@
+"""The one score store: every evaluation of a request, whatever produced it.
+
+A score is a row {request id, deployment, name, numeric / categorical / boolean value, source
+(monitor | eval | annotation | api), comment, time}, kept with the request's tenant, so a tenant
+only ever reads its own. Monitors, eval runs, human labels and user feedback all write here, and
+every reader (admin API, dashboard, experiments) reads here. Each row is also given as
+OpenTelemetry's `gen_ai.evaluation.result` event attributes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from sqlalchemy import or_, select
+
+from shipyard.store.db import Database
+from shipyard.store.models import Score, UsageRecord
+
+SOURCES = ("monitor", "eval", "annotation", "api")
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+
+
+class ScoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=160)
+    name: str = Field(pattern=NAME_PATTERN, description="e.g. relevance, thumbs, mean_logprob")
+    value: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
+        description="a number, true/false, or a category (up to 200 characters)")
+    source: Literal["monitor", "eval", "annotation", "api"] = "api"
+    comment: str | None = Field(None, max_length=2000)
+
+
+class UnknownRequest(LookupError):
+    pass
+
+
+def _id_prefix(request_id: str) -> str:
+    """LIKE pattern for a client's x-request-id, stored as `<id>/<suffix>` (its wildcards escaped)."""
+    return request_id.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "/%"
+
+
+def _columns(value) -> dict:
+    if isinstance(value, bool):
+        return {"kind": "boolean", "boolean": value}
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("a numeric score must be finite")
+        return {"kind": "numeric", "numeric": float(value)}
+    if len(value) > 200:
+        raise ValueError("a categorical score is at most 200 characters")
+    return {"kind": "categorical", "label": value}
+
+
+def score_view(row: Score) -> dict:
+    value = row.numeric if row.kind == "numeric" else row.boolean if row.kind == "boolean" else row.label
+    otel = {"gen_ai.evaluation.name": row.name, "gen_ai.response.id": row.request_id}
+    if row.kind == "numeric":
+        otel["gen_ai.evaluation.score.value"] = row.numeric
+    else:
+        otel["gen_ai.evaluation.score.label"] = str(value).lower() if row.kind == "boolean" else value
+    if row.comment:
+        otel["gen_ai.evaluation.explanation"] = row.comment
+    return {"id": row.id, "request_id": row.request_id, "tenant_id": row.tenant_id, "deployment": row.deployment,
+            "name": row.name, "kind": row.kind, "value": value, "source": row.source, "comment": row.comment,
+            "created_at": row.created_at.isoformat(), "otel": {"event": "gen_ai.evaluation.result", **otel}}
+
+
+class ScoreStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def request_owner(self, request_id: str, tenant_id: str | None) -> tuple[str, str, str]:
+        """(usage id, tenant, deployment) of a served request: the server's id, or a client's
+        `x-request-id` (its latest use). Another tenant's request is as unknown as a missing one."""
+        query = (select(UsageRecord.request_id, UsageRecord.tenant_id, UsageRecord.model)
+                 .where(or_(UsageRecord.request_id == request_id,
+                            UsageRecord.request_id.like(_id_prefix(request_id), escape="\\")))
+                 .order_by(UsageRecord.created_at.desc()).limit(1))
+        if tenant_id is not None:
+            query = query.where(UsageRecord.tenant_id == tenant_id)
+        async with self.db.session() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            raise UnknownRequest(f"No request '{request_id}' is known (its usage may take a second to be written).")
+        return row[0], row[1], row[2]
+
+    async def add(self, scores: list[ScoreIn], tenant_id: str | None, source: str | None = None) -> list[dict]:
+        """Store scores of requests the caller's tenant made (`tenant_id` None: any tenant)."""
+        now = datetime.now(timezone.utc)
+        rows = []
+        for score in scores:
+            usage_id, owner, deployment = await self.request_owner(score.request_id, tenant_id)
+            rows.append(Score(request_id=usage_id, tenant_id=owner, deployment=deployment, name=score.name,
+                              source=source or score.source, comment=score.comment, created_at=now,
+                              **_columns(score.value)))
+        async with self.db.session() as session:
+            session.add_all(rows)
+            await session.commit()
+            return [score_view(row) for row in rows]
+
+    async def query(self, tenant_id: str | None, deployment: str | None = None, name: str | None = None,
+                    request_id: str | None = None, source: str | None = None, start: datetime | None = None,
+                    end: datetime | None = None, limit: int = 100) -> list[dict]:
+        query = select(Score).order_by(Score.created_at.desc(), Score.id.desc()).limit(limit)
+        for column, value in ((Score.tenant_id, tenant_id), (Score.deployment, deployment), (Score.name, name),
+                              (Score.source, source)):
+            if value is not None:
+                query = query.where(column == value)
+        if request_id is not None:
+            query = query.where(or_(Score.request_id == request_id,
+                                    Score.request_id.like(_id_prefix(request_id), escape="\\")))
+        if start is not None:
+            query = query.where(Score.created_at >= start)
+        if end is not None:
+            query = query.where(Score.created_at < end)
+        async with self.db.session() as session:
+            return [score_view(row) for row in (await session.execute(query)).scalars()]
