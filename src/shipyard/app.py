@@ -37,6 +37,8 @@ from shipyard.cache.engine import CachingEngine
 from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
 from shipyard.engines.base import Engine
+from shipyard.monitor.confidence import ConfidenceMonitor
+from shipyard.monitor.scores import ScoreWriter
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
@@ -159,24 +161,28 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                          for name, l in gw.deployment_limits.items()}
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
                       gw.default_completion_estimate)
+    score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await db.migrate()  # a no-op in a worker process: its parent migrated (api/workers.py)
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
+        await score_writer.start()
         try:
             async with _engines_running(router, caches):
                 yield
         finally:
             await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
+            await score_writer.stop()
             await db.close()
             if redis is not None:
                 await redis.aclose()
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
-                        max_sequences_per_request=config.server.max_sequences_per_request)
+                        max_sequences_per_request=config.server.max_sequences_per_request,
+                        observers=[ConfidenceMonitor(score_writer)])
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
                                                   admin_routes, deployment_routes, cache_routes, monitor_routes))
 

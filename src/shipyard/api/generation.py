@@ -48,6 +48,7 @@ class Generation:
         self.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0)
         self._reported = Usage(prompt_tokens=0, completion_tokens=0)  # what the engine's last chunks said
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
+        self.confidence: list[dict] = []  # each finished choice's, from engines that measure it
         self.failed = False
         self.interrupted = False  # ended by the shutdown drain
         self._interrupting = False
@@ -200,6 +201,8 @@ class Generation:
             elif previous is not None:
                 metrics.observe_latency(model, "itl", (now - previous) / tokens, tokens)
             self._last_at[key] = now
+        if chunk.confidence is not None:
+            self.confidence.append(chunk.confidence)
         if chunk.finish_reason == "error":
             self.failed = True
         elif chunk.finish_reason is not None:

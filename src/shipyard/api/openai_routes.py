@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,10 +33,25 @@ from shipyard.monitor.metrics import ServingMetrics
 from shipyard.routing.router import ModelNotFoundError, Router
 
 router = APIRouter()
+log = logging.getLogger("shipyard.api")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # 499: nginx's "client closed request"; the client is gone, this is for the log only.
 _CLIENT_CLOSED = 499
+
+
+@dataclass
+class FinishedRequest:
+    """What observers of the request path (monitors, experiments) are told when a request ends."""
+
+    request_id: str  # the usage record's id
+    tenant_id: str
+    key_id: str
+    deployment: str
+    status: int
+    usage: object  # engines.base.Usage
+    cache: str | None
+    confidence: list[dict]  # per finished choice, where the engine measured it
 
 
 @dataclass
@@ -47,6 +63,8 @@ class Services:
     db: Database | None = None
     drain: Drain = field(default_factory=Drain)
     max_sequences_per_request: int = 64
+    # Called with a FinishedRequest after accounting; must not block (hand work to a task or buffer).
+    observers: list = field(default_factory=list)
 
 
 def services_of(request) -> Services:
@@ -73,6 +91,14 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     async def on_finish(gen: Generation, status: int) -> None:
         await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
                              gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache)
+        if services.observers:
+            finished = FinishedRequest(usage_id, principal.tenant_id, principal.key_id, record.model, status,
+                                       gen.usage, record.cache, gen.confidence)
+            for observe in services.observers:
+                try:
+                    observe(finished)
+                except Exception:  # an observer's fault never fails a request
+                    log.exception("request observer failed")
 
     async def on_error(exc: BaseException) -> None:
         await gateway.finish(ticket, usage_id, from_exception(exc).status, prompt_tokens, 0, 0,

@@ -8,7 +8,7 @@ import json
 
 from shipyard.engines.base import GenerationChunk, TokenLogprob, TopLogprob, Usage
 
-_DROPPED = ("timings", "served_by", "request_id", "cache", "cache_similarity")  # of that run only
+_DROPPED = ("timings", "served_by", "request_id", "cache", "cache_similarity", "confidence")  # of that run only
 
 
 def _logprob(raw: dict) -> TokenLogprob:

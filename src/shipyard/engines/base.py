@@ -138,6 +138,9 @@ class GenerationChunk:
     cache_similarity: float | None = None  # with a semantic hit: the prompts' cosine similarity
     # On the request's first chunk when `prompt_logprobs` was asked: one entry per prompt token.
     prompt_logprobs: list[TokenLogprob] | None = None
+    # On a choice's last chunk, from engines that measure it: mean_logprob, min_logprob,
+    # mean_entropy and tokens (the model's confidence in what it wrote; see monitor/confidence.py)
+    confidence: dict | None = None
 
 
 @dataclass(slots=True)

@@ -9,14 +9,19 @@ OpenTelemetry's `gen_ai.evaluation.result` event attributes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 
 from shipyard.store.db import Database
 from shipyard.store.models import Score, UsageRecord
+
+log = logging.getLogger("shipyard.monitor")
 
 SOURCES = ("monitor", "eval", "annotation", "api")
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -117,3 +122,57 @@ class ScoreStore:
             query = query.where(Score.created_at < end)
         async with self.db.session() as session:
             return [score_view(row) for row in (await session.execute(query)).scalars()]
+
+
+class ScoreWriter:
+    """The monitors' scores, written in batches off the request path. While the database is away
+    they wait in a bounded buffer (the oldest dropped past it, and counted)."""
+
+    def __init__(self, db: Database, flush_interval_s: float = 0.5, max_buffered: int = 100_000):
+        self.db = db
+        self.flush_interval_s = flush_interval_s
+        self.max_buffered = max_buffered
+        self.dropped = 0
+        self._buffer: list[dict] = []
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def record(self, request_id: str, tenant_id: str, deployment: str, values: dict[str, float],
+               source: str = "monitor") -> None:
+        now = datetime.now(timezone.utc)
+        for name, value in values.items():
+            self._buffer.append({"request_id": request_id, "tenant_id": tenant_id, "deployment": deployment,
+                                 "name": name, "source": source, "comment": None, "created_at": now,
+                                 "kind": "numeric", "numeric": float(value), "label": None, "boolean": None})
+        if len(self._buffer) > self.max_buffered:
+            excess = len(self._buffer) - self.max_buffered
+            del self._buffer[:excess]
+            self.dropped += excess
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.flush_interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        try:
+            async with self.db.session() as session:
+                await session.execute(insert(Score), batch)
+                await session.commit()
+        except Exception as exc:  # kept for the next flush; never an error on the request path
+            log.warning("score write failed (%s); %d scores kept for later", type(exc).__name__, len(batch))
+            self._buffer = batch + self._buffer

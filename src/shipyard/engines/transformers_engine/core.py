@@ -165,6 +165,7 @@ class EngineCore:
                 finish_reason=seq.finish_reason,  # type: ignore[arg-type]
                 stop_reason=seq.stop_reason,
                 timings=seq.timings,
+                confidence=seq.confidence() if seq.finish_reason is not None else None,
             )
             seq.pending_text, seq.pending_ids, seq.pending_logprobs = "", [], []
             group = self.scheduler.groups.get(seq.request_id)

@@ -57,6 +57,8 @@ class EmbeddedEngineConfig(BaseModel):
     max_prefill_tokens: int = Field(4096, ge=1, description="Prompt tokens prefilled in one step")
     num_threads: int = Field(1, ge=1, description="compute threads (1 is most robust on shared CPUs)")
     max_n: int = Field(16, ge=1, description="Largest `n` (choices per request) accepted")
+    confidence_scores: bool = Field(True, description="Score each answer's mean/min token logprob and mean "
+                                                      "entropy (no extra forward)")
 
 
 class TransformersEngineConfig(EmbeddedEngineConfig):
@@ -100,7 +102,7 @@ class TransformersEngine(Engine):
         self._core = EngineCore(
             runner,
             Scheduler(runner.cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
-            Sampler(loaded.vocab_size, self._token_text, loaded.device),
+            Sampler(loaded.vocab_size, self._token_text, loaded.device, self.config.confidence_scores),
             loaded.max_model_len,
             self._prefix_cache(runner),
         )

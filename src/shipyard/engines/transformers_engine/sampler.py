@@ -21,10 +21,14 @@ _GREEDY_BELOW = 1e-5
 
 
 class Sampler:
-    def __init__(self, vocab_size: int, token_text: TokenTextCache, device: torch.device | None = None):
+    def __init__(self, vocab_size: int, token_text: TokenTextCache, device: torch.device | None = None,
+                 confidence: bool = False):
         self.vocab_size = vocab_size
         self.token_text = token_text
         self.device = device or torch.device("cpu")
+        # Every chosen token's logprob and its distribution's entropy (before penalties and
+        # temperature: the model's own confidence), kept per sequence for the monitors.
+        self.confidence = confidence
 
     def new_counts(self) -> torch.Tensor:
         """A sequence's output-token counts (for penalties), kept beside the logits."""
@@ -35,7 +39,7 @@ class Sampler:
         logits = logits[:, : self.vocab_size]
         device = logits.device
         raw_logprobs = None
-        if any(s.params.logprobs for s in seqs):
+        if self.confidence or any(s.params.logprobs for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties_and_bias(logits, seqs)
 
@@ -48,7 +52,19 @@ class Sampler:
         if sampled:
             rows = torch.tensor(sampled, dtype=torch.long, device=device)
             picks[rows] = self._sample_rows(logits[rows], [seqs[i] for i in sampled])
-        tokens = picks.tolist()  # the step's one copy to the host
+        if self.confidence:  # still one copy to the host: ids (exact in float64), logprobs, entropies
+            chosen = raw_logprobs.gather(1, picks.unsqueeze(1)).squeeze(1)
+            entropy = torch.special.entr(raw_logprobs.exp()).sum(dim=-1)
+            host = torch.cat([picks.double(), chosen.double(), entropy.double()]).tolist()
+            n = len(seqs)
+            tokens = [int(t) for t in host[:n]]
+            for seq, logprob, ent in zip(seqs, host[n: 2 * n], host[2 * n:]):
+                seq.logprob_min = logprob if not seq.scored_tokens else min(seq.logprob_min, logprob)
+                seq.logprob_sum += logprob
+                seq.entropy_sum += ent
+                seq.scored_tokens += 1
+        else:
+            tokens = picks.tolist()  # the step's one copy to the host
 
         results: list[tuple[int, TokenLogprob | None]] = []
         for i, (seq, token) in enumerate(zip(seqs, tokens)):

@@ -41,6 +41,17 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     # Per-token occurrence counts over the output, only for requests with penalties
     output_counts: torch.Tensor | None = None
+    # Confidence of the output so far: sum and min of the chosen tokens' logprobs, sum of entropies
+    logprob_sum: float = 0.0
+    logprob_min: float = 0.0
+    entropy_sum: float = 0.0
+    scored_tokens: int = 0
+
+    def confidence(self) -> dict | None:
+        if not self.scored_tokens:
+            return None
+        return {"mean_logprob": self.logprob_sum / self.scored_tokens, "min_logprob": self.logprob_min,
+                "mean_entropy": self.entropy_sum / self.scored_tokens, "tokens": self.scored_tokens}
 
     @property
     def length(self) -> int:
