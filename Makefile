@@ -65,6 +65,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/optimization.py
 	$(BIN)/python bench/caching.py
+	$(BIN)/python bench/monitoring.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

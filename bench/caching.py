@@ -36,13 +36,11 @@ from gateway_overhead import ADMIN, _wait, free_port  # noqa: E402
 HEADERS = {"authorization": f"Bearer {ADMIN}"}
 
 
-def _serve(model: Path, workdir: Path, name: str, prefix_mib: float, exact: bool) -> tuple[subprocess.Popen, str]:
+def _serve_config(config: dict, workdir: Path, name: str) -> tuple[subprocess.Popen, str]:
+    """`shipyard serve` with this config, ready; returns the process and its URL."""
     import yaml
 
     port = free_port()
-    config = {"deployments": {"demo": {"engine": "transformers", "model": str(model), "num_threads": 1,
-                                       "max_num_seqs": 16, "prefix_cache_mib": prefix_mib}},
-              "cache": {"exact": {"enabled": exact}}, "server": {"log_level": "warning"}}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / f"data-{name}")}
@@ -50,6 +48,13 @@ def _serve(model: Path, workdir: Path, name: str, prefix_mib: float, exact: bool
                             env=env, stdout=open(workdir / f"{name}.log", "w"), stderr=subprocess.STDOUT)
     _wait(f"http://127.0.0.1:{port}/ready", timeout=300)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _serve(model: Path, workdir: Path, name: str, prefix_mib: float, exact: bool) -> tuple[subprocess.Popen, str]:
+    config = {"deployments": {"demo": {"engine": "transformers", "model": str(model), "num_threads": 1,
+                                       "max_num_seqs": 16, "prefix_cache_mib": prefix_mib}},
+              "cache": {"exact": {"enabled": exact}}, "server": {"log_level": "warning"}}
+    return _serve_config(config, workdir, name)
 
 
 def system_prompt(tokenizer, tokens: int = 512) -> str:

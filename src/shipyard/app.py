@@ -145,7 +145,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     redis = _redis_client(config)
     caches = build_caches(config, engines, redis)
     router = Router(engines, caches)
-    metrics = ServingMetrics(router.engines, lambda: router.front)
+    metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled)
     data_dir = config.store.resolved_data_dir()
     db = Database(config.store.url or default_url(data_dir))
     keystore = KeyStore(db, load_pepper(data_dir))
@@ -182,7 +182,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=[ConfidenceMonitor(score_writer)])
+                        observers=[ConfidenceMonitor(score_writer)] if config.monitor.enabled else [])
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
                                                   admin_routes, deployment_routes, cache_routes, monitor_routes))
 
@@ -205,7 +205,7 @@ def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engi
     No store, no tenant keys, no usage: the gateway in front authenticates tenants, limits and
     meters. Every route but /health and /ready needs the worker's internal token."""
     router = Router(engines if engines is not None else build_engines(config))
-    metrics = ServingMetrics(router.engines)
+    metrics = ServingMetrics(router.engines, windows=False)  # no monitor routes here: the gateway in front has them
     gw = config.gateway
     limiter = InProcessLimiter()
     admissions = {name: TieredAdmission(gw.max_inflight, gw.max_queue, gw.queue_timeout_s,

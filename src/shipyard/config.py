@@ -198,6 +198,12 @@ class CacheConfig(BaseModel):
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 
+class MonitorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="Sliding-window health and the request observers (scores); "
+                                            "off leaves Prometheus /metrics only")
+
+
 class ShipyardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: ServerConfig = ServerConfig()
@@ -205,6 +211,7 @@ class ShipyardConfig(BaseModel):
     store: StoreConfig = StoreConfig()
     gateway: GatewayConfig = GatewayConfig()
     cache: CacheConfig = CacheConfig()
+    monitor: MonitorConfig = MonitorConfig()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
 
     @classmethod

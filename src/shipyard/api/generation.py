@@ -49,6 +49,8 @@ class Generation:
         self._reported = Usage(prompt_tokens=0, completion_tokens=0)  # what the engine's last chunks said
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
         self.confidence: list[dict] = []  # each finished choice's, from engines that measure it
+        self._gaps: list[tuple[float, int]] = []  # inter-token latencies, for the sliding windows at the end
+        self._generated = 0  # tokens an engine generated (not a cache)
         self.failed = False
         self.interrupted = False  # ended by the shutdown drain
         self._interrupting = False
@@ -191,7 +193,8 @@ class Generation:
             self.usage.completion_tokens += tokens  # billed even if the request ends early
             self.record.completion_tokens = self.usage.completion_tokens
             if not self.from_cache:  # engine work only: a cached answer generated nothing
-                metrics.count_tokens(model, "generation", tokens)
+                metrics.count_tokens(model, "generation", tokens, window=False)
+                self._generated += tokens
             key = (prompt_index, chunk.index)
             previous = self._last_at.get(key)
             if self.first_token_at is None:
@@ -199,7 +202,9 @@ class Generation:
                 self.record.ttft_ms = (now - self.record.arrival) * 1000
                 metrics.observe_latency(model, "ttft", now - self.record.arrival)
             elif previous is not None:
-                metrics.observe_latency(model, "itl", (now - previous) / tokens, tokens)
+                gap = (now - previous) / tokens
+                metrics.observe_latency(model, "itl", gap, tokens, window=False)
+                self._gaps.append((gap, tokens))
             self._last_at[key] = now
         if chunk.confidence is not None:
             self.confidence.append(chunk.confidence)
@@ -245,6 +250,7 @@ class Generation:
         if self.status == 499 and self.record.status < 400:  # a stream's 200 went out; the log tells the truth
             self.record.status = 499
         self.metrics.observe_latency(self.model, "e2e", time.monotonic() - self.record.arrival)
+        self.metrics.close_request(self.model, self._gaps, self._generated)
         if self.on_finish is not None:
             await self.on_finish(self, self.status)
 

@@ -32,6 +32,8 @@ async def health(request: Request, deployment: str | None = None,
     engines = services.router.engines()
     if deployment is not None:
         services.router.engine(deployment)  # 404 for an unknown model
+    if services.metrics.health is None:
+        raise APIError(409, "Monitoring is off on this server (monitor.enabled: false).", code="monitoring_off")
     return {"object": "list", "data": services.metrics.health.summary(window_s, engines, deployment)}
 
 

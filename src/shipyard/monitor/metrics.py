@@ -23,7 +23,8 @@ _LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
 
 
 class _EngineStateCollector(Collector):
-    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict):
+    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict,
+                 windows: bool = True):
         self._engines = engines
         self._layers = layers
 
@@ -99,7 +100,8 @@ class _EngineStateCollector(Collector):
 
 
 class ServingMetrics:
-    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict):
+    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict,
+                 windows: bool = True):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("shipyard:time_to_first_token_seconds", "Time to first token", ["model_name"],
@@ -119,22 +121,35 @@ class ServingMetrics:
                               ["model_name", "error_type", "status"], registry=r)
         self._engine_state = _EngineStateCollector(engines, layers)
         self._latency = {"ttft": self.ttft, "itl": self.itl, "e2e": self.e2e, "queue": self.queue}
-        self.health = HealthWindows()
+        self.health = HealthWindows() if windows else None  # off: Prometheus only
         r.register(self._engine_state)
 
     # The request path reports here once; the Prometheus series and the sliding windows both see it.
-    def observe_latency(self, model: str, series: str, seconds: float, count: int = 1) -> None:
+    # Per-token series (inter-token latency, generated tokens) reach the windows once per request,
+    # through `close_request`: the window's cost does not grow with the answer's length.
+    def observe_latency(self, model: str, series: str, seconds: float, count: int = 1, window: bool = True) -> None:
         histogram = self._latency[series].labels(model)
         for _ in range(count):
             histogram.observe(seconds)
-        self.health.of(model).latency[series].observe(seconds, count)
+        if window and self.health is not None:
+            self.health.of(model).latency[series].observe(seconds, count)
 
-    def count_tokens(self, model: str, kind: str, tokens: int) -> None:
+    def count_tokens(self, model: str, kind: str, tokens: int, window: bool = True) -> None:
         (self.prompt_tokens if kind == "prompt" else self.generation_tokens).labels(model).inc(tokens)
-        self.health.of(model).tokens.add(kind, tokens)
+        if window and self.health is not None:
+            self.health.of(model).tokens.add(kind, tokens)
+
+    def close_request(self, model: str, gaps: list[tuple[float, int]], generated: int) -> None:
+        """A request's inter-token gaps (seconds, tokens) and generated tokens, into the windows."""
+        if self.health is not None:
+            windows = self.health.of(model)
+            windows.latency["itl"].observe_many(gaps)
+            if generated:
+                windows.tokens.add("generation", generated)
 
     def count_outcome(self, model: str, outcome: str) -> None:
-        self.health.of(model).outcomes.add(outcome)
+        if self.health is not None:
+            self.health.of(model).outcomes.add(outcome)
 
     def render(self) -> bytes:
         """This process's metrics; with several server processes (PROMETHEUS_MULTIPROC_DIR set by

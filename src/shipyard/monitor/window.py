@@ -67,6 +67,17 @@ class SlidingHistogram(_Slices):
         counts[_bucket(value)] += count
         self._sums[number] = self._sums.get(number, 0.0) + value * count
 
+    def observe_many(self, values: list[tuple[float, int]]) -> None:
+        """(value, count) pairs at once: one slice lookup for a request's whole series."""
+        if not values:
+            return
+        number, counts = self._current()
+        total = 0.0
+        for value, count in values:
+            counts[_bucket(value)] += count
+            total += value * count
+        self._sums[number] = self._sums.get(number, 0.0) + total
+
     def _dropped(self, number: int) -> None:
         self._sums.pop(number, None)
 
