@@ -200,7 +200,7 @@ async def revoke_key(key_id: str, request: Request):
     return key_view(await _keystore(request).revoke_key(key_id))
 
 
-USAGE_COLUMNS = ("tenant_id", "key_id", "model", "requests", "prompt_tokens", "completion_tokens",
+USAGE_COLUMNS = ("tenant_id", "key_id", "model", "user", "requests", "prompt_tokens", "completion_tokens",
                  "cached_tokens", "cache_hits", "cost_usd")
 
 
@@ -210,9 +210,10 @@ async def usage(
     tenant_id: str | None = None,
     key_id: str | None = None,
     model: str | None = None,
+    user: str | None = Query(None, max_length=256, description="the requests' `user` field"),
     start: datetime | None = Query(None, description="ISO 8601, inclusive"),
     end: datetime | None = Query(None, description="ISO 8601, exclusive"),
-    group_by: list[Literal["tenant_id", "key_id", "model"]] = Query(["tenant_id", "key_id", "model"]),
+    group_by: list[Literal["tenant_id", "key_id", "model", "user"]] = Query(["tenant_id", "key_id", "model"]),
     format: Literal["json", "csv"] = "json",
 ):
     """Totals per group (default: tenant, key and model) over a time range."""
@@ -228,7 +229,7 @@ async def usage(
                    func.coalesce(func.sum(UsageRecord.cached_tokens), 0).label("cached_tokens"),
                    func.count().filter(UsageRecord.cache.in_(CACHE_HITS)).label("cache_hits"),
                    func.coalesce(func.sum(UsageRecord.cost_usd), 0.0).label("cost_usd")).group_by(*columns)
-    for column, value in (("tenant_id", tenant_id), ("key_id", key_id), ("model", model)):
+    for column, value in (("tenant_id", tenant_id), ("key_id", key_id), ("model", model), ("user", user)):
         if value is not None:
             query = query.where(getattr(UsageRecord, column) == value)
     if start is not None:

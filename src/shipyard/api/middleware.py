@@ -41,6 +41,7 @@ class RequestRecord:
     cache: str | None = None  # what the caches did: hit, semantic, miss or bypass
     cache_similarity: float | None = None  # a semantic hit's cosine similarity
     cache_header: str | None = None  # the client's Cache-Control header
+    user: str | None = None  # the body's `user` field: the caller's end user
     error_type: str | None = None
     status: int = 0
     client_supplied_id: bool = False

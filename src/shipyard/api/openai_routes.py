@@ -79,12 +79,15 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     principal = caller.principal
     try:
         try:
-            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts)
+            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts,
+                                         record.user)
         except StaleCredentials:  # the key changed on another replica: check it again, once
             principal = await caller.reauthenticate()
-            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts)
+            ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts,
+                                         record.user)
     except GatewayError as exc:
-        gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival))
+        gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival),
+                       user=record.user)
         raise
     record.rate_limit_headers = ticket.headers()
 
@@ -140,7 +143,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
 
 
 async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord, caller: Caller):
-    record.model, record.stream = body.model, body.stream
+    record.model, record.stream, record.user = body.model, body.stream, body.user
     engine = services.router.resolve(body.model)
     prompt, params = body.to_engine()
     gen = await _start(services, caller, record, engine, [prompt], params, cache_control(body.cache, record.cache_header))
@@ -150,7 +153,7 @@ async def prepare_chat(body: ChatCompletionRequest, services: Services, record: 
 
 async def prepare_completion(body: CompletionRequest, services: Services, record: RequestRecord,
                              caller: Caller):
-    record.model, record.stream = body.model, body.stream
+    record.model, record.stream, record.user = body.model, body.stream, body.user
     engine = services.router.resolve(body.model)
     prompts, params = body.to_engine()
     control = cache_control(body.cache, record.cache_header)

@@ -116,7 +116,7 @@ class _SamplingFields(NullsAreDefaults):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     seed: int | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256, description="the caller's end user, for cost per user")
     # vLLM-style extras
     top_k: int = Field(0, ge=-1)
     repetition_penalty: float = Field(1.0, gt=0.0)

@@ -31,6 +31,7 @@ class Ticket:
     reservation: Reservation
     admission: TieredAdmission | None
     weight: int = 1  # sequences this request runs
+    user: str | None = None  # the request's `user` field
     admitted: bool = False
     finished: bool = False
 
@@ -96,7 +97,7 @@ class Gateway:
         return buckets
 
     async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int | None,
-                    n: int, prompts: int = 1) -> Ticket:
+                    n: int, prompts: int = 1, user: str | None = None) -> Ticket:
         """Every prompt counts as a request and every sequence (prompts × n) as a slot in
         admission, so one call with many prompts costs what that many calls would.
         Raises StaleCredentials when the principal came from a cache that another replica made stale."""
@@ -111,7 +112,7 @@ class Gateway:
         except StaleCredentials:
             self.authenticator.forget(principal.key_id)
             raise
-        ticket = Ticket(principal, model, reservation, self.admissions.get(model), weight=n * prompts)
+        ticket = Ticket(principal, model, reservation, self.admissions.get(model), weight=n * prompts, user=user)
         if ticket.admission is not None:
             try:
                 await ticket.admission.enter(principal.tier, ticket.weight)
@@ -137,17 +138,18 @@ class Gateway:
         # Otherwise whatever was generated counts, however the request ended (client gone, shutdown, error).
         await self.limiter.settle(ticket.reservation, actual)
         self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
-                    cached_tokens, latency_ms, ttft_ms, cost, cache)
+                    cached_tokens, latency_ms, ttft_ms, cost, cache, ticket.user)
 
     def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
                completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,
-               ttft_ms: float | None = None, cost: float = 0.0, cache: str | None = None) -> None:
+               ttft_ms: float | None = None, cost: float = 0.0, cache: str | None = None,
+               user: str | None = None) -> None:
         if self.meter is None:
             return
         self.meter.record(Usage(request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id,
                                 model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                 cached_tokens=cached_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, status=status,
-                                cost_usd=cost, created_at=now_iso(), cache=cache))
+                                cost_usd=cost, created_at=now_iso(), cache=cache, user=user))
 
 
 def monotonic_ms(since: float) -> float:

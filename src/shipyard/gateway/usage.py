@@ -40,6 +40,7 @@ class Usage:
     cost_usd: float
     created_at: str  # ISO 8601, UTC
     cache: str | None = None  # hit, semantic, miss or bypass (None: no cache layer)
+    user: str | None = None  # the request's `user` field (the caller's end user)
 
 
 CACHE_HITS = ("hit", "semantic")  # answered from the exact or the semantic cache

@@ -62,7 +62,8 @@ class ApiKey(Base):
 
 class UsageRecord(Base):
     __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_tenant_time", "tenant_id", "created_at"),)
+    __table_args__ = (Index("ix_usage_tenant_time", "tenant_id", "created_at"),
+                      Index("ix_usage_tenant_user_time", "tenant_id", "user", "created_at"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)
@@ -74,6 +75,7 @@ class UsageRecord(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cache: Mapped[str | None] = mapped_column(String(16))  # hit, semantic, miss or bypass
+    user: Mapped[str | None] = mapped_column(String(256))  # the request's `user` field
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
