@@ -22,6 +22,7 @@ class Scripted(Engine):
         self.version = version
         self.calls = 0
         self.fail = False
+        self.gate: asyncio.Event | None = None  # set: the answer's last chunk waits for it
 
     def identity(self) -> str:
         return f"scripted:{self.version}"
@@ -43,6 +44,8 @@ class Scripted(Engine):
                                           usage=Usage(3, 1))
                     return
                 last = i == 2
+                if last and self.gate is not None:
+                    await self.gate.wait()
                 yield GenerationChunk(request.request_id, 0, word, [i], finish_reason="length" if last else None,
                                       usage=Usage(3, 3) if last else None)
         return stream()
@@ -127,3 +130,29 @@ def test_a_failure_behind_the_cache_keeps_its_origin():
     remote_inner = Scripted()
     remote_inner.deferred_errors = True
     assert engine_failure(CachingEngine(remote_inner, "d", None, None)).status == 502
+
+
+async def test_an_answer_finished_after_an_invalidation_is_not_served():
+    """A request running while an admin forgets the cache must not put its (old) answer back."""
+    from shipyard.cache.semantic import SemanticCache, SemanticCacheConfig
+
+    class Embed:  # every prompt the same vector: any lookup would match
+        def __call__(self, texts):
+            import numpy as np
+
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    inner = Scripted()
+    semantic = SemanticCache(SemanticCacheConfig(deployments=["d"]), Embed())
+    layer = CachingEngine(inner, "d", ExactCache(ExactCacheConfig()), semantic)
+    inner.gate = asyncio.Event()
+    running = asyncio.ensure_future(_run(layer, _request()))
+    await asyncio.sleep(0.05)
+    await layer.invalidate()  # the deployment's answers, while the request is half done
+    inner.gate.set()
+    assert await running == ("a b c", "miss")
+    await asyncio.sleep(0.05)
+    inner.gate = None
+    assert (await _run(layer, _request(request_id="r2")))[1] == "miss"
+    await asyncio.sleep(0.05)
+    assert semantic.size() == 1  # that later answer is kept, the half-done one was not

@@ -99,18 +99,21 @@ class CachingEngine(Engine):
                 yield chunk
             return
         partition = keys.partition(request.scope, self.deployment, self.inner.identity(), request.params)
-        key = keys.request_key(partition, request)
+        # Scoped as the request begins: an invalidation while it runs makes its answer unreachable.
+        scoped = await self.exact.scope(keys.request_key(partition, request), request.scope, self.deployment) \
+            if self.exact is not None else None
+        epoch = self.semantic.epoch if self.semantic is not None else None
+        text = keys.prompt_text(request) if self.semantic is not None else None
         vector = None
         if request.cache_control != "no-cache":
-            if self.exact is not None:
+            if scoped is not None:
                 self.counters.queries["exact"] += 1
-                stored = await self.exact.get(key, request.scope, self.deployment)
+                stored = await self.exact.get(scoped)
                 if stored is not None:
                     self.counters.hits["exact"] += 1
                     for chunk in self._replay(stored, request, "hit", None):
                         yield chunk
                     return
-            text = keys.prompt_text(request) if self.semantic is not None else None
             if text is not None:
                 self.counters.queries["semantic"] += 1
                 match = None
@@ -128,20 +131,22 @@ class CachingEngine(Engine):
         async for chunk in self._passthrough(request, "bypass" if request.cache_control else "miss"):
             recorded.append(chunk)
             yield chunk
-        if recording.complete(recorded) and request.cache_control != "no-store":
+        if recording.complete(recorded):
             # Stored in the background: a slow cache never holds back the end of the response.
-            task = asyncio.ensure_future(self._store(request, partition, key, vector, recording.encode(recorded)))
+            answer = recording.encode(recorded)
+            task = asyncio.ensure_future(self._store(request.scope, partition, scoped, text, vector, epoch, answer))
             self._storing.add(task)
             task.add_done_callback(self._storing.discard)
 
-    async def _store(self, request: GenerationRequest, partition: str, key: str, vector, answer: bytes) -> None:
-        if self.exact is not None:
-            await self.exact.put(key, request.scope, self.deployment, answer)
-        if self.semantic is not None and (text := keys.prompt_text(request)) is not None:
+    async def _store(self, tenant: str, partition: str, scoped: str | None, text: str | None, vector, epoch,
+                     answer: bytes) -> None:
+        if scoped is not None:
+            await self.exact.put(scoped, answer)
+        if text is not None:
             try:
                 if vector is None:
                     vector = await self.semantic.embed(text)
-                self.semantic.add(partition, request.scope, self.deployment, vector, answer)
+                self.semantic.add(partition, tenant, self.deployment, vector, answer, epoch)
             except Exception:  # a cache that cannot store is a cache that misses, never an error
                 log.exception("semantic cache store failed")
 

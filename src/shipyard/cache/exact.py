@@ -94,36 +94,42 @@ class RedisBackend:
 
 
 class ExactCache:
+    """A request's answer is looked up and stored under one scoped key, taken when the request
+    arrives: an invalidation while it runs bumps a generation, so its answer lands where no one
+    looks instead of reviving what was just forgotten."""
+
     def __init__(self, config: ExactCacheConfig, redis=None):
+        if config.backend == "redis" and redis is None:
+            raise ValueError("the exact cache's 'redis' backend needs gateway.redis_url")
         self.config = config
         self.backend = RedisBackend(redis) if redis is not None and config.backend != "memory" else \
             MemoryBackend(config.max_entries, config.max_bytes)
 
-    async def _scoped(self, key: str, tenant: str, deployment: str) -> str:
-        generations = await self.backend.generations(_generation_names(tenant, deployment))
+    async def scope(self, key: str, tenant: str, deployment: str) -> str | None:
+        """The key under the current generations, or None when the cache cannot answer in time
+        (a failing or frozen Redis is a miss, never an error)."""
+        try:
+            generations = await asyncio.wait_for(self.backend.generations(_generation_names(tenant, deployment)),
+                                                 self.config.timeout_s)
+        except Exception as exc:
+            log.warning("exact cache unavailable (%s); answering from the engine", type(exc).__name__)
+            return None
         return ".".join(map(str, generations)) + "." + key
 
-    async def get(self, key: str, tenant: str, deployment: str) -> bytes | None:
-        """The stored answer, or None; a cache that fails or freezes is a miss, never an error."""
+    async def get(self, scoped: str) -> bytes | None:
         try:
-            return await asyncio.wait_for(self._get(key, tenant, deployment), self.config.timeout_s)
+            return await asyncio.wait_for(self.backend.get(scoped), self.config.timeout_s)
         except Exception as exc:
             log.warning("exact cache read failed (%s); answering from the engine", type(exc).__name__)
             return None
 
-    async def _get(self, key: str, tenant: str, deployment: str) -> bytes | None:
-        return await self.backend.get(await self._scoped(key, tenant, deployment))
-
-    async def put(self, key: str, tenant: str, deployment: str, value: bytes) -> None:
+    async def put(self, scoped: str, value: bytes) -> None:
         if len(value) > self.config.max_entry_bytes:
             return
         try:
-            await asyncio.wait_for(self._set(key, tenant, deployment, value), self.config.timeout_s * 4)
+            await asyncio.wait_for(self.backend.set(scoped, value, self.config.ttl_s), self.config.timeout_s * 4)
         except Exception as exc:
             log.warning("exact cache write failed (%s)", type(exc).__name__)
-
-    async def _set(self, key: str, tenant: str, deployment: str, value: bytes) -> None:
-        await self.backend.set(await self._scoped(key, tenant, deployment), value, self.config.ttl_s)
 
     async def invalidate(self, tenant: str | None = None, deployment: str | None = None) -> None:
         """Every answer of the tenant, of the deployment, or (both given) of the tenant there."""

@@ -87,6 +87,8 @@ class SemanticCache:
         self._embedder = embedder
         self._partitions: dict[str, _Partition] = {}
         self._next_id = 0
+        # Bumped by every invalidation: an answer computed before one is not added after it.
+        self.epoch = 0
 
     @property
     def embedder(self) -> Embedder:
@@ -114,8 +116,13 @@ class SemanticCache:
             return None
         return Match(answer, score)
 
-    def add(self, partition_id: str, tenant: str, deployment: str, vector: np.ndarray, answer: bytes) -> None:
+    def add(self, partition_id: str, tenant: str, deployment: str, vector: np.ndarray, answer: bytes,
+            epoch: int | None = None) -> None:
+        """Keep `answer` for this prompt; `epoch` is `self.epoch` as the request began (stale: dropped)."""
         import faiss
+
+        if epoch is not None and epoch != self.epoch:
+            return
 
         part = self._partitions.get(partition_id)
         if part is None:
@@ -137,6 +144,7 @@ class SemanticCache:
 
     def invalidate(self, tenant: str | None = None, deployment: str | None = None) -> None:
         """Forget the tenant's answers, the deployment's, or (both given) the tenant's there."""
+        self.epoch += 1
         for partition_id, part in list(self._partitions.items()):
             if (tenant is None or part.tenant == tenant) and (deployment is None or part.deployment == deployment):
                 del self._partitions[partition_id]
