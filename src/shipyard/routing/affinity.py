@@ -45,9 +45,9 @@ class PrefixAffinity:
         self.routed = 0  # requests sent where their prefix was
         self.shed = 0  # requests whose prefix replica was too busy
 
-    def pick(self, request: GenerationRequest, candidates: list[Replica]) -> Replica | None:
-        """The replica holding the longest run of this prompt's blocks, or None (the balancer's turn)."""
-        blocks = prefix_blocks(request)
+    def pick(self, blocks: list[bytes], candidates: list[Replica]) -> Replica | None:
+        """The replica holding the longest run of these prompt blocks (`prefix_blocks`), or None
+        (the balancer's turn)."""
         if not blocks or len(candidates) < 2:
             return None
         runs = {}
@@ -71,9 +71,9 @@ class PrefixAffinity:
         self.routed += 1
         return best
 
-    def remember(self, request: GenerationRequest, replica: Replica) -> None:
+    def remember(self, blocks: list[bytes], replica: Replica) -> None:
         seen = self._seen.setdefault(replica.name, OrderedDict())
-        for block in prefix_blocks(request):
+        for block in blocks:
             seen[block] = None
             seen.move_to_end(block)
         while len(seen) > self.max_blocks:

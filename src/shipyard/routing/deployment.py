@@ -36,7 +36,7 @@ from shipyard.engines.errors import (
     UpstreamError,
 )
 from shipyard.engines.watchdog import Watchdog
-from shipyard.routing.affinity import PrefixAffinity
+from shipyard.routing.affinity import PrefixAffinity, prefix_blocks
 from shipyard.routing.balancer import Balancer
 from shipyard.routing.replica import Replica
 from shipyard.routing.resilience import Backoff
@@ -144,10 +144,11 @@ class DeploymentEngine(Engine):
             return None
         pool = max(r.min_tier for r in eligible)
         candidates = [r for r in eligible if r.min_tier == pool]
-        chosen = self.affinity.pick(request, candidates) if self.affinity and request is not None else None
-        chosen = chosen or self.balancer.pick(candidates)
-        if self.affinity is not None and request is not None:
-            self.affinity.remember(request, chosen)
+        if self.affinity is None or request is None:
+            return self.balancer.pick(candidates)
+        blocks = prefix_blocks(request)
+        chosen = self.affinity.pick(blocks, candidates) or self.balancer.pick(candidates)
+        self.affinity.remember(blocks, chosen)
         return chosen
 
     def generate(self, request: GenerationRequest) -> _RoutedStream:

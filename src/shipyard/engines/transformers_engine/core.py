@@ -37,11 +37,12 @@ class EngineCore:
                 for seq in group.sequences:
                     seq.timings.scheduled = now
         scored = {i for i, g in enumerate(admitted) if g.sequences[0].params.prompt_logprobs is not None}
-        sharing = self.prefix_cache is not None
-        if sharing:  # known prefixes are copied in, not computed (scored prompts need every position)
-            for i, group in enumerate(admitted):
-                if i not in scored:
-                    group.cached_tokens = self.prefix_cache.load(group.prompt_ids, group.sequences[0].slot)
+        pool = self.prefix_cache
+        # Known prefixes are copied in, not computed (scored prompts need every position).
+        names = [pool.names(g.prompt_ids) for g in admitted] if pool is not None else []
+        for i, group in enumerate(admitted if pool is not None else []):
+            if i not in scored:
+                group.cached_tokens = pool.load(group.prompt_ids, names[i], group.sequences[0].slot)
         decode_logits, prefill_logits, prompt_logits = self.runner.forward(
             [s.last_token for s in decoding],
             [s.length - 1 for s in decoding],
@@ -50,9 +51,8 @@ class EngineCore:
             scored,
             [g.cached_tokens for g in admitted],
         )
-        if sharing:  # before any fork or compaction touches these slots
-            for group in admitted:
-                self.prefix_cache.store(group.prompt_ids, group.sequences[0].slot)
+        for group, group_names in zip(admitted, names):  # before any fork or compaction touches these slots
+            pool.store(group_names, group.sequences[0].slot)
         for index, logits in prompt_logits.items():
             group = admitted[index]
             group.prompt_logprobs = self.sampler.prompt_logprobs(

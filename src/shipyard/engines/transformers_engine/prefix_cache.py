@@ -46,20 +46,19 @@ class PrefixCache:
             names.append(parent)
         return names
 
-    def load(self, prompt_ids: list[int], slot: int) -> int:
-        """Copy the prompt's longest run of known blocks into `slot`; returns the tokens copied."""
+    def load(self, prompt_ids: list[int], names: list[bytes], slot: int) -> int:
+        """Copy the prompt's longest run of known blocks (`names`, from `self.names`) into `slot`;
+        returns the tokens copied."""
         self.queries += len(prompt_ids)
-        if not self.blocks:
-            return 0
         found: list[int] = []
-        for name in self.names(prompt_ids):
+        for name in names:
             index = self.blocks.get(name)
             if index is None:
                 break
             found.append(index)
         if not found:
             return 0
-        for name in reversed(self.names(prompt_ids)[: len(found)]):  # a chain's root is evicted last
+        for name in reversed(names[: len(found)]):  # a chain's root is evicted last
             self.blocks.move_to_end(name)
         tokens = len(found) * self.block_size
         self.cache.ensure_capacity(len(prompt_ids))
@@ -72,11 +71,10 @@ class PrefixCache:
         self.hits += tokens
         return tokens
 
-    def store(self, prompt_ids: list[int], slot: int) -> None:
+    def store(self, names: list[bytes], slot: int) -> None:
         """After the prompt's prefill: keep its full blocks that the pool does not hold yet."""
         if self.max_bytes <= 0:
             return
-        names = self.names(prompt_ids)
         new = [(position, name) for position, name in enumerate(names) if name not in self.blocks]
         if not new or not self._allocate():
             return
