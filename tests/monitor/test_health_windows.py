@@ -74,6 +74,10 @@ def test_health_route_reports_each_deployment(server, client):
     assert row["itl_s"]["count"] >= 8 and row["e2e_s"]["p95"] >= row["ttft_s"]["p50"]
     assert row["generation_tokens"] >= 12 and row["live"]["waiting"] == 0
     assert call(server.base_url, None, "GET", "/admin/monitor/health?deployment=nope").status_code == 404
+    for i in range(3):  # unknown models are refused and never get windows of their own
+        httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": f"made-up-{i}", "messages": []})
+    rows = call(server.base_url, None, "GET", "/admin/monitor/health").json()["data"]
+    assert not any(r["deployment"].startswith("made-up") for r in rows)
     assert call(server.base_url, None, "GET", "/admin/monitor/health?window_s=0").status_code == 400
 
 

@@ -23,9 +23,8 @@ _LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
 
 
 class _EngineStateCollector(Collector):
-    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict,
-                 windows: bool = True):
-        self._engines = engines
+    def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict):
+        self.engines = engines
         self._layers = layers
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -52,7 +51,7 @@ class _EngineStateCollector(Collector):
                                     labels=["model_name", "replica"])
         outstanding = GaugeMetricFamily("shipyard:replica_outstanding", "Requests this gateway has in flight there",
                                         labels=["model_name", "replica"])
-        for name, engine in self._engines().items():
+        for name, engine in self.engines().items():
             stats = engine.stats()
             running.add_metric([name], stats.num_running)
             waiting.add_metric([name], stats.num_waiting)
@@ -90,7 +89,7 @@ class _EngineStateCollector(Collector):
                 hits.add_metric([name, kind], counters.hits[kind])
                 rate.add_metric([name, kind], counters.hits[kind] / asked if asked else 0.0)
             bypassed.add_metric([name], counters.bypassed)
-        for name, engine in self._engines().items():
+        for name, engine in self.engines().items():
             stats = engine.stats()
             prefix_q.add_metric([name], stats.prefix_cache_queries)
             prefix_h.add_metric([name], stats.prefix_cache_hits)
@@ -148,7 +147,8 @@ class ServingMetrics:
                 windows.tokens.add("generation", generated)
 
     def count_outcome(self, model: str, outcome: str) -> None:
-        if self.health is not None:
+        # Only deployments that exist: a client naming models at random must not grow the windows.
+        if self.health is not None and model in self._engine_state.engines():
             self.health.of(model).outcomes.add(outcome)
 
     def render(self) -> bytes:

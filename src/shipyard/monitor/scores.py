@@ -94,9 +94,12 @@ class ScoreStore:
     async def add(self, scores: list[ScoreIn], tenant_id: str | None, source: str | None = None) -> list[dict]:
         """Store scores of requests the caller's tenant made (`tenant_id` None: any tenant)."""
         now = datetime.now(timezone.utc)
+        owners: dict[str, tuple[str, str, str]] = {}  # one lookup per request, however many scores it gets
         rows = []
         for score in scores:
-            usage_id, owner, deployment = await self.request_owner(score.request_id, tenant_id)
+            if score.request_id not in owners:
+                owners[score.request_id] = await self.request_owner(score.request_id, tenant_id)
+            usage_id, owner, deployment = owners[score.request_id]
             rows.append(Score(request_id=usage_id, tenant_id=owner, deployment=deployment, name=score.name,
                               source=source or score.source, comment=score.comment, created_at=now,
                               **_columns(score.value)))
