@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,30 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gateway_overhead import ADMIN, _wait, free_port  # noqa: E402
-
-HEADERS = {"authorization": f"Bearer {ADMIN}"}
-
-
-def _serve_config(config: dict, workdir: Path, name: str) -> tuple[subprocess.Popen, str]:
-    """`shipyard serve` with this config, ready; returns the process and its URL."""
-    import yaml
-
-    port = free_port()
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / f"data-{name}")}
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(path), "--port", str(port)],
-                            env=env, stdout=open(workdir / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-    _wait(f"http://127.0.0.1:{port}/ready", timeout=300)
-    return proc, f"http://127.0.0.1:{port}"
+from harness import HEADERS, serve_config, stream_chat  # noqa: E402
 
 
 def _serve(model: Path, workdir: Path, name: str, prefix_mib: float, exact: bool) -> tuple[subprocess.Popen, str]:
     config = {"deployments": {"demo": {"engine": "transformers", "model": str(model), "num_threads": 1,
                                        "max_num_seqs": 16, "prefix_cache_mib": prefix_mib}},
               "cache": {"exact": {"enabled": exact}}, "server": {"log_level": "warning"}}
-    return _serve_config(config, workdir, name)
+    return serve_config(config, workdir, name)
 
 
 def system_prompt(tokenizer, tokens: int = 512) -> str:
@@ -64,25 +47,6 @@ def system_prompt(tokenizer, tokens: int = 512) -> str:
     text = pydoc.getdoc(str) + "\n" + pydoc.getdoc(dict) + "\n" + pydoc.getdoc(list) + "\n" + pydoc.getdoc(set)
     ids = tokenizer.encode(text * 4)[:tokens]
     return tokenizer.decode(ids)
-
-
-async def _stream(session, url: str, body: dict) -> tuple[float, int]:
-    start = time.perf_counter()
-    first, tokens = None, 0
-    async with session.post(f"{url}/v1/chat/completions", json={**body, "stream": True,
-                                                                "stream_options": {"include_usage": True}},
-                            headers=HEADERS) as response:
-        assert response.status == 200, await response.text()
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line.endswith("[DONE]"):
-                continue
-            event = json.loads(line[5:])
-            if first is None and any((c.get("delta") or {}).get("content") for c in event.get("choices") or []):
-                first = time.perf_counter() - start
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
-    return (first or 0.0) * 1000, tokens
 
 
 async def shared_prefix_load(url: str, system: str, requests: int, concurrency: int, max_tokens: int) -> dict:
@@ -100,12 +64,12 @@ async def shared_prefix_load(url: str, system: str, requests: int, concurrency: 
     async def user(session) -> None:
         nonlocal tokens
         while queue:
-            ttft, n = await _stream(session, url, body(queue.pop()))
+            ttft, n = await stream_chat(session, url, body(queue.pop()))
             ttfts.append(ttft)
             tokens += n
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        await _stream(session, url, body(-1))  # warm-up (and, with sharing on, the prefix enters the pool)
+        await stream_chat(session, url, body(-1))  # warm-up (and, with sharing on, the prefix enters the pool)
         started = time.perf_counter()
         await asyncio.gather(*(user(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from caching import _serve_config, _stream  # noqa: E402
+from harness import serve_config, stream_chat  # noqa: E402
 
 
 def request_path_cost(requests: int, tokens: int = 32) -> dict:
@@ -86,11 +86,11 @@ async def throughput(url: str, requests: int, concurrency: int, max_tokens: int)
             i = queue.pop()
             body = {"model": "demo", "max_tokens": max_tokens, "temperature": 0.8, "ignore_eos": True,
                     "messages": [{"role": "user", "content": f"What is a tuple in Python? ({i})"}]}
-            _, n = await _stream(session, url, body)  # awaited first: `tokens += await ...` would lose updates
+            _, n = await stream_chat(session, url, body)  # awaited first: `tokens += await ...` would lose updates
             tokens += n
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        await _stream(session, url, {"model": "demo", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]})
+        await stream_chat(session, url, {"model": "demo", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]})
         started = time.perf_counter()
         await asyncio.gather(*(user(session) for _ in range(concurrency)))
         return tokens / (time.perf_counter() - started)
@@ -119,7 +119,7 @@ def main() -> None:
                               "confidence_scores": enabled}
                 config = {"deployments": {"demo": deployment}, "monitor": {"enabled": enabled},
                           "cache": {"exact": {"enabled": False}}, "server": {"log_level": "warning"}}
-                proc, url = _serve_config(config, Path(tmp), f"{name}-{round_}")
+                proc, url = serve_config(config, Path(tmp), f"{name}-{round_}")
                 try:
                     rates[name].append(asyncio.run(throughput(url, args.requests, args.concurrency,
                                                               args.max_tokens)))

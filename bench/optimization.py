@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 
+from harness import serve_deployment  # noqa: E402
 from gateway_overhead import ADMIN, _wait, free_port  # noqa: E402
 
 
@@ -45,19 +45,6 @@ def _tree_rss(pid: int) -> int:
             continue
         stack.extend(int(c) for c in children)
     return total
-
-
-def _serve(deployment: dict, workdir: Path, name: str) -> tuple[subprocess.Popen, str]:
-    import yaml
-
-    port = free_port()
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"deployments": {"demo": deployment}, "server": {"log_level": "warning"}}))
-    env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / f"data-{name}")}
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(path), "--port", str(port)],
-                            env=env, stdout=open(workdir / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-    _wait(f"http://127.0.0.1:{port}/ready", timeout=300)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def _llama_server(gguf: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -157,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shipyard-optimization-") as tmp:
         workdir = Path(tmp)
         for name, (deployment, quality) in variants.items():
-            proc, url = _serve(deployment, workdir, name)
+            proc, url = serve_deployment(deployment, workdir, name)
             try:
                 figures = _measure(proc, url, ADMIN, args)
             finally:

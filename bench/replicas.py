@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,21 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gateway_overhead import ADMIN, _wait, free_port, pct  # noqa: E402
-
-
-def _serve(deployment: dict, workdir: Path, name: str) -> tuple[subprocess.Popen, str]:
-    import yaml
-
-    port = free_port()
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"deployments": {"demo": deployment}, "server": {"log_level": "warning"}}))
-    env = {**os.environ, "SHIPYARD_ADMIN_KEY": ADMIN, "SHIPYARD_DATA_DIR": str(workdir / f"data-{name}"),
-           "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "--config", str(path), "--port", str(port)],
-                            env=env, stdout=open(workdir / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-    _wait(f"http://127.0.0.1:{port}/ready", timeout=300)
-    return proc, f"http://127.0.0.1:{port}"
+from harness import serve_deployment  # noqa: E402
+from gateway_overhead import ADMIN, pct  # noqa: E402
 
 
 async def _load(url: str, concurrency: int, duration: float, max_tokens: int) -> dict:
@@ -99,7 +85,7 @@ def main() -> None:
                      "model": model.name, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="shipyard-replicas-") as tmp:
         for name, deployment in setups.items():
-            proc, url = _serve(deployment, Path(tmp), name)
+            proc, url = serve_deployment(deployment, Path(tmp), name)
             try:
                 results[name] = asyncio.run(_load(url, args.concurrency, args.duration, args.max_tokens))
             finally:
