@@ -87,20 +87,23 @@ class SemanticCache:
         self._embedder = embedder
         self._partitions: dict[str, _Partition] = {}
         self._next_id = 0
+        self._loading = threading.Lock()
         # Bumped by every invalidation: an answer computed before one is not added after it.
         self.epoch = 0
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = Embedder(self.config.model_path, self.config.num_threads)
+        """Loaded once (at start-up, off the event loop; a request racing it waits in its thread)."""
+        with self._loading:
+            if self._embedder is None:
+                self._embedder = Embedder(self.config.model_path, self.config.num_threads)
         return self._embedder
 
     def enabled_for(self, deployment: str) -> bool:
         return deployment in self.config.deployments
 
     async def embed(self, text: str) -> np.ndarray:
-        return (await asyncio.to_thread(self.embedder, [text]))[0]
+        return (await asyncio.to_thread(lambda: self.embedder([text])))[0]  # even the first load off the loop
 
     def lookup(self, partition_id: str, vector: np.ndarray) -> Match | None:
         part = self._partitions.get(partition_id)

@@ -163,14 +163,17 @@ class LaunchedEngine(OpenAIHTTPEngine):
 
     def __init__(self, config: LaunchConfig, model_id: str, replica_name: str):
         self.launcher = Launcher(config, replica_name, model_id)
+        self._identity: str | None = None
         super().__init__(OpenAIHTTPEngineConfig(
             url=self.launcher.url, flavor=FLAVOR_OF[config.kind], upstream_model=model_id,
             first_token_timeout_s=config.first_token_timeout_s, idle_timeout_s=config.idle_timeout_s,
             poll_interval_s=config.poll_interval_s), model_id, api_key=self.launcher.token)
 
     def identity(self) -> str:  # the port is new at every launch; the model is what matters
-        config = self.launcher.config
-        return f"launch:{config.kind}:{config.model}:{path_identity(config.model)}:{config.args}"
+        if self._identity is None:  # read from disk once, not on every cached request
+            config = self.launcher.config
+            self._identity = f"launch:{config.kind}:{config.model}:{path_identity(config.model)}:{config.args}"
+        return self._identity
 
     async def start(self) -> None:
         await self.launcher.start()
