@@ -161,7 +161,10 @@ class ScoreWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        try:  # a frozen database must not hold up shutdown
+            await asyncio.wait_for(self.flush(), 10)
+        except asyncio.TimeoutError:
+            log.warning("scores not written at shutdown: the database did not answer")
 
     async def _run(self) -> None:
         while not self._stopping:
