@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from shipyard import __version__
-from shipyard.api import (admin_routes, cache_routes, deployment_routes, monitor_routes, ops_routes, openai_routes,
+from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, monitor_routes, ops_routes, openai_routes,
                           tokenize_routes, websocket)
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.guard import RequestGuard
@@ -39,6 +39,7 @@ from shipyard.cache.semantic import SemanticCache
 from shipyard.engines.base import Engine
 from shipyard.monitor.confidence import ConfidenceMonitor
 from shipyard.monitor.scores import ScoreWriter
+from shipyard.monitor.service import build_monitor
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
@@ -145,7 +146,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     redis = _redis_client(config)
     caches = build_caches(config, engines, redis)
     router = Router(engines, caches)
-    metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled)
+    metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled,
+                             slice_s=config.monitor.window_slice_s)
     data_dir = config.store.resolved_data_dir()
     db = Database(config.store.url or default_url(data_dir))
     keystore = KeyStore(db, load_pepper(data_dir))
@@ -162,6 +164,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
                       gw.default_completion_estimate)
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
+    monitor = build_monitor(config.monitor, metrics, router, db, data_dir) if config.monitor.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -169,10 +172,14 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
         await score_writer.start()
+        if monitor is not None:
+            await monitor.start()
         try:
             async with _engines_running(router, caches):
                 yield
         finally:
+            if monitor is not None:
+                await monitor.stop()
             await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
             await score_writer.stop()
@@ -182,9 +189,11 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=[ConfidenceMonitor(score_writer)] if config.monitor.enabled else [])
+                        observers=[ConfidenceMonitor(score_writer)] if config.monitor.enabled else [],
+                        monitor=monitor)
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
-                                                  admin_routes, deployment_routes, cache_routes, monitor_routes))
+                                                  admin_routes, deployment_routes, cache_routes, monitor_routes,
+                                                  alert_routes))
 
 
 def build_caches(config: ShipyardConfig, engines: dict[str, Engine], redis) -> dict[str, CachingEngine]:

@@ -25,6 +25,7 @@ from shipyard.engines.launch import LaunchConfig
 from shipyard.engines.llamacpp_engine import LlamaCppEngineConfig
 from shipyard.engines.transformers_engine import TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
+from shipyard.monitor.settings import MonitorConfig
 
 
 class TransformersDeployment(TransformersEngineConfig):
@@ -196,12 +197,6 @@ class CacheConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     exact: ExactCacheConfig = ExactCacheConfig()
     semantic: SemanticCacheConfig = SemanticCacheConfig()
-
-
-class MonitorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(True, description="Sliding-window health and the request observers (scores); "
-                                            "off leaves Prometheus /metrics only")
 
 
 class ShipyardConfig(BaseModel):

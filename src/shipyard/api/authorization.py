@@ -53,6 +53,13 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("GET", "/admin/monitor/health"): Permission.METRICS_READ,
     ("POST", "/admin/scores"): Permission.SCORES_WRITE,
     ("GET", "/admin/scores"): Permission.USAGE_READ,
+    ("GET", "/admin/alerts"): Permission.USAGE_READ,
+    ("GET", "/admin/alerts/rules"): Permission.USAGE_READ,
+    ("POST", "/admin/alerts/rules"): Permission.ALERTS_MANAGE,
+    ("DELETE", "/admin/alerts/rules/{name}"): Permission.ALERTS_MANAGE,
+    ("GET", "/admin/alerts/export/prometheus-rules"): Permission.USAGE_READ,
+    ("GET", "/admin/alerts/export/grafana"): Permission.USAGE_READ,
+    ("GET", "/admin/sla"): Permission.USAGE_READ,
     ("POST", "/tokenize"): Permission.INFERENCE,
     ("POST", "/detokenize"): Permission.INFERENCE,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)

@@ -184,8 +184,9 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
         record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
         metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
     if record.model is not None and record.stream is not None:  # an inference request: its outcome
-        metrics.count_outcome(record.model, f"error:{record.error_type}" if record.status >= 400
-                              else record.finish_reason or "ok")
+        metrics.end_request(record.model, f"error:{record.error_type}" if record.status >= 400
+                            else record.finish_reason or "ok", record.tenant_id, record.status,
+                            record.ttft_ms / 1000 if record.ttft_ms is not None else None, latency_ms / 1000)
     if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
         return  # probes would drown the log; and a line nobody logs is not worth formatting
     hidden = ("arrival", "client_supplied_id", "rate_limit_headers")

@@ -65,6 +65,7 @@ class Services:
     max_sequences_per_request: int = 64
     # Called with a FinishedRequest after accounting; must not block (hand work to a task or buffer).
     observers: list = field(default_factory=list)
+    monitor: object = None  # monitor.service.MonitorService: alerts, SLAs, drift (None: monitoring off)
 
 
 def services_of(request) -> Services:

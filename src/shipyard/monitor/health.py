@@ -21,21 +21,23 @@ LATENCIES = ("ttft", "itl", "e2e", "queue")
 
 
 class DeploymentWindows:
-    def __init__(self, clock: Callable[[], float]):
-        self.latency = {name: SlidingHistogram(clock=clock) for name in LATENCIES}
-        self.outcomes = SlidingCounter(clock=clock)  # finish reasons and error types
-        self.tokens = SlidingCounter(clock=clock)  # prompt / generation
+    def __init__(self, clock: Callable[[], float], slice_s: float = 10.0):
+        slices = max(1, round(3600 / slice_s))  # an hour, at any resolution
+        self.latency = {name: SlidingHistogram(slice_s, slices, clock) for name in LATENCIES}
+        self.outcomes = SlidingCounter(slice_s, slices, clock)  # finish reasons and error types
+        self.tokens = SlidingCounter(slice_s, slices, clock)  # prompt / generation
 
 
 class HealthWindows:
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, slice_s: float = 10.0):
         self.clock = clock
+        self.slice_s = slice_s
         self._deployments: dict[str, DeploymentWindows] = {}
 
     def of(self, deployment: str) -> DeploymentWindows:
         windows = self._deployments.get(deployment)
         if windows is None:
-            windows = self._deployments[deployment] = DeploymentWindows(self.clock)
+            windows = self._deployments[deployment] = DeploymentWindows(self.clock, self.slice_s)
         return windows
 
     def summary(self, window_s: float, engines: dict, only: str | None = None) -> list[dict]:

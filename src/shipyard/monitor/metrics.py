@@ -17,7 +17,7 @@ from shipyard.engines.base import Engine
 from shipyard.monitor.health import HealthWindows
 
 # vLLM's buckets: TTFT and ITL are short, end-to-end and queue times long.
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
 
@@ -100,11 +100,11 @@ class _EngineStateCollector(Collector):
 
 class ServingMetrics:
     def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict,
-                 windows: bool = True):
+                 windows: bool = True, slice_s: float = 10.0):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("shipyard:time_to_first_token_seconds", "Time to first token", ["model_name"],
-                              buckets=_TTFT_BUCKETS, registry=r)
+                              buckets=TTFT_BUCKETS, registry=r)
         self.itl = Histogram("shipyard:inter_token_latency_seconds", "Time between output tokens", ["model_name"],
                              buckets=_ITL_BUCKETS, registry=r)
         self.e2e = Histogram("shipyard:e2e_request_latency_seconds", "End-to-end request latency", ["model_name"],
@@ -120,7 +120,9 @@ class ServingMetrics:
                               ["model_name", "error_type", "status"], registry=r)
         self._engine_state = _EngineStateCollector(engines, layers)
         self._latency = {"ttft": self.ttft, "itl": self.itl, "e2e": self.e2e, "queue": self.queue}
-        self.health = HealthWindows() if windows else None  # off: Prometheus only
+        self.health = HealthWindows(slice_s=slice_s) if windows else None  # off: Prometheus only
+        # Told when an inference request ends: (deployment, tenant, status, ttft_s, latency_s).
+        self.request_listeners: list = []
         r.register(self._engine_state)
 
     # The request path reports here once; the Prometheus series and the sliding windows both see it.
@@ -146,10 +148,15 @@ class ServingMetrics:
             if generated:
                 windows.tokens.add("generation", generated)
 
-    def count_outcome(self, model: str, outcome: str) -> None:
+    def end_request(self, model: str, outcome: str, tenant: str | None, status: int, ttft_s: float | None,
+                    latency_s: float) -> None:
+        """An inference request's outcome (finish reason or error), and the listeners (alerting)."""
         # Only deployments that exist: a client naming models at random must not grow the windows.
-        if self.health is not None and model in self._engine_state.engines():
-            self.health.of(model).outcomes.add(outcome)
+        if self.health is None or model not in self._engine_state.engines():
+            return
+        self.health.of(model).outcomes.add(outcome)
+        for listener in self.request_listeners:
+            listener(model, tenant, status, ttft_s, latency_s)
 
     def render(self) -> bytes:
         """This process's metrics; with several server processes (PROMETHEUS_MULTIPROC_DIR set by

@@ -102,3 +102,36 @@ class Score(Base):
     source: Mapped[str] = mapped_column(String(16))  # monitor | eval | annotation | api
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AlertEventRow(Base):
+    """The alert history: every firing and resolved notification, with its delivery outcome."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (Index("ix_alert_events_tenant_time", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(32), index=True)
+    alertname: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    severity: Mapped[str] = mapped_column(String(16))  # warning | critical | page | ticket
+    deployment: Mapped[str | None] = mapped_column(String(200))
+    tenant_id: Mapped[str | None] = mapped_column(String(64))  # tenant series only; None: global
+    labels: Mapped[dict] = mapped_column(JSON)
+    annotations: Mapped[dict] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered: Mapped[bool | None] = mapped_column(Boolean)  # None: no webhook, or not yet tried
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AlertRuleRow(Base):
+    """Alert rules added through the admin API (those in shipyard.yaml are not stored)."""
+
+    __tablename__ = "alert_rules"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    body: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
