@@ -37,9 +37,8 @@ from shipyard.cache.engine import CachingEngine
 from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
 from shipyard.engines.base import Engine
-from shipyard.monitor.confidence import ConfidenceMonitor
 from shipyard.monitor.scores import ScoreWriter
-from shipyard.monitor.service import build_monitor
+from shipyard.monitor.service import build_monitor, monitor_observers
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
@@ -189,8 +188,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=[ConfidenceMonitor(score_writer)] if config.monitor.enabled else [],
-                        monitor=monitor)
+                        observers=monitor_observers(monitor, score_writer), monitor=monitor,
+                        text_deployments=frozenset(config.monitor.drift.deployments) if monitor else frozenset())
     return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
                                                   admin_routes, deployment_routes, cache_routes, monitor_routes,
                                                   alert_routes))

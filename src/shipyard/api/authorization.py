@@ -55,11 +55,14 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("GET", "/admin/scores"): Permission.USAGE_READ,
     ("GET", "/admin/alerts"): Permission.USAGE_READ,
     ("GET", "/admin/alerts/rules"): Permission.USAGE_READ,
-    ("POST", "/admin/alerts/rules"): Permission.ALERTS_MANAGE,
-    ("DELETE", "/admin/alerts/rules/{name}"): Permission.ALERTS_MANAGE,
+    ("POST", "/admin/alerts/rules"): Permission.MONITOR_MANAGE,
+    ("DELETE", "/admin/alerts/rules/{name}"): Permission.MONITOR_MANAGE,
     ("GET", "/admin/alerts/export/prometheus-rules"): Permission.USAGE_READ,
     ("GET", "/admin/alerts/export/grafana"): Permission.USAGE_READ,
     ("GET", "/admin/sla"): Permission.USAGE_READ,
+    # Drift windows hold every tenant's traffic of a deployment: global figures, like /metrics.
+    ("GET", "/admin/drift"): Permission.METRICS_READ,
+    ("POST", "/admin/drift/{deployment}/reset-reference"): Permission.MONITOR_MANAGE,
     ("POST", "/tokenize"): Permission.INFERENCE,
     ("POST", "/detokenize"): Permission.INFERENCE,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)

@@ -49,6 +49,7 @@ class Generation:
         self._reported = Usage(prompt_tokens=0, completion_tokens=0)  # what the engine's last chunks said
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
         self.confidence: list[dict] = []  # each finished choice's, from engines that measure it
+        self.output_text: list[str] | None = None  # set to [] to keep the first choice's text (monitors)
         self._gaps: list[tuple[float, int]] = []  # inter-token latencies, for the sliding windows at the end
         self._generated = 0  # tokens an engine generated (not a cache)
         self.failed = False
@@ -208,6 +209,8 @@ class Generation:
             self._last_at[key] = now
         if chunk.confidence is not None:
             self.confidence.append(chunk.confidence)
+        if self.output_text is not None and prompt_index == 0 and chunk.index == 0 and chunk.text:
+            self.output_text.append(chunk.text)
         if chunk.finish_reason == "error":
             self.failed = True
         elif chunk.finish_reason is not None:

@@ -3,6 +3,8 @@
 - `GET /admin/monitor/health`: per deployment, latency percentiles, throughput, outcomes and live
   queue figures over a sliding window (monitor/health.py). Global figures across tenants, so
   admins and metrics-role keys only, like /metrics.
+- `GET /admin/drift`, `POST /admin/drift/{deployment}/reset-reference`: each watched deployment's
+  drift report (monitor/drift.py); global, like the health figures.
 - `POST /admin/scores`, `GET /admin/scores`: the score store (monitor/scores.py). Tenant-scoped:
   a key writes and reads scores of its own tenant's requests only; admins see every tenant.
 """
@@ -72,3 +74,38 @@ async def list_scores(request: Request, deployment: str | None = None, name: str
         tenant_id = principal.tenant_id
     rows = await _store(request).query(tenant_id, deployment, name, request_id, source, start, end, limit)
     return {"object": "list", "data": rows}
+
+
+def _drift(request: Request):
+    monitor = services_of(request).monitor
+    if monitor is None or monitor.drift is None:
+        raise APIError(409, "No deployment's drift is watched (monitor.drift.deployments).", code="drift_off")
+    return monitor.drift
+
+
+@router.get("/drift")
+async def drift(request: Request, deployment: str | None = None, evaluate: bool = False):
+    """`evaluate=true` compares the windows now instead of returning the latest comparison."""
+    watcher = _drift(request)
+    names = watcher.settings.deployments
+    if deployment is not None:
+        services_of(request).router.engine(deployment)  # 404 for an unknown model
+        if deployment not in names:
+            raise APIError(409, f"The drift of '{deployment}' is not watched.", param="deployment",
+                           code="drift_off")
+        names = [deployment]
+    if evaluate:
+        await watcher.drain()
+        await watcher.evaluate(force=True)
+    return {"object": "list", "data": [watcher.status(name) for name in names], "dropped": watcher.dropped}
+
+
+@router.post("/drift/{deployment}/reset-reference")
+async def reset_reference(request: Request, deployment: str):
+    """The current window becomes the reference: the operator accepts today's traffic as normal."""
+    watcher = _drift(request)
+    if deployment not in watcher.settings.deployments:
+        raise APIError(404, f"The drift of '{deployment}' is not watched.", code="drift_off")
+    if not await watcher.reset_reference(deployment):
+        raise APIError(409, f"'{deployment}' has no traffic yet.", code="no_traffic")
+    return watcher.status(deployment)

@@ -52,6 +52,11 @@ class FinishedRequest:
     usage: object  # engines.base.Usage
     cache: str | None
     confidence: list[dict]  # per finished choice, where the engine measured it
+    finish_reason: str | None = None
+    # The first prompt and its first answer, as text: only for deployments a monitor reads text of
+    # (drift, consistency); otherwise None and never kept.
+    prompt: str | None = None
+    output: str | None = None
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Services:
     # Called with a FinishedRequest after accounting; must not block (hand work to a task or buffer).
     observers: list = field(default_factory=list)
     monitor: object = None  # monitor.service.MonitorService: alerts, SLAs, drift (None: monitoring off)
+    text_deployments: frozenset = frozenset()  # deployments whose observers read prompt and answer text
 
 
 def services_of(request) -> Services:
@@ -97,7 +103,9 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
                              gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache)
         if services.observers:
             finished = FinishedRequest(usage_id, principal.tenant_id, principal.key_id, record.model, status,
-                                       gen.usage, record.cache, gen.confidence)
+                                       gen.usage, record.cache, gen.confidence, record.finish_reason)
+            if gen.output_text is not None:
+                finished.prompt, finished.output = gen.requests[0].prompt.as_text(), "".join(gen.output_text)
             for observe in services.observers:
                 try:
                     observe(finished)
@@ -131,6 +139,8 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
                                   priority=principal.tier, scope=principal.tenant_id, cache_control=control)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
+    if record.model in services.text_deployments:
+        gen.output_text = []
     gen.on_finish = on_finish
     try:
         gen.start()

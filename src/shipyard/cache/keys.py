@@ -47,7 +47,4 @@ def request_key(partition_id: str, request: GenerationRequest) -> str:
 
 def prompt_text(request: GenerationRequest) -> str | None:
     """The prompt as text, for embedding (None for token-id prompts)."""
-    prompt = request.prompt
-    if prompt.messages is not None:
-        return "\n".join(m.content for m in prompt.messages)
-    return prompt.text
+    return request.prompt.as_text()

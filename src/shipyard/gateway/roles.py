@@ -25,7 +25,7 @@ class Permission(str, enum.Enum):
     DEPLOYMENTS_MANAGE = "deployments:manage"  # see replicas, drain and resume them (admins)
     SCORES_WRITE = "scores:write"  # score requests of one's own tenant (feedback, labels)
     CACHE_MANAGE = "cache:manage"  # forget cached answers (own tenant; admin: any, or a whole deployment)
-    ALERTS_MANAGE = "alerts:manage"  # add and remove alert rules (global: admins)
+    MONITOR_MANAGE = "monitor:manage"  # alert rules, drift references (global: admins)
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

@@ -20,6 +20,8 @@ from pathlib import Path
 from shipyard.monitor.alert_store import AlertStore
 from shipyard.monitor.alerts import AlertBook, AlertEvent, evaluate_rule
 from shipyard.monitor.anomaly import AnomalyDetector
+from shipyard.monitor.confidence import ConfidenceMonitor
+from shipyard.monitor.drift import DriftMonitor
 from shipyard.monitor.notify import Notifier
 from shipyard.monitor.settings import STATS, AlertRule, MonitorConfig
 from shipyard.monitor.sla import SLAMonitor
@@ -67,13 +69,13 @@ class _Leader:
 
 class MonitorService:
     def __init__(self, settings: MonitorConfig, health, engines, store: AlertStore, sla: SLAMonitor,
-                 data_dir: Path, extra_metrics=None):
+                 data_dir: Path, drift: DriftMonitor | None = None):
         self.settings = settings
         self.health = health  # HealthWindows
         self.engines = engines  # () -> {name: Engine}
         self.store = store
         self.sla = sla
-        self.extra_metrics = extra_metrics or (lambda deployment: {})  # drift, GPU: name → value
+        self.drift = drift
         self.book = AlertBook(settings.alerts.repeat_interval_s)
         self.anomaly = AnomalyDetector(settings.alerts.anomaly) if settings.alerts.anomaly.enabled else None
         self.notifier = Notifier(settings.alerts.webhooks, settings.alerts.external_url, self._delivered)
@@ -100,6 +102,8 @@ class MonitorService:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self.notifier.start()
+        if self.drift is not None:
+            await self.drift.start()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -111,6 +115,8 @@ class MonitorService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 2)
         await self.notifier.stop()
+        if self.drift is not None:
+            await self.drift.stop()
         self._leader.release()
 
     async def _run(self) -> None:
@@ -142,6 +148,7 @@ class MonitorService:
                 events += evaluate_rule(self.book, rule, deployment, self._value(rule, deployment), now)
         events += self._anomalies(now)
         events += await self._burn_rates(now)
+        events += await self._drift(now)
         if events:
             await self._publish(events)
         return events
@@ -151,12 +158,36 @@ class MonitorService:
             rows = self.last_burn_rates.get(rule.metric.split(":", 1)[1])
             return rows[0]["long_burn_rate"] if rows else None
         extra = self.extra_metrics(deployment)
-        if rule.metric in extra:
-            return extra[rule.metric]
+        if rule.metric in ("drift_share", "new_pattern_share"):
+            return extra.get(rule.metric)
         if self.health is None:
             return None
         rows = self.health.summary(rule.window_s, self.engines(), deployment)
         return window_value(rows[0], rule.metric) if rows else None
+
+    def extra_metrics(self, deployment: str) -> dict[str, float]:
+        report = self.drift.reports().get(deployment) if self.drift is not None else None
+        if report is None:
+            return {}
+        return {"drift_share": report["drift_share"], "new_pattern_share": report["new_patterns"]["share"]}
+
+    async def _drift(self, now: float) -> list[AlertEvent]:
+        """Built-in alerts: a deployment's traffic has drifted; a burst of requests unlike the reference."""
+        if self.drift is None:
+            return []
+        events = []
+        for deployment, report in (await self.drift.evaluate()).items():
+            sides = [side for side in ("input", "output") if report[side]["drifted"]]
+            labels = {"alertname": "DataDrift", "deployment": deployment, "source": "drift"}
+            events += self.book.update(labels, "warning" if sides else None, report["drift_share"], now, 0.0,
+                                       {"summary": f"{' and '.join(sides) or 'no'} drift on {deployment} "
+                                                   f"(drifted descriptor share {report['drift_share']:.2f})"})
+            novel = report["new_patterns"]
+            labels = {"alertname": "NewPattern", "deployment": deployment, "source": "drift"}
+            events += self.book.update(labels, "warning" if novel["alerting"] else None, novel["share"], now, 0.0,
+                                       {"summary": f"{novel['share']:.0%} of the latest {novel['recent']} requests "
+                                                   f"on {deployment} fit no reference cluster"})
+        return events
 
     def _anomalies(self, now: float) -> list[AlertEvent]:
         if self.anomaly is None:
@@ -205,7 +236,18 @@ class MonitorService:
 
 def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path) -> MonitorService:
     """The monitors of one gateway process, listening to the request path through `metrics`."""
+    drift = DriftMonitor(settings.drift) if settings.drift.deployments else None
     monitor = MonitorService(settings, metrics.health, router.engines, AlertStore(db), SLAMonitor(db, settings.slos),
-                             data_dir)
+                             data_dir, drift)
     metrics.request_listeners.append(monitor.on_request_end)
     return monitor
+
+
+def monitor_observers(monitor: MonitorService | None, score_writer) -> list:
+    """The observers of finished requests: confidence scores, and drift where it is watched."""
+    if monitor is None:
+        return []
+    observers = [ConfidenceMonitor(score_writer)]
+    if monitor.drift is not None:
+        observers.append(monitor.drift)
+    return observers

