@@ -17,7 +17,6 @@ latest `recent` requests that fit no cluster is watched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shipyard.aio import cancel_and_wait
 from shipyard.monitor.descriptors import describe
 from shipyard.monitor.drift_stats import PatternModel, categorical_drift, embedding_drift, numeric_drift
 from shipyard.monitor.settings import DriftConfig
@@ -212,10 +212,7 @@ class DriftMonitor:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

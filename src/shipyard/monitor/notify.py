@@ -16,7 +16,6 @@ with exponential backoff up to `max_attempts`; other 4xx are final. The same not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 
 import httpx
 
+from shipyard.aio import cancel_and_wait
 from shipyard.monitor.alerts import AlertEvent
 from shipyard.monitor.settings import Webhook
 
@@ -143,10 +143,7 @@ class Notifier:
 
     async def stop(self) -> None:
         for sender in self._senders:
-            if sender.task is not None:
-                sender.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender.task
+            await cancel_and_wait(sender.task)
         if self._client is not None:
             await self._client.aclose()
 

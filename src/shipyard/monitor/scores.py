@@ -10,7 +10,6 @@ OpenTelemetry's `gen_ai.evaluation.result` event attributes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timezone
 from typing import Literal
@@ -18,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from sqlalchemy import insert, or_, select
 
+from shipyard.aio import cancel_and_wait
 from shipyard.store.db import Database
 from shipyard.store.models import Score, UsageRecord
 
@@ -157,10 +157,7 @@ class ScoreWriter:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         try:  # a frozen database must not hold up shutdown
             await asyncio.wait_for(self.flush(), 10)
         except asyncio.TimeoutError:

@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+from shipyard.aio import cancel_and_wait
 from shipyard.monitor.alert_store import AlertStore
 from shipyard.monitor.alerts import AlertBook, AlertEvent, evaluate_rule
 from shipyard.monitor.anomaly import AnomalyDetector
@@ -107,10 +108,7 @@ class MonitorService:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for task in list(self._pending):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 2)
