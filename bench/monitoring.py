@@ -7,8 +7,11 @@
    and outcome counts, the confidence scores into the score writer's buffer), timed per request
    with monitoring on and off; the difference's p50/p99 in microseconds.
 2. Serving throughput on the demo model through `shipyard serve`, monitoring on (windows,
-   observers, confidence measured in the sampler) vs off (`monitor.enabled: false`,
-   `confidence_scores: false`), streamed at the given concurrency.
+   observers, confidence measured in the sampler, anomalies, an SLO, a rule, drift on a 5%
+   sample) vs off (`monitor.enabled: false`, `confidence_scores: false`), streamed at the given
+   concurrency.
+3. Drift's own costs (bench/drift.py, one core): evaluating a 100,000-request window, and
+   embedding throughput.
 
 Prints a table; writes bench/results/monitoring.json.
 """
@@ -31,13 +34,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import serve_config, stream_chat  # noqa: E402
 
 
+# Monitoring as an operator would run it: windows, confidence scores, anomalies, an SLO and a rule,
+# and drift on a 5% sample (embedding every request costs a core's worth: see bench/drift.py).
+MONITOR_ON = {"slos": [{"name": "chat", "deployment": "demo", "ttft_ms": 2000}],
+              "alerts": {"rules": [{"name": "slow", "metric": "ttft_p95", "alert": 5.0}]},
+              "drift": {"deployments": ["demo"], "sample": 0.05}}
+
+
 def request_path_cost(requests: int, tokens: int = 32) -> dict:
     """Microseconds per request spent in the monitoring hooks, on and off."""
     from shipyard.api.openai_routes import FinishedRequest
     from shipyard.engines.base import Usage
     from shipyard.monitor.confidence import ConfidenceMonitor
+    from shipyard.monitor.drift import DriftMonitor
     from shipyard.monitor.metrics import ServingMetrics
     from shipyard.monitor.scores import ScoreWriter
+    from shipyard.monitor.service import MonitorService
+    from shipyard.monitor.settings import DriftConfig, MonitorConfig
 
     def one_request(metrics: ServingMetrics, observers: list) -> float:
         start = time.perf_counter_ns()
@@ -52,22 +65,30 @@ def request_path_cost(requests: int, tokens: int = 32) -> dict:
         metrics.observe_latency("demo", "queue", 0.001)
         metrics.observe_latency("demo", "e2e", 0.2)
         metrics.close_request("demo", gaps, tokens)
-        metrics.count_outcome("demo", "length")
+        metrics.end_request("demo", "length", "t", 200, 0.02, 0.2)
         finished = FinishedRequest("req-1", "t", "k", "demo", 200, Usage(40, tokens), "miss",
-                                   [{"mean_logprob": -1.2, "min_logprob": -4.0, "mean_entropy": 2.1, "tokens": tokens}])
+                                   [{"mean_logprob": -1.2, "min_logprob": -4.0, "mean_entropy": 2.1, "tokens": tokens}],
+                                   "length", "What is a tuple?", "A tuple is an immutable sequence.")
         for observe in observers:
             observe(finished)
         return (time.perf_counter_ns() - start) / 1000
 
     writer = ScoreWriter(db=None)  # its buffer only: flushing is off the request path
-    on = ServingMetrics(dict), [ConfidenceMonitor(writer)]
-    off = ServingMetrics(dict, windows=False), []  # Prometheus only (and the gaps list, which is the same)
+    engines = {"demo": None}.copy  # the windows only count deployments that exist
+    drift = DriftMonitor(DriftConfig(deployments=["demo"]))  # every request queued (sample 1.0)
+    on = ServingMetrics(engines), [ConfidenceMonitor(writer), drift]
+    # the alerting hook (anomaly sums per series); its evaluation runs in the background
+    monitor = MonitorService(MonitorConfig(), on[0].health, engines, None, None, Path(tempfile.gettempdir()))
+    on[0].request_listeners.append(monitor.on_request_end)
+    off = ServingMetrics(engines, windows=False), []  # Prometheus only (and the gaps list, which is the same)
     timings: dict[str, list[float]] = {"on": [], "off": []}
     for i in range(requests):  # interleaved, so drift in the machine hits both alike
         for name, (metrics, observers) in (("on", on), ("off", off)) if i % 2 else (("off", off), ("on", on)):
             timings[name].append(one_request(metrics, observers))
         if len(writer._buffer) > 10_000:
             writer._buffer.clear()
+            drift._pending.clear()
+            monitor.anomaly.tick()
     added = sorted(a - b for a, b in zip(timings["on"], timings["off"]))
     return {"tokens_per_request": tokens, "on_p50_us": statistics.median(timings["on"]),
             "off_p50_us": statistics.median(timings["off"]), "added_p50_us": statistics.median(added),
@@ -117,7 +138,7 @@ def main() -> None:
                 enabled = name == "on"
                 deployment = {"engine": "transformers", "model": str(model), "num_threads": 1, "max_num_seqs": 16,
                               "confidence_scores": enabled}
-                config = {"deployments": {"demo": deployment}, "monitor": {"enabled": enabled},
+                config = {"deployments": {"demo": deployment}, "monitor": MONITOR_ON if enabled else {"enabled": False},
                           "cache": {"exact": {"enabled": False}}, "server": {"log_level": "warning"}}
                 proc, url = serve_config(config, Path(tmp), f"{name}-{round_}")
                 try:
@@ -129,6 +150,13 @@ def main() -> None:
     results["tokens_per_s"] = {name: statistics.median(values) for name, values in rates.items()}
     results["throughput_ratio"] = results["tokens_per_s"]["on"] / results["tokens_per_s"]["off"]
     results["added_p50_us"] = results["request_path"]["added_p50_us"]
+    results["added_p99_us"] = results["request_path"]["added_p99_us"]
+    import subprocess
+
+    subprocess.run([sys.executable, str(ROOT / "bench" / "drift.py")], check=True)  # one core, its own process
+    drift = json.loads((RESULTS / "drift.json").read_text())
+    results["drift_eval_100k_s"] = drift["evaluation"]["seconds"]
+    results["drift_embedding_requests_per_s"] = drift["embedding_requests_per_s"]
     path = results["request_path"]
     print(f"\nmonitoring hooks per request ({path['tokens_per_request']} tokens): on {path['on_p50_us']:.1f} µs, "
           f"off {path['off_p50_us']:.1f} µs; added p50 {path['added_p50_us']:.1f} µs, p99 {path['added_p99_us']:.1f} µs")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from shipyard.monitor.settings import DriftConfig
 
 log = logging.getLogger("shipyard.monitor")
 
+EMBED_CHARS = 512
 INPUT_FEATURES = {"prompt_tokens": "numeric", "prompt_non_ascii_share": "numeric", "prompt_symbol_share": "numeric",
                   "prompt_script": "categorical", "prompt_pii": "categorical"}
 OUTPUT_FEATURES = {"output_tokens": "numeric", "mean_logprob": "numeric", "output_symbol_share": "numeric",
@@ -171,6 +173,8 @@ class DriftMonitor:
         """The request-path observer: one append (the oldest dropped, and counted, past the bound)."""
         if finished.status != 200 or finished.cache in ("hit", "semantic") or not self.watches(finished.deployment):
             return
+        if self.settings.sample < 1.0 and random.random() >= self.settings.sample:
+            return
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
         mean = (sum(c["mean_logprob"] * c["tokens"] for c in finished.confidence)
@@ -194,7 +198,8 @@ class DriftMonitor:
         prompts = outputs = [None] * len(batch)
         if self.settings.embeddings:
             embedder = self._embedder()
-            vectors = embedder([o.prompt[:2000] for o in batch] + [o.output[:2000] for o in batch])
+            # The first ~128 tokens say what a text is about; embedding cost grows with length.
+            vectors = embedder([o.prompt[:EMBED_CHARS] for o in batch] + [o.output[:EMBED_CHARS] for o in batch])
             prompts, outputs = vectors[: len(batch)], vectors[len(batch):]
         with self._lock:
             for observed, row, p, o in zip(batch, rows, prompts, outputs):

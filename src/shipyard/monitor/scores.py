@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -136,21 +137,25 @@ class ScoreWriter:
         self.flush_interval_s = flush_interval_s
         self.max_buffered = max_buffered
         self.dropped = 0
-        self._buffer: list[dict] = []
+        self._buffer: list[tuple] = []  # (request id, tenant, deployment, source, time, {name: value})
         self._task: asyncio.Task | None = None
         self._stopping = False
 
     def record(self, request_id: str, tenant_id: str, deployment: str, values: dict[str, float],
                source: str = "monitor") -> None:
-        now = datetime.now(timezone.utc)
-        for name, value in values.items():
-            self._buffer.append({"request_id": request_id, "tenant_id": tenant_id, "deployment": deployment,
-                                 "name": name, "source": source, "comment": None, "created_at": now,
-                                 "kind": "numeric", "numeric": float(value), "label": None, "boolean": None})
+        """On the request path: one tuple appended; the rows are built when flushed."""
+        self._buffer.append((request_id, tenant_id, deployment, source, time.time(), values))
         if len(self._buffer) > self.max_buffered:
             excess = len(self._buffer) - self.max_buffered
             del self._buffer[:excess]
             self.dropped += excess
+
+    @staticmethod
+    def _rows(batch: list[tuple]) -> list[dict]:
+        return [{"request_id": request_id, "tenant_id": tenant_id, "deployment": deployment, "name": name,
+                 "source": source, "comment": None, "created_at": datetime.fromtimestamp(at, timezone.utc),
+                 "kind": "numeric", "numeric": float(value), "label": None, "boolean": None}
+                for request_id, tenant_id, deployment, source, at, values in batch for name, value in values.items()]
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -174,7 +179,7 @@ class ScoreWriter:
         batch, self._buffer = self._buffer, []
         try:
             async with self.db.session() as session:
-                await session.execute(insert(Score), batch)
+                await session.execute(insert(Score), self._rows(batch))
                 await session.commit()
         except Exception as exc:  # kept for the next flush; never an error on the request path
             log.warning("score write failed (%s); %d scores kept for later", type(exc).__name__, len(batch))

@@ -118,6 +118,8 @@ class SLO(BaseModel):
 class DriftConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     deployments: list[str] = Field(default_factory=list, description="deployments whose traffic is watched")
+    sample: float = Field(1.0, gt=0, le=1, description="share of requests described and embedded (embedding "
+                                                       "costs CPU: a busy CPU deployment may watch a sample)")
     reference_size: int = Field(1000, ge=50, le=200_000, description="requests in the reference window")
     current_size: int = Field(500, ge=50, le=200_000, description="requests in the current window")
     embeddings: bool = Field(True, description="MiniLM embeddings of prompts and outputs (and new patterns)")

@@ -19,12 +19,15 @@ GAMMA = 1.02  # bucket width ratio: relative error ≤ (GAMMA - 1) / 2 = 1%
 _LOG_GAMMA = math.log(GAMMA)
 
 
+_ZERO = -(10**9)  # the bucket of zero (and of negative values, which latencies never are)
+
+
 def _bucket(value: float) -> int:
-    return math.floor(math.log(value) / _LOG_GAMMA) if value > 0 else -(10**9)
+    return math.floor(math.log(value) / _LOG_GAMMA) if value > 0 else _ZERO
 
 
 def _centre(bucket: int) -> float:
-    if bucket == -(10**9):
+    if bucket == _ZERO:
         return 0.0
     return 2 * GAMMA ** bucket * GAMMA / (GAMMA + 1)  # the bucket's midpoint in relative terms
 
@@ -72,9 +75,11 @@ class SlidingHistogram(_Slices):
         if not values:
             return
         number, counts = self._current()
+        get, log, width = counts.get, math.log, _LOG_GAMMA  # locals: this loop runs per generated token
         total = 0.0
         for value, count in values:
-            counts[_bucket(value)] += count
+            bucket = math.floor(log(value) / width) if value > 0 else _ZERO
+            counts[bucket] = get(bucket, 0) + count
             total += value * count
         self._sums[number] = self._sums.get(number, 0.0) + total
 
