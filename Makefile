@@ -41,10 +41,12 @@ serve: demo-model
 	@echo "API key for this server (set SHIPYARD_ADMIN_KEY to choose your own): $$SHIPYARD_ADMIN_KEY"
 	$(BIN)/shipyard serve --host $(HOST) --port $(PORT)
 
-# Tests start their own Redis and PostgreSQL servers; install them from Debian when missing.
+# Tests start their own Redis and PostgreSQL servers and drive Chromium (the dashboard's pages);
+# install them from Debian when missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

@@ -14,9 +14,12 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from shipyard import __version__
-from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, monitor_routes, ops_routes, openai_routes,
-                          tokenize_routes, websocket)
+from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, monitor_routes, openai_routes,
+                          ops_routes, tokenize_routes, websocket)
 from shipyard.api.errors import install_error_handlers
+from shipyard.dashboard import routes as dashboard_routes
+from shipyard.dashboard.routes import Refused, refused
+from shipyard.dashboard.session import Sessions
 from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
@@ -149,7 +152,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                              slice_s=config.monitor.window_slice_s)
     data_dir = config.store.resolved_data_dir()
     db = Database(config.store.url or default_url(data_dir))
-    keystore = KeyStore(db, load_pepper(data_dir))
+    pepper = load_pepper(data_dir)
+    keystore = KeyStore(db, pepper)
     gw = config.gateway
     authenticator = Authenticator(keystore, redis, gw.key_cache_ttl_s) if config.auth == "enabled" else None
     limiter = RedisLimiter(redis, fail_open=gw.redis_failure == "open") if redis is not None else InProcessLimiter()
@@ -190,9 +194,12 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                         max_sequences_per_request=config.server.max_sequences_per_request,
                         observers=monitor_observers(monitor, score_writer), monitor=monitor,
                         text_deployments=frozenset(config.monitor.drift.deployments) if monitor else frozenset())
-    return _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes,
-                                                  admin_routes, deployment_routes, cache_routes, monitor_routes,
-                                                  alert_routes))
+    app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
+                                                 deployment_routes, cache_routes, monitor_routes, alert_routes,
+                                                 dashboard_routes))
+    app.state.dashboard_sessions = Sessions(pepper, keystore)
+    app.add_exception_handler(Refused, refused)
+    return app
 
 
 def build_caches(config: ShipyardConfig, engines: dict[str, Engine], redis) -> dict[str, CachingEngine]:

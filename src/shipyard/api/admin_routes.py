@@ -14,7 +14,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 
 from shipyard.api.authorization import principal_of
 from shipyard.gateway.auth import Principal
@@ -22,8 +21,8 @@ from shipyard.gateway.auth import rotation_due as is_rotation_due
 from shipyard.gateway.errors import NotFound, PermissionDenied
 from shipyard.gateway.keystore import KeySpec, aware
 from shipyard.gateway.roles import ADMIN_GRANTED, Role
-from shipyard.gateway.usage import CACHE_HITS
-from shipyard.store.models import ApiKey, Tenant, UsageRecord
+from shipyard.gateway.usage_report import usage_totals
+from shipyard.store.models import ApiKey, Tenant
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -222,22 +221,7 @@ async def usage(
         if tenant_id is not None:
             _own_tenant(p, tenant_id)
         tenant_id = p.tenant_id
-    columns = [getattr(UsageRecord, g) for g in group_by]
-    query = select(*columns, func.count().label("requests"),
-                   func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
-                   func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
-                   func.coalesce(func.sum(UsageRecord.cached_tokens), 0).label("cached_tokens"),
-                   func.count().filter(UsageRecord.cache.in_(CACHE_HITS)).label("cache_hits"),
-                   func.coalesce(func.sum(UsageRecord.cost_usd), 0.0).label("cost_usd")).group_by(*columns)
-    for column, value in (("tenant_id", tenant_id), ("key_id", key_id), ("model", model), ("user", user)):
-        if value is not None:
-            query = query.where(getattr(UsageRecord, column) == value)
-    if start is not None:
-        query = query.where(UsageRecord.created_at >= start)
-    if end is not None:
-        query = query.where(UsageRecord.created_at < end)
-    async with request.app.state.services.db.session() as session:
-        rows = [dict(r._mapping) for r in await session.execute(query)]
+    rows = await usage_totals(request.app.state.services.db, group_by, tenant_id, key_id, model, user, start, end)
     if format == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=[c for c in USAGE_COLUMNS if c in rows[0]] if rows else

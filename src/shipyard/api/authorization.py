@@ -65,6 +65,17 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("POST", "/admin/drift/{deployment}/reset-reference"): Permission.MONITOR_MANAGE,
     ("POST", "/tokenize"): Permission.INFERENCE,
     ("POST", "/detokenize"): Permission.INFERENCE,
+    # The dashboard signs its callers in itself (a key or its session cookie; dashboard/routes.py).
+    ("GET", "/dashboard"): PUBLIC,
+    ("GET", "/dashboard/login"): PUBLIC,
+    ("POST", "/dashboard/login"): PUBLIC,
+    ("POST", "/dashboard/logout"): PUBLIC,
+    ("GET", "/dashboard/deployments/{name}"): PUBLIC,
+    ("GET", "/dashboard/cost"): PUBLIC,
+    ("GET", "/dashboard/sla"): PUBLIC,
+    ("GET", "/dashboard/quality"): PUBLIC,
+    ("GET", "/dashboard/drift"): PUBLIC,
+    ("GET", "/dashboard/alerts"): PUBLIC,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)
 }
 AUTHENTICATED_ONLY = {("GET", "/admin/whoami")}

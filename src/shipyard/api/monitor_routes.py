@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Literal
 
@@ -22,6 +23,7 @@ from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
 from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role
+from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.scores import ScoreIn, ScoreStore, UnknownRequest
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -36,7 +38,8 @@ async def health(request: Request, deployment: str | None = None,
         services.router.engine(deployment)  # 404 for an unknown model
     if services.metrics.health is None:
         raise APIError(409, "Monitoring is off on this server (monitor.enabled: false).", code="monitoring_off")
-    return {"object": "list", "data": services.metrics.health.summary(window_s, engines, deployment)}
+    return {"object": "list", "data": services.metrics.health.summary(window_s, engines, deployment),
+            "gpus": await asyncio.to_thread(gpu_stats)}
 
 
 def _store(request: Request) -> ScoreStore:

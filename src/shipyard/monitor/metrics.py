@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shipyard.engines.base import Engine
+from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.health import HealthWindows
 
 # vLLM's buckets: TTFT and ITL are short, end-to-end and queue times long.
@@ -22,10 +23,28 @@ _ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4
 _LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
 
 
+def gpu_families() -> Iterable[GaugeMetricFamily]:
+    """NVML's figures per GPU (nothing without a GPU)."""
+    gpus = gpu_stats()
+    if not gpus:
+        return
+    memory = GaugeMetricFamily("shipyard:gpu_memory_used_perc", "GPU memory used, 0 to 1", labels=["gpu"])
+    used = GaugeMetricFamily("shipyard:gpu_memory_used_bytes", "GPU memory used", labels=["gpu"])
+    busy = GaugeMetricFamily("shipyard:gpu_utilization_perc", "GPU utilization (NVML), 0 to 1", labels=["gpu"])
+    for gpu in gpus:
+        label = [str(gpu["index"])]
+        memory.add_metric(label, gpu["memory_used_perc"])
+        used.add_metric(label, gpu["memory_used_bytes"])
+        busy.add_metric(label, gpu["utilization_perc"])
+    yield from (memory, used, busy)
+
+
 class _EngineStateCollector(Collector):
     def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict):
         self.engines = engines
         self._layers = layers
+        # Other gauges read at scrape time (GPUs, drift): callables yielding metric families.
+        self.sources: list[Callable[[], Iterable]] = [gpu_families]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         running = GaugeMetricFamily("shipyard:num_requests_running", "Requests in the running batch", labels=["model_name"])
@@ -69,6 +88,8 @@ class _EngineStateCollector(Collector):
                 outstanding.add_metric(labels, replica["outstanding"])
         yield from (running, waiting, kv, *routing.values(), up, breaker, outstanding)
         yield from self._cache_families()
+        for source in self.sources:
+            yield from source()
 
     def _cache_families(self):
         """Per deployment and cache layer: lookups, hits and the hit rate (the exact and semantic
@@ -119,6 +140,7 @@ class ServingMetrics:
         self.errors = Counter("shipyard:request_errors", "Failed requests by error type and HTTP status",
                               ["model_name", "error_type", "status"], registry=r)
         self._engine_state = _EngineStateCollector(engines, layers)
+        self.gauge_sources = self._engine_state.sources
         self._latency = {"ttft": self.ttft, "itl": self.itl, "e2e": self.e2e, "queue": self.queue}
         self.health = HealthWindows(slice_s=slice_s) if windows else None  # off: Prometheus only
         # Told when an inference request ends: (deployment, tenant, status, ttft_s, latency_s).

@@ -17,12 +17,15 @@ import os
 import time
 from pathlib import Path
 
+from prometheus_client.core import GaugeMetricFamily
+
 from shipyard.aio import cancel_and_wait
 from shipyard.monitor.alert_store import AlertStore
 from shipyard.monitor.alerts import AlertBook, AlertEvent, evaluate_rule
 from shipyard.monitor.anomaly import AnomalyDetector
 from shipyard.monitor.confidence import ConfidenceMonitor
 from shipyard.monitor.drift import DriftMonitor
+from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.notify import Notifier
 from shipyard.monitor.settings import STATS, AlertRule, MonitorConfig
 from shipyard.monitor.sla import SLAMonitor
@@ -156,7 +159,7 @@ class MonitorService:
             rows = self.last_burn_rates.get(rule.metric.split(":", 1)[1])
             return rows[0]["long_burn_rate"] if rows else None
         extra = self.extra_metrics(deployment)
-        if rule.metric in ("drift_share", "new_pattern_share"):
+        if rule.metric in ("drift_share", "new_pattern_share", "gpu_memory_used_perc", "gpu_utilization_perc"):
             return extra.get(rule.metric)
         if self.health is None:
             return None
@@ -164,10 +167,27 @@ class MonitorService:
         return window_value(rows[0], rule.metric) if rows else None
 
     def extra_metrics(self, deployment: str) -> dict[str, float]:
+        """Metrics not in the windows: the GPUs' (the busiest one), and the deployment's drift."""
+        figures = {}
+        gpus = gpu_stats()
+        if gpus:
+            figures["gpu_memory_used_perc"] = max(g["memory_used_perc"] for g in gpus)
+            figures["gpu_utilization_perc"] = max(g["utilization_perc"] for g in gpus)
         report = self.drift.reports().get(deployment) if self.drift is not None else None
-        if report is None:
-            return {}
-        return {"drift_share": report["drift_share"], "new_pattern_share": report["new_patterns"]["share"]}
+        if report is not None:
+            figures.update(drift_share=report["drift_share"], new_pattern_share=report["new_patterns"]["share"])
+        return figures
+
+    def drift_families(self):
+        """Prometheus gauges of each watched deployment's latest drift comparison."""
+        share = GaugeMetricFamily("shipyard:drift_share", "Share of drifted descriptors (the larger of input "
+                                  "and output)", labels=["model_name"])
+        novel = GaugeMetricFamily("shipyard:new_pattern_share", "Share of recent requests that fit no reference "
+                                  "cluster", labels=["model_name"])
+        for deployment, report in (self.drift.reports() if self.drift is not None else {}).items():
+            share.add_metric([deployment], report["drift_share"])
+            novel.add_metric([deployment], report["new_patterns"]["share"])
+        yield from (share, novel)
 
     async def _drift(self, now: float) -> list[AlertEvent]:
         """Built-in alerts: a deployment's traffic has drifted; a burst of requests unlike the reference."""
@@ -238,6 +258,8 @@ def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path) 
     monitor = MonitorService(settings, metrics.health, router.engines, AlertStore(db), SLAMonitor(db, settings.slos),
                              data_dir, drift)
     metrics.request_listeners.append(monitor.on_request_end)
+    if drift is not None:
+        metrics.gauge_sources.append(monitor.drift_families)
     return monitor
 
 

@@ -1,0 +1,184 @@
+"""`/dashboard`: pages for operators and tenants.
+
+Access: `Authorization: Bearer <key>` or the session cookie the sign-in form sets
+(dashboard/session.py); a key of role viewer, tenant-admin or admin. An anonymous caller gets the
+sign-in page and no data; another role gets 403. A tenant's viewer sees its own tenant's traffic,
+cost, SLA, scores and alerts; admins see every tenant, live engine state and drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from shipyard.api.authorization import bearer_token
+from shipyard.api.openai_routes import services_of
+from shipyard.dashboard import data, pages
+from shipyard.dashboard.session import COOKIE, SESSION_S, VIEW_ROLES
+from shipyard.gateway.errors import GatewayError
+from shipyard.gateway.usage_report import usage_totals
+from shipyard.monitor.gpu import gpu_stats
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+HEADERS = {
+    # No script runs on these pages; styles are inline; charts are inline SVG.
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def _html(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers=HEADERS)
+
+
+class Refused(Exception):
+    def __init__(self, response: Response):
+        self.response = response
+
+
+async def viewer_of(request: Request) -> data.Viewer:
+    """The caller, or a refusal page: sign-in for no (or a bad) credential, 403 for a role without
+    read access."""
+    services = services_of(request)
+    token = bearer_token(request)
+    if token is None and request.app.state.config.auth != "enabled":
+        return data.Viewer("local", "system", "admin")  # auth disabled: a local, single-user server
+    if token is not None:
+        try:
+            principal = await services.gateway.authenticate(token)
+        except GatewayError:
+            raise Refused(_html(pages.sign_in("That API key is not valid."), 401)) from None
+        viewer = data.Viewer(principal.key_id, principal.tenant_id, principal.role)
+    else:
+        viewer = await request.app.state.dashboard_sessions.viewer(request.cookies.get(COOKIE))
+        if viewer is None:
+            raise Refused(_html(pages.sign_in()))
+    if viewer.role not in VIEW_ROLES:
+        raise Refused(_html(pages.layout("Not allowed", f"<p>The role '{viewer.role}' may not read usage; "
+                                          "use a viewer, tenant-admin or admin key.</p>", None), 403))
+    return viewer
+
+
+async def refused(request: Request, exc: Refused) -> Response:
+    """The app's handler for `Refused` (installed with the routes): the page, not a JSON error."""
+    return exc.response
+
+
+@router.get("/login")
+async def login_form():
+    return _html(pages.sign_in())
+
+
+@router.post("/login")
+async def login(request: Request):
+    body = (await request.body())[:4096].decode("utf-8", "replace")
+    key = (parse_qs(body).get("api_key") or [""])[0].strip()
+    try:
+        principal = await services_of(request).gateway.authenticate(key or None)
+    except GatewayError:
+        return _html(pages.sign_in("That API key is not valid."), 401)
+    if principal.role not in VIEW_ROLES:
+        return _html(pages.sign_in(f"The role '{principal.role}' may not read the dashboard."), 403)
+    response = RedirectResponse("/dashboard", status_code=303, headers=HEADERS)
+    response.set_cookie(COOKIE, request.app.state.dashboard_sessions.issue(principal.key_id, principal.generation),
+                        max_age=SESSION_S, path="/dashboard", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+async def logout():
+    response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+async def _live(request: Request) -> str:
+    engines = services_of(request).router.engines()
+    rows = []
+    for name, engine in sorted(engines.items()):
+        stats = engine.stats()
+        rows.append({"deployment": name, "waiting": stats.num_waiting, "running": stats.num_running,
+                     "kv_cache_usage": stats.kv_cache_usage})
+    return pages.live_table(rows, await asyncio.to_thread(gpu_stats))
+
+
+@router.get("")
+async def overview(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    services = services_of(request)
+    traffic = await data.traffic(services.db, viewer.scope)
+    body = pages.traffic_section(traffic) + pages.deployment_links(sorted(services.router.engines()))
+    if viewer.admin:
+        body += await _live(request)
+    return _html(pages.layout("Overview", body, viewer, "/dashboard"))
+
+
+@router.get("/deployments/{name}")
+async def deployment(request: Request, name: str, viewer: data.Viewer = Depends(viewer_of)):
+    services = services_of(request)
+    if name not in services.router.engines():
+        return _html(pages.layout("Not found", "<p>No such deployment.</p>", viewer), 404)
+    traffic = await data.traffic(services.db, viewer.scope, name)
+    quality = await data.score_series(services.db, viewer.scope, deployment=name)
+    body = pages.traffic_section(traffic) + "<h2>Scores</h2>" + pages.quality_page(quality)
+    return _html(pages.layout(f"Deployment {name}", body, viewer, "/dashboard"))
+
+
+@router.get("/cost")
+async def cost(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    db = services_of(request).db
+    since = datetime.now(timezone.utc) - timedelta(days=30)
+    by_key = await usage_totals(db, ["key_id"], viewer.scope, start=since)
+    by_user = await usage_totals(db, ["user"], viewer.scope, start=since)
+    by_tenant = await usage_totals(db, ["tenant_id"], start=since) if viewer.admin else None
+    body = pages.cost_page(by_key, by_user, by_tenant)
+    return _html(pages.layout("Cost and usage", body, viewer, "/dashboard/cost"))
+
+
+@router.get("/sla")
+async def sla(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    monitor = services_of(request).monitor
+    reports = []
+    if monitor is not None:
+        for slo in monitor.sla.slos.values():
+            report = await monitor.sla.compliance(slo, viewer.scope)
+            if viewer.admin:
+                report["burn_rates"] = await monitor.sla.burn_rates(slo)
+            reports.append(report)
+    return _html(pages.layout("SLA", pages.sla_page(reports), viewer, "/dashboard/sla"))
+
+
+@router.get("/quality")
+async def quality(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    series = await data.score_series(services_of(request).db, viewer.scope)
+    body = pages.quality_page(series)
+    return _html(pages.layout("Quality and hallucination", body, viewer, "/dashboard/quality"))
+
+
+@router.get("/drift")
+async def drift(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    monitor = services_of(request).monitor
+    statuses = None
+    if viewer.admin:
+        watcher = monitor.drift if monitor is not None else None
+        statuses = [watcher.status(name) for name in watcher.settings.deployments] if watcher is not None else []
+    return _html(pages.layout("Drift and new patterns", pages.drift_page(statuses), viewer, "/dashboard/drift"))
+
+
+@router.get("/alerts")
+async def alerts(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    monitor = services_of(request).monitor
+    active, history = [], []
+    if monitor is not None:
+        only = not viewer.admin
+        active = await monitor.store.active(viewer.scope, only)
+        history = await monitor.store.history(viewer.scope, only, limit=200)
+    return _html(pages.layout("Alerts", pages.alerts_page(active, history), viewer, "/dashboard/alerts"))
