@@ -41,7 +41,7 @@ from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
 from shipyard.engines.base import Engine
 from shipyard.monitor.scores import ScoreWriter
-from shipyard.monitor.service import build_monitor, monitor_observers
+from shipyard.monitor.service import build_monitor, compute_rate_of, monitor_observers
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
@@ -165,7 +165,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     deployment_limits = {name: Limits(rpm=l.rpm, tpm=l.tpm, max_concurrent=l.max_concurrent)
                          for name, l in gw.deployment_limits.items()}
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
-                      gw.default_completion_estimate)
+                      gw.default_completion_estimate, compute_rate_of(router, config.monitor.compute_prices))
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
     monitor = build_monitor(config.monitor, metrics, router, db, data_dir) if config.monitor.enabled else None
 

@@ -224,6 +224,7 @@ class Generation:
                 self.usage.prompt_tokens = self._reported.prompt_tokens or self.usage.prompt_tokens
                 self.usage.completion_tokens = self._reported.completion_tokens or self.usage.completion_tokens
             self.usage.cached_tokens += chunk.usage.cached_tokens
+            self.usage.compute_s += chunk.usage.compute_s
             if not self.from_cache:
                 metrics.count_tokens(model, "prompt", chunk.usage.prompt_tokens - chunk.usage.cached_tokens)
             if chunk.timings is not None and chunk.timings.queue_time is not None:

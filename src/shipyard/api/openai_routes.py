@@ -100,7 +100,8 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
 
     async def on_finish(gen: Generation, status: int) -> None:
         await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
-                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache)
+                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache,
+                             gen.usage.compute_s)
         if services.observers:
             finished = FinishedRequest(usage_id, principal.tenant_id, principal.key_id, record.model, status,
                                        gen.usage, record.cache, gen.confidence, record.finish_reason)

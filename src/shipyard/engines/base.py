@@ -99,6 +99,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # Engine time spent on this request: each step's duration shared among the rows it computed.
+    compute_s: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -159,6 +161,7 @@ class EngineStats:
     # KV prefix sharing, in prompt tokens since start (vLLM's counters): looked up, and found
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    busy_s: float = 0.0  # seconds the engine spent computing steps since start (0: not measured)
 
 
 @dataclass(slots=True)
@@ -228,6 +231,11 @@ class Engine(abc.ABC):
 
     def token_strings(self, token_ids: list[int]) -> list[str] | None:
         """The vocabulary's spelling of each id, where known."""
+        return None
+
+    def compute_units(self) -> tuple[str, float] | None:
+        """What this engine computes on, for compute-time cost: ("gpu", GPUs) or ("cpu", cores);
+        None where it is not this server's hardware (an upstream) or not measured."""
         return None
 
     def identity(self) -> str:

@@ -17,7 +17,7 @@ from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, Limits, Principal, generation_key
 from shipyard.gateway.errors import PermissionDenied, StaleCredentials
 from shipyard.gateway.limits import BUDGET, CONCURRENCY, MICRO, MINUTE_MS, RATE, Bucket, Reservation
-from shipyard.gateway.usage import Usage, UsageMeter, now_iso, price_of, spent_tokens
+from shipyard.gateway.usage import CACHE_HITS, Usage, UsageMeter, now_iso, price_of, spent_tokens
 
 # With auth disabled (local use only) every request runs as this principal.
 ANONYMOUS = Principal(key_id="anonymous", tenant_id="local", role="admin", tier=0, allowed_models=None,
@@ -55,7 +55,8 @@ def period_window(period: str, now: datetime | None = None) -> tuple[str, int]:
 class Gateway:
     def __init__(self, authenticator: Authenticator | None, limiter, meter: UsageMeter | None,
                  admissions: dict[str, TieredAdmission], deployment_limits: dict[str, Limits],
-                 prices: dict[str, dict[str, float]], default_completion_estimate: int = 256):
+                 prices: dict[str, dict[str, float]], default_completion_estimate: int = 256,
+                 compute_rate=None):
         self.authenticator = authenticator
         self.limiter = limiter
         self.meter = meter
@@ -63,6 +64,8 @@ class Gateway:
         self.deployment_limits = deployment_limits
         self.prices = prices
         self.default_completion_estimate = default_completion_estimate
+        # model → USD per engine-second, for self-hosted engines without a price of their own (or None)
+        self.compute_rate = compute_rate or (lambda model: None)
 
     async def authenticate(self, token: str | None, defer_freshness: bool = False) -> Principal:
         if self.authenticator is None:
@@ -124,13 +127,13 @@ class Gateway:
 
     async def finish(self, ticket: Ticket, request_id: str, status: int, prompt_tokens: int,
                      completion_tokens: int, cached_tokens: int, latency_ms: float, ttft_ms: float | None,
-                     cache: str | None = None) -> None:
+                     cache: str | None = None, compute_s: float = 0.0) -> None:
         if ticket.finished:
             return
         ticket.finished = True
         if ticket.admission is not None and ticket.admitted:
             ticket.admission.leave(ticket.weight)
-        cost = price_of(self.prices, ticket.model, prompt_tokens, completion_tokens, cached_tokens, cache)
+        cost = self.cost_of(ticket.model, prompt_tokens, completion_tokens, cached_tokens, cache, compute_s)
         actual = {"tokens": spent_tokens(prompt_tokens, completion_tokens, cached_tokens, cache),
                   "budget": round(cost * MICRO)}
         if status >= 400 and completion_tokens == 0:
@@ -139,6 +142,15 @@ class Gateway:
         await self.limiter.settle(ticket.reservation, actual)
         self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
                     cached_tokens, latency_ms, ttft_ms, cost, cache, ticket.user)
+
+    def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+                cache: str | None, compute_s: float) -> float:
+        """The model's own price where the table names it; otherwise, for a self-hosted engine with a
+        configured hardware price, the engine time it took; otherwise the table's default."""
+        rate = None if model in self.prices else self.compute_rate(model)
+        if rate is not None:
+            return 0.0 if cache in CACHE_HITS else compute_s * rate
+        return price_of(self.prices, model, prompt_tokens, completion_tokens, cached_tokens, cache)
 
     def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
                completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,

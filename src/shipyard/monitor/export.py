@@ -53,6 +53,8 @@ def promql(metric: str, deployment: str | None, window_s: float) -> str:
         return f"sum by (model_name) (rate(shipyard:request_errors_total{{{sel}}}[{span}])) / {_requests(sel, span)}"
     if metric == "requests_per_s":
         return _requests(sel, span)
+    if metric == "utilization":
+        return f"sum by (model_name) (rate(shipyard:engine_busy_seconds_total{{{sel}}}[{span}]))"
     if metric == "generation_tokens_per_s":
         return f"sum by (model_name) (rate(shipyard:generation_tokens_total{{{sel}}}[{span}]))"
     if metric in _GAUGES:

@@ -26,6 +26,8 @@ class DeploymentWindows:
         self.latency = {name: SlidingHistogram(slice_s, slices, clock) for name in LATENCIES}
         self.outcomes = SlidingCounter(slice_s, slices, clock)  # finish reasons and error types
         self.tokens = SlidingCounter(slice_s, slices, clock)  # prompt / generation
+        self.busy = SlidingCounter(slice_s, slices, clock)  # engine-busy seconds, sampled
+        self.busy_seen: float | None = None  # the engine's busy counter at the last sample
 
 
 class HealthWindows:
@@ -39,6 +41,16 @@ class HealthWindows:
         if windows is None:
             windows = self._deployments[deployment] = DeploymentWindows(self.clock, self.slice_s)
         return windows
+
+    def sample_busy(self, engines: dict) -> None:
+        """Add each engine's busy time since the last sample (its utilization over a window is the
+        busy seconds in it ÷ the window)."""
+        for name, engine in engines.items():
+            busy = engine.stats().busy_s
+            windows = self.of(name)
+            if windows.busy_seen is not None and busy >= windows.busy_seen:
+                windows.busy.add("busy", busy - windows.busy_seen)
+            windows.busy_seen = busy
 
     def summary(self, window_s: float, engines: dict, only: str | None = None) -> list[dict]:
         rows = []
@@ -61,6 +73,7 @@ class HealthWindows:
                 "prompt_tokens": tokens["prompt"],
                 "generation_tokens": tokens["generation"],
                 "generation_tokens_per_s": tokens["generation"] / window_s,
+                "utilization": min(1.0, windows.busy.totals(window_s)["busy"] / window_s),
                 **{f"{name}_s": windows.latency[name].summary(window_s) for name in LATENCIES},
             }
             engine = engines.get(name)

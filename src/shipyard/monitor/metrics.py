@@ -50,6 +50,8 @@ class _EngineStateCollector(Collector):
         running = GaugeMetricFamily("shipyard:num_requests_running", "Requests in the running batch", labels=["model_name"])
         waiting = GaugeMetricFamily("shipyard:num_requests_waiting", "Requests waiting to be scheduled", labels=["model_name"])
         kv = GaugeMetricFamily("shipyard:kv_cache_usage_perc", "KV-cache usage, 0 to 1", labels=["model_name"])
+        busy = CounterMetricFamily("shipyard:engine_busy_seconds", "Seconds the engine spent computing steps "
+                                   "(its rate is the model's utilization)", labels=["model_name"])
         routing = {
             "retries": CounterMetricFamily("shipyard:routing_retries", "Attempts on another replica", labels=["model_name"]),
             "fallbacks": CounterMetricFamily("shipyard:routing_fallbacks", "Answers from a fallback deployment",
@@ -75,6 +77,7 @@ class _EngineStateCollector(Collector):
             running.add_metric([name], stats.num_running)
             waiting.add_metric([name], stats.num_waiting)
             kv.add_metric([name], stats.kv_cache_usage)
+            busy.add_metric([name], stats.busy_s)
             snapshot = getattr(engine, "routing_snapshot", None)
             if snapshot is None:
                 continue
@@ -86,7 +89,7 @@ class _EngineStateCollector(Collector):
                 up.add_metric(labels, 1.0 if replica["up"] else 0.0)
                 breaker.add_metric(labels, 1.0 if replica["breaker"] == "open" else 0.0)
                 outstanding.add_metric(labels, replica["outstanding"])
-        yield from (running, waiting, kv, *routing.values(), up, breaker, outstanding)
+        yield from (running, waiting, kv, busy, *routing.values(), up, breaker, outstanding)
         yield from self._cache_families()
         for source in self.sources:
             yield from source()

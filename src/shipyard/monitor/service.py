@@ -40,7 +40,7 @@ def window_value(row: dict, metric: str) -> float | None:
         return row[f"{series}_s"].get(stat)
     if metric == "error_rate":
         return row["error_rate"] if row["requests"] else None
-    if metric in ("requests_per_s", "generation_tokens_per_s"):
+    if metric in ("requests_per_s", "generation_tokens_per_s", "utilization"):
         return row[metric]
     live = row.get("live") or {}
     return {"queue_depth": live.get("waiting"), "kv_cache_usage": live.get("kv_cache_usage")}.get(metric)
@@ -123,6 +123,8 @@ class MonitorService:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.evaluation_interval_s)
+            if self.health is not None:  # every process: its own engines
+                self.health.sample_busy(self.engines())
             if not self._leader.held():
                 if self.anomaly is not None:
                     self.anomaly.tick()  # another process evaluates: keep this one's sums bounded
@@ -261,6 +263,24 @@ def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path) 
     if drift is not None:
         metrics.gauge_sources.append(monitor.drift_families)
     return monitor
+
+
+def compute_rate_of(router, prices: dict[str, float]):
+    """model → USD per engine-second, from the configured hardware prices and what each embedded
+    engine runs on (GPUs, or CPU cores = its threads); None for upstreams or without a price."""
+    if not prices:
+        return lambda model: None
+
+    def rate(model: str) -> float | None:
+        engine = router.engines().get(model)
+        units = engine.compute_units() if engine is not None else None
+        if units is None:
+            return None
+        kind, count = units
+        hourly = prices.get("gpu_hour") if kind == "gpu" else prices.get("cpu_core_hour")
+        return None if hourly is None else hourly * count / 3600
+
+    return rate
 
 
 def monitor_observers(monitor: MonitorService | None, score_writer) -> list:

@@ -26,7 +26,7 @@ OPERATORS = (">", ">=", "<", "<=")
 # Metrics a rule may watch, per deployment, over its window (monitor/metric_source.py).
 STATS = ("p50", "p95", "p99", "mean")
 WINDOW_METRICS = tuple(f"{series}_{stat}" for series in ("ttft", "itl", "e2e", "queue") for stat in STATS) + (
-    "error_rate", "requests_per_s", "generation_tokens_per_s", "queue_depth", "kv_cache_usage",
+    "error_rate", "requests_per_s", "generation_tokens_per_s", "queue_depth", "kv_cache_usage", "utilization",
     "gpu_memory_used_perc", "gpu_utilization_perc")
 # Fed by the SLA and drift monitors: `slo_burn_rate:<slo name>`, `drift_share`, `new_pattern_share`.
 DERIVED_METRIC = re.compile(r"^(slo_burn_rate:[A-Za-z0-9_.:-]{1,100}|drift_share|new_pattern_share)$")
@@ -146,8 +146,9 @@ class MonitorConfig(BaseModel):
     slos: list[SLO] = Field(default_factory=list)
     alerts: AlertsConfig = AlertsConfig()
     drift: DriftConfig = DriftConfig()
-    compute_prices: dict[str, float] = Field(default_factory=dict, description="self-hosted cost: "
-                                             "'cpu_core_hour' and/or 'gpu_hour' in USD")
+    compute_prices: dict[Literal["cpu_core_hour", "gpu_hour"], float] = Field(
+        default_factory=dict, description="self-hosted cost in USD: a request of an embedded engine costs its "
+                                          "share of engine time × this, unless gateway.prices names the model")
 
     @model_validator(mode="after")
     def _unique_names(self) -> MonitorConfig:

@@ -25,8 +25,23 @@ class EngineCore:
         self.sampler = sampler
         self.max_model_len = max_model_len
         self.prefix_cache = prefix_cache
+        self.busy_s = 0.0  # seconds spent in steps: utilization is its rate
 
     def step(self) -> list[GenerationChunk]:
+        started = time.perf_counter()
+        chunks, rows = self._step()
+        elapsed = time.perf_counter() - started
+        self.busy_s += elapsed
+        if rows:  # the step's time, shared among the sequences it computed: the compute-time cost basis
+            share = elapsed / len(rows)
+            for seq in rows:
+                seq.compute_s += share
+            for chunk in chunks:
+                if chunk.usage is not None:
+                    chunk.usage.compute_s += share * sum(1 for s in rows if s.request_id == chunk.request_id)
+        return chunks
+
+    def _step(self) -> tuple[list[GenerationChunk], list[Sequence]]:
         # Sequences already running decode one token; newly admitted prompts are prefilled in the
         # same forward and get their first token from it, joining the decode rows next step.
         decoding = list(self.scheduler.running)
@@ -66,7 +81,7 @@ class EngineCore:
         finished = [s for s in self.scheduler.running if s.status is SequenceStatus.FINISHED]
         if finished:
             self.scheduler.remove_finished(finished)
-        return self._emit(touched)
+        return self._emit(touched), touched
 
     def abort(self, request_id: str) -> list[GenerationChunk]:
         group = self.scheduler.abort(request_id)
@@ -177,6 +192,7 @@ class EngineCore:
             group = self.scheduler.groups.get(request_id)
             if group is not None and group.finished:
                 chunk.usage = Usage(prompt_tokens=len(group.prompt_ids), completion_tokens=group.completion_tokens,
-                                    cached_tokens=group.cached_tokens)
+                                    cached_tokens=group.cached_tokens,
+                                    compute_s=sum(s.compute_s for s in group.sequences))
                 self.scheduler.forget(group)
         return chunks

@@ -141,6 +141,12 @@ class TransformersEngine(Engine):
     async def health(self) -> bool:
         return self._failed is None and (self._thread is None or self._thread.is_alive())
 
+    def compute_units(self) -> tuple[str, float] | None:
+        if self._loaded is None:
+            return None
+        device = self._loaded.device
+        return ("gpu", 1.0) if device.type == "cuda" else ("cpu", float(self.config.num_threads))
+
     def stats(self) -> EngineStats:
         core = self._core
         if core is None:
@@ -153,6 +159,7 @@ class TransformersEngine(Engine):
             kv_cache_usage=min(1.0, scheduler.kv_tokens_used() / capacity),
             max_num_seqs=self.config.max_num_seqs,
             max_waiting=self.config.max_waiting,
+            busy_s=core.busy_s,
             prefix_cache_queries=prefix.queries if prefix else 0,
             prefix_cache_hits=prefix.hits if prefix else 0,
         )

@@ -46,6 +46,7 @@ class Sequence:
     logprob_min: float = 0.0
     entropy_sum: float = 0.0
     scored_tokens: int = 0
+    compute_s: float = 0.0  # its share of the steps it took part in
 
     def confidence(self) -> dict | None:
         if not self.scored_tokens:
