@@ -41,7 +41,7 @@ from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
 from shipyard.engines.base import Engine
 from shipyard.monitor.scores import ScoreWriter
-from shipyard.monitor.service import build_monitor, compute_rate_of, monitor_observers
+from shipyard.monitor.assembly import build_monitor, compute_rate_of
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
@@ -167,7 +167,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
                       gw.default_completion_estimate, compute_rate_of(router, config.monitor.compute_prices))
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
-    monitor = build_monitor(config.monitor, metrics, router, db, data_dir) if config.monitor.enabled else None
+    monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
+               else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -192,8 +193,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=monitor_observers(monitor, score_writer), monitor=monitor,
-                        text_deployments=frozenset(config.monitor.drift.deployments) if monitor else frozenset())
+                        observers=monitor.observers if monitor else [], monitor=monitor,
+                        text_deployments=monitor.text_deployments if monitor else frozenset())
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
                                                  deployment_routes, cache_routes, monitor_routes, alert_routes,
                                                  dashboard_routes))

@@ -10,6 +10,8 @@ import typer
 
 from shipyard.cli_admin import keys_app, tenants_app, usage
 from shipyard.cli_deploy import deploy
+from shipyard.cli_eval import eval_app
+from shipyard.cli_monitor import monitor_app
 
 app = typer.Typer(help="Shipyard: from a model folder to a production, OpenAI-compatible endpoint.",
                   no_args_is_help=True, add_completion=False)
@@ -17,6 +19,8 @@ model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(eval_app, name="eval")
+app.add_typer(monitor_app, name="monitor")
 app.command("usage")(usage)
 app.command("deploy")(deploy)
 

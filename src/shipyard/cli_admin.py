@@ -25,12 +25,17 @@ KEY = typer.Option(None, "--key", help="API key (env SHIPYARD_API_KEY or SHIPYAR
 AS_JSON = typer.Option(False, "--json", help="Print JSON")
 
 
-def _client(url: str | None, key: str | None) -> httpx.Client:
+def server_of(url: str | None, key: str | None) -> tuple[str, dict[str, str]]:
+    """The server's URL and the authorization header, from the options or the environment."""
     key = key or os.environ.get("SHIPYARD_API_KEY") or os.environ.get("SHIPYARD_ADMIN_KEY")
     if not key:
         raise typer.BadParameter("an API key is needed: --key, SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY")
-    base = url or os.environ.get("SHIPYARD_URL") or "http://127.0.0.1:8000"
-    return httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    return url or os.environ.get("SHIPYARD_URL") or "http://127.0.0.1:8000", {"authorization": f"Bearer {key}"}
+
+
+def _client(url: str | None, key: str | None) -> httpx.Client:
+    base, headers = server_of(url, key)
+    return httpx.Client(base_url=base, headers=headers, timeout=30)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:

@@ -126,3 +126,19 @@ def test_exported_rules_and_dashboard_are_valid_promql():
     dashboard = grafana_dashboard()
     for panel in dashboard["panels"]:
         promql_parser.parse(panel["targets"][0]["expr"].replace("$__rate_interval", "5m"))
+
+
+def test_the_cli_exports_the_configured_rules(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "shipyard.yaml"
+    config.write_text(yaml.safe_dump({"monitor": {"slos": [{"name": "chat", "ttft_ms": 500}],
+                                                  "alerts": {"rules": [rule().model_dump()]}}}))
+    run = subprocess.run([sys.executable, "-m", "shipyard", "monitor", "export", "-c", str(config), "-o",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    names = {r["alert"] for r in yaml.safe_load((tmp_path / "out" / "prometheus-rules.yaml").read_text())
+             ["groups"][0]["rules"]}
+    assert names == {"slow", "SLOBurnRate_chat"}
+    assert json.loads((tmp_path / "out" / "grafana-dashboard.json").read_text())["uid"] == "shipyard-overview"

@@ -42,6 +42,8 @@ class RequestRecord:
     cache_similarity: float | None = None  # a semantic hit's cosine similarity
     cache_header: str | None = None  # the client's Cache-Control header
     user: str | None = None  # the body's `user` field: the caller's end user
+    evaluate: str | None = None  # the x-shipyard-evaluate header (honoured for admins only)
+    reference_context: str | None = None  # the body's `reference_context` (faithfulness)
     error_type: str | None = None
     status: int = 0
     client_supplied_id: bool = False
@@ -189,7 +191,7 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
                             record.ttft_ms / 1000 if record.ttft_ms is not None else None, latency_ms / 1000)
     if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
         return  # probes would drown the log; and a line nobody logs is not worth formatting
-    hidden = ("arrival", "client_supplied_id", "rate_limit_headers")
+    hidden = ("arrival", "client_supplied_id", "rate_limit_headers", "reference_context")  # no client text in logs
     fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
     fields["latency_ms"] = round(latency_ms, 2)
     if record.ttft_ms is not None:

@@ -54,9 +54,12 @@ class FinishedRequest:
     confidence: list[dict]  # per finished choice, where the engine measured it
     finish_reason: str | None = None
     # The first prompt and its first answer, as text: only for deployments a monitor reads text of
-    # (drift, consistency); otherwise None and never kept.
+    # (drift, consistency, faithfulness); otherwise None and never kept.
     prompt: str | None = None
     output: str | None = None
+    engine_request: object = None  # the first GenerationRequest (consistency checks sample it again)
+    evaluate: str | None = None  # checks an admin asked for on this request (x-shipyard-evaluate)
+    reference_context: str | None = None
 
 
 @dataclass
@@ -72,6 +75,13 @@ class Services:
     observers: list = field(default_factory=list)
     monitor: object = None  # monitor.service.MonitorService: alerts, SLAs, drift (None: monitoring off)
     text_deployments: frozenset = frozenset()  # deployments whose observers read prompt and answer text
+
+
+EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evaluate; admins only)
+
+
+def evaluation_asked(header: str | None) -> str | None:
+    return header if header in EVALUATIONS else None
 
 
 def services_of(request) -> Services:
@@ -107,6 +117,9 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
                                        gen.usage, record.cache, gen.confidence, record.finish_reason)
             if gen.output_text is not None:
                 finished.prompt, finished.output = gen.requests[0].prompt.as_text(), "".join(gen.output_text)
+            finished.engine_request = gen.requests[0]
+            finished.evaluate = record.evaluate if principal.role == "admin" else None
+            finished.reference_context = record.reference_context
             for observe in services.observers:
                 try:
                     observe(finished)
@@ -140,7 +153,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
                                   priority=principal.tier, scope=principal.tenant_id, cache_control=control)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
-    if record.model in services.text_deployments:
+    if record.model in services.text_deployments or record.evaluate or record.reference_context:
         gen.output_text = []
     gen.on_finish = on_finish
     try:
@@ -156,6 +169,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
 
 async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord, caller: Caller):
     record.model, record.stream, record.user = body.model, body.stream, body.user
+    record.reference_context = body.reference_context
     engine = services.router.resolve(body.model)
     prompt, params = body.to_engine()
     gen = await _start(services, caller, record, engine, [prompt], params, cache_control(body.cache, record.cache_header))
@@ -166,6 +180,7 @@ async def prepare_chat(body: ChatCompletionRequest, services: Services, record: 
 async def prepare_completion(body: CompletionRequest, services: Services, record: RequestRecord,
                              caller: Caller):
     record.model, record.stream, record.user = body.model, body.stream, body.user
+    record.reference_context = body.reference_context
     engine = services.router.resolve(body.model)
     prompts, params = body.to_engine()
     control = cache_control(body.cache, record.cache_header)
@@ -198,6 +213,7 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     request.state.record.cache_header = request.headers.get("cache-control")
+    request.state.record.evaluate = evaluation_asked(request.headers.get("x-shipyard-evaluate"))
     gen, fmt, want_logprobs = await prepare_chat(body, services_of(request), request.state.record,
                                                  caller_of(request))
 
@@ -216,6 +232,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     request.state.record.cache_header = request.headers.get("cache-control")
+    request.state.record.evaluate = evaluation_asked(request.headers.get("x-shipyard-evaluate"))
     gen, fmt, want_logprobs = await prepare_completion(body, services_of(request), request.state.record,
                                                        caller_of(request))
     prompts = body.prompts()

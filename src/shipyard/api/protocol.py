@@ -125,6 +125,8 @@ class _SamplingFields(NullsAreDefaults):
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: logprobs of every prompt token
     cache: CacheOptions | None = None
+    # Shipyard's extension: the source an answer should keep to (faithfulness is scored against it)
+    reference_context: str | None = Field(None, max_length=200_000)
 
     @field_validator("stop")
     @classmethod

@@ -23,7 +23,6 @@ from shipyard.aio import cancel_and_wait
 from shipyard.monitor.alert_store import AlertStore
 from shipyard.monitor.alerts import AlertBook, AlertEvent, evaluate_rule
 from shipyard.monitor.anomaly import AnomalyDetector
-from shipyard.monitor.confidence import ConfidenceMonitor
 from shipyard.monitor.drift import DriftMonitor
 from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.notify import Notifier
@@ -87,6 +86,9 @@ class MonitorService:
         self._task: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self.last_burn_rates: dict[str, list[dict]] = {}
+        self.observers: list = []  # of finished requests (monitor/assembly.py fills these)
+        self.workers: list = []  # background monitors with start() / stop()
+        self.text_deployments: frozenset = frozenset()  # deployments whose prompt and answer text observers read
         self.clock = time.time
 
     # --- the request-path hook -------------------------------------------------------------
@@ -106,8 +108,9 @@ class MonitorService:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self.notifier.start()
-        if self.drift is not None:
-            await self.drift.start()
+        for worker in self.workers:
+            if hasattr(worker, "start"):  # some only run tasks when a request asks
+                await worker.start()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -116,8 +119,8 @@ class MonitorService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 2)
         await self.notifier.stop()
-        if self.drift is not None:
-            await self.drift.stop()
+        for worker in self.workers:
+            await worker.stop()
         self._leader.release()
 
     async def _run(self) -> None:
@@ -252,42 +255,3 @@ class MonitorService:
             task = asyncio.create_task(self.store.delivered(row_id, ok))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-
-
-def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path) -> MonitorService:
-    """The monitors of one gateway process, listening to the request path through `metrics`."""
-    drift = DriftMonitor(settings.drift) if settings.drift.deployments else None
-    monitor = MonitorService(settings, metrics.health, router.engines, AlertStore(db), SLAMonitor(db, settings.slos),
-                             data_dir, drift)
-    metrics.request_listeners.append(monitor.on_request_end)
-    if drift is not None:
-        metrics.gauge_sources.append(monitor.drift_families)
-    return monitor
-
-
-def compute_rate_of(router, prices: dict[str, float]):
-    """model → USD per engine-second, from the configured hardware prices and what each embedded
-    engine runs on (GPUs, or CPU cores = its threads); None for upstreams or without a price."""
-    if not prices:
-        return lambda model: None
-
-    def rate(model: str) -> float | None:
-        engine = router.engines().get(model)
-        units = engine.compute_units() if engine is not None else None
-        if units is None:
-            return None
-        kind, count = units
-        hourly = prices.get("gpu_hour") if kind == "gpu" else prices.get("cpu_core_hour")
-        return None if hourly is None else hourly * count / 3600
-
-    return rate
-
-
-def monitor_observers(monitor: MonitorService | None, score_writer) -> list:
-    """The observers of finished requests: confidence scores, and drift where it is watched."""
-    if monitor is None:
-        return []
-    observers = [ConfidenceMonitor(score_writer)]
-    if monitor.drift is not None:
-        observers.append(monitor.drift)
-    return observers

@@ -137,6 +137,30 @@ class DriftConfig(BaseModel):
                                                                     "(off: only descriptors and embeddings)")
 
 
+class ConsistencyConfig(BaseModel):
+    """Self-consistency checks on a sample of answers (monitor/consistency.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    deployments: list[str] = Field(default_factory=list)
+    sample: float = Field(0.02, ge=0, le=1, description="share of answers checked")
+    k: int = Field(3, ge=1, le=10, description="extra samples per checked answer")
+    temperature: float = Field(1.0, gt=0, le=2)
+    max_tokens: int = Field(256, ge=1)
+    max_concurrent: int = Field(2, ge=1, description="checks running at once; more are skipped")
+    model_path: str | None = None
+
+
+class FaithfulnessConfig(BaseModel):
+    """Faithfulness of answers to the reference context a request carries, by a local NLI or
+    cross-encoder model (monitor/faithfulness.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_path: str | None = Field(None, description="a local sequence-classification folder (NLI with an "
+                                                     "'entailment' label, or a one-logit cross-encoder)")
+    deployments: list[str] = Field(default_factory=list, description="default: every deployment")
+    max_length: int = Field(512, ge=16, le=4096)
+
+
 class MonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, description="Sliding-window health, the request observers (scores), SLAs, "
@@ -146,6 +170,8 @@ class MonitorConfig(BaseModel):
     slos: list[SLO] = Field(default_factory=list)
     alerts: AlertsConfig = AlertsConfig()
     drift: DriftConfig = DriftConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    faithfulness: FaithfulnessConfig = FaithfulnessConfig()
     compute_prices: dict[Literal["cpu_core_hour", "gpu_hour"], float] = Field(
         default_factory=dict, description="self-hosted cost in USD: a request of an embedded engine costs its "
                                           "share of engine time × this, unless gateway.prices names the model")

@@ -1,0 +1,104 @@
+"""Self-consistency (SelfCheckGPT's idea): for a sample of answers, the same prompt is generated K
+more times at a sampling temperature, and the answer is compared with each sample — unigram
+overlap (token F1) and MiniLM cosine similarity. An answer the model does not reproduce is more
+likely made up. The scores, `consistency_unigram` and `consistency_cosine`, are also the
+"response consistency over time" series.
+
+The extra generations go straight to the deployment's engine (past the caches, so a cached copy
+is never compared with itself), in the background, at most `max_concurrent` at a time: a check
+that finds no free slot is skipped, never queued behind traffic. Admins may ask for a check on
+one request with the header `x-shipyard-evaluate: consistency` (the eval CLI does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+
+import numpy as np
+
+from shipyard.api.generation import new_engine_request_id
+from shipyard.engines.base import GenerationRequest
+from shipyard.evaluation.metrics import token_f1
+from shipyard.monitor.scores import ScoreWriter
+from shipyard.monitor.settings import ConsistencyConfig
+
+log = logging.getLogger("shipyard.monitor")
+
+
+def consistency_scores(answer: str, samples: list[str], embed) -> dict[str, float]:
+    """Mean unigram F1 and mean cosine similarity of the answer against each sample."""
+    vectors = np.asarray(embed([answer, *samples]), dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return {"consistency_unigram": float(np.mean([token_f1(answer, s) for s in samples])),
+            "consistency_cosine": float(np.mean(vectors[1:] @ vectors[0]))}
+
+
+class ConsistencyMonitor:
+    def __init__(self, settings: ConsistencyConfig, engines, writer: ScoreWriter, embedder_factory=None):
+        self.settings = settings
+        self.engines = engines  # () -> {deployment: the raw engine}
+        self.writer = writer
+        self.embedder_factory = embedder_factory
+        self._tasks: set[asyncio.Task] = set()
+        self.skipped = 0
+
+    def watches(self, deployment: str) -> bool:
+        return deployment in self.settings.deployments
+
+    def __call__(self, finished) -> None:
+        forced = finished.evaluate == "consistency"
+        if finished.status != 200 or finished.cache in ("hit", "semantic") or finished.engine_request is None:
+            return
+        if not forced and not (self.watches(finished.deployment) and random.random() < self.settings.sample):
+            return
+        if not finished.output:
+            return
+        if len(self._tasks) >= self.settings.max_concurrent:
+            self.skipped += 1
+            return
+        task = asyncio.create_task(self._check(finished))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sample(self, engine, request: GenerationRequest) -> str:
+        params = dataclasses.replace(request.params, n=1, temperature=self.settings.temperature, seed=None,
+                                     logprobs=False, top_logprobs=0, prompt_logprobs=None,
+                                     max_tokens=min(request.params.max_tokens or self.settings.max_tokens,
+                                                    self.settings.max_tokens))
+        extra = GenerationRequest(new_engine_request_id(), request.prompt, params, 0.0, request.prompt_ids,
+                                  priority=-1, scope=request.scope)
+        text = []
+        async for chunk in engine.generate(extra):
+            if chunk.index == 0:
+                text.append(chunk.text)
+            if chunk.finish_reason == "error":
+                raise RuntimeError("the engine failed a consistency sample")
+        return "".join(text)
+
+    async def _check(self, finished) -> None:
+        engine = self.engines().get(finished.deployment)
+        if engine is None:
+            return
+        try:
+            samples = [await self._sample(engine, finished.engine_request) for _ in range(self.settings.k)]
+            embed = self._embedder()
+            scores = await asyncio.to_thread(consistency_scores, finished.output, samples, embed)
+        except Exception as exc:  # a failed check is logged and skipped, never a user's error
+            log.warning("consistency check of %s failed: %s", finished.request_id, exc)
+            return
+        self.writer.record(finished.request_id, finished.tenant_id, finished.deployment, scores)
+
+    def _embedder(self):
+        if self.embedder_factory is not None:
+            return self.embedder_factory()
+        from shipyard.embeddings import shared_embedder
+
+        return shared_embedder(self.settings.model_path)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
