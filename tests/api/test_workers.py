@@ -41,14 +41,20 @@ def _ask(server, key: str) -> int:
                 json={"model": "m", "prompt": "x", "max_tokens": 2}).status_code
 
 
-def _worker_pids(server) -> list[int]:
-    return [int(p) for p in re.findall(r"Started server process \[(\d+)\]", server.log())]
+def _worker_pids(server, expected: int = 0, timeout: float = 60.0) -> list[int]:
+    """The worker processes the log names; waits until `expected` have started (ready means one has)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", server.log())]
+        if len(set(pids)) >= expected or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
 
 
 def test_two_workers_share_limits_usage_and_metrics(upstream, redis_server, tmp_path):
     config = _config(upstream, redis_url=redis_server.url)
     with ServerProcess(config, tmp_path, extra_args=["--workers", "2"], env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY}) as server:
-        assert len(set(_worker_pids(server))) == 2
+        assert len(set(_worker_pids(server, 2))) == 2
         admin = AdminClient(server.base_url)
         tenant = admin.tenant("shared")
         limited = admin.key(tenant, rpm=7)["key"]
@@ -75,7 +81,7 @@ def test_two_workers_share_limits_usage_and_metrics(upstream, redis_server, tmp_
 def test_a_killed_worker_is_replaced(upstream, tmp_path):
     config = {**_config(upstream), "auth": "disabled"}
     with ServerProcess(config, tmp_path, extra_args=["--workers", "2"]) as server:
-        first = _worker_pids(server)
+        first = _worker_pids(server, 2)
         os.kill(first[0], signal.SIGKILL)
         deadline = time.monotonic() + 90
         while len(_worker_pids(server)) < 3 or "Application startup complete" not in server.log().split(

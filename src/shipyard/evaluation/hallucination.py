@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from scipy.stats import mannwhitneyu
 
 from shipyard.evaluation.run import DatasetError, read_rows
 
@@ -26,6 +25,8 @@ SIGNALS = {"mean_logprob": True, "min_logprob": True, "mean_entropy": False, "co
 
 def auroc(positives: list[float], negatives: list[float]) -> float | None:
     """P(a positive scores above a negative), ties counted half (Mann–Whitney U / n₁n₀)."""
+    from scipy.stats import mannwhitneyu
+
     if not positives or not negatives:
         return None
     return float(mannwhitneyu(positives, negatives).statistic / (len(positives) * len(negatives)))

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
-from scipy.cluster.vq import kmeans2
-from scipy.spatial.distance import jensenshannon
+
+# scipy is imported where it is used: it costs over a second at start-up, and most servers never
+# compare drift windows.
 
 SMALL_SAMPLE = 1000
 P_VALUE = 0.05
@@ -40,6 +40,8 @@ class FeatureDrift:
 
 
 def numeric_drift(feature: str, reference: np.ndarray, current: np.ndarray) -> FeatureDrift | None:
+    from scipy import stats
+
     reference, current = reference[~np.isnan(reference)], current[~np.isnan(current)]
     if len(reference) < 2 or len(current) < 2:
         return None
@@ -52,6 +54,9 @@ def numeric_drift(feature: str, reference: np.ndarray, current: np.ndarray) -> F
 
 
 def categorical_drift(feature: str, reference: np.ndarray, current: np.ndarray) -> FeatureDrift | None:
+    from scipy import stats
+    from scipy.spatial.distance import jensenshannon
+
     if len(reference) == 0 or len(current) == 0:
         return None
     categories = np.union1d(reference, current)
@@ -67,6 +72,8 @@ def categorical_drift(feature: str, reference: np.ndarray, current: np.ndarray) 
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from scipy import stats
+
     positive, negative = scores[labels == 1], scores[labels == 0]
     if not len(positive) or not len(negative):
         return 0.5
@@ -108,6 +115,8 @@ class PatternModel:
     def fit(cls, embeddings: np.ndarray, clusters: int, seed: int = 0) -> PatternModel | None:
         """Clusters from two thirds of the reference; the threshold from the other third's distances,
         since rows the clusters were fitted on lie closer to them than new rows of the same kind."""
+        from scipy.cluster.vq import kmeans2
+
         if len(embeddings) < clusters * 5:
             return None
         rng = np.random.default_rng(seed)
