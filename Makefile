@@ -68,6 +68,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/optimization.py
 	$(BIN)/python bench/caching.py
 	$(BIN)/python bench/monitoring.py
+	$(BIN)/python bench/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ from shipyard.cli_admin import keys_app, tenants_app, usage
 from shipyard.cli_deploy import deploy
 from shipyard.cli_eval import eval_app
 from shipyard.cli_monitor import monitor_app
+from shipyard.cli_scaling import scaling_app
 
 app = typer.Typer(help="Shipyard: from a model folder to a production, OpenAI-compatible endpoint.",
                   no_args_is_help=True, add_completion=False)
@@ -21,6 +22,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(eval_app, name="eval")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(scaling_app, name="scaling")
 app.command("usage")(usage)
 app.command("deploy")(deploy)
 

@@ -132,8 +132,10 @@ class MonitorService:
                 if self.anomaly is not None:
                     self.anomaly.tick()  # another process evaluates: keep this one's sums bounded
                 continue
-            try:
-                await self.evaluate()
+            try:  # a frozen database must not stop the loop for good: the next evaluation runs
+                await asyncio.wait_for(self.evaluate(), max(30.0, 4 * self.settings.evaluation_interval_s))
+            except asyncio.TimeoutError:
+                log.warning("alert evaluation timed out (the database or a drift comparison is slow)")
             except Exception:  # a failed evaluation is logged; the next one runs
                 log.exception("alert evaluation failed")
 
