@@ -28,6 +28,7 @@ from shipyard.config import Replica as ReplicaSpec
 from shipyard.config import (
     BreakerConfig,
     LaunchedReplica,
+    RoutedDeployment,
     ShipyardConfig,
     LlamaCppDeployment,
     LlamaCppReplica,
@@ -63,6 +64,7 @@ from shipyard.routing.replica import Replica
 from shipyard.routing.resilience import CircuitBreaker
 from shipyard.routing.response_store import ResponseStore
 from shipyard.routing.router import Router
+from shipyard.scaling.local import LocalAutoscaler, autoscaler_families
 from shipyard.store.db import Database, default_url
 
 log = logging.getLogger("shipyard.app")
@@ -167,6 +169,11 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
                       gw.default_completion_estimate, compute_rate_of(router, config.monitor.compute_prices))
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
+    autoscalers = {name: LocalAutoscaler(engines[name], spec.autoscaling, admissions.get(name))
+                   for name, spec in config.deployments.items()
+                   if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None}
+    if autoscalers:
+        metrics.gauge_sources.append(lambda: autoscaler_families(autoscalers))
     monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
                else None)
 
@@ -180,7 +187,13 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
             await monitor.start()
         try:
             async with _engines_running(router, caches):
-                yield
+                for autoscaler in autoscalers.values():
+                    await autoscaler.start()
+                try:
+                    yield
+                finally:  # before the engines stop: no replica is launched during shutdown
+                    for autoscaler in autoscalers.values():
+                        await autoscaler.stop()
         finally:
             if monitor is not None:
                 await monitor.stop()
@@ -194,7 +207,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
                         observers=monitor.observers if monitor else [], monitor=monitor,
-                        text_deployments=monitor.text_deployments if monitor else frozenset())
+                        text_deployments=monitor.text_deployments if monitor else frozenset(),
+                        autoscalers=autoscalers)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
                                                  deployment_routes, cache_routes, monitor_routes, alert_routes,
                                                  dashboard_routes))

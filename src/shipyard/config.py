@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shipyard.cache.exact import ExactCacheConfig
 from shipyard.cache.semantic import SemanticCacheConfig
@@ -26,6 +26,7 @@ from shipyard.engines.llamacpp_engine import LlamaCppEngineConfig
 from shipyard.engines.transformers_engine import TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
 from shipyard.monitor.settings import MonitorConfig
+from shipyard.scaling.policy import ScalingConfig
 
 
 class TransformersDeployment(TransformersEngineConfig):
@@ -96,6 +97,21 @@ class BreakerConfig(BaseModel):
     cooldown_s: float = Field(10.0, gt=0, description="open this long, then one probe (half-open)")
 
 
+class AutoscalingConfig(ScalingConfig):
+    """Replicas added and removed by the policy (scaling/policy.py), launched from a template."""
+
+    runtime: Literal["local"] = Field("local", description="local: worker processes on this machine")
+    replica: LaunchedReplica = Field(description="what a new replica is (engine: launch, kind: worker, ...)")
+    interval_s: float = Field(5.0, gt=0, description="how often the policy decides")
+    drain_timeout_s: float = Field(60.0, gt=0, description="in-flight requests of a removed replica get this long")
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> AutoscalingConfig:
+        if self.min_replicas < 1:
+            raise ValueError("min_replicas: 0 (scale to zero) is not available yet; the least is 1")
+        return self
+
+
 class RoutedDeployment(BaseModel):
     """One model name over several replicas, with balancing, retries, breakers and fallbacks."""
 
@@ -112,6 +128,7 @@ class RoutedDeployment(BaseModel):
     affinity_slack: int = Field(4, ge=0, description="requests the prefix's replica may run above the least "
                                                       "busy one before the request goes elsewhere")
     breaker: BreakerConfig = BreakerConfig()
+    autoscaling: AutoscalingConfig | None = Field(None, description="add and remove replicas by load (docs/scaling.md)")
 
     @property
     def affinity_on(self) -> bool:

@@ -46,6 +46,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("GET", "/admin/deployments"): Permission.DEPLOYMENTS_MANAGE,
     ("GET", "/admin/deployments/{name}/plan"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/admin/deployments/{name}/replicas"): Permission.DEPLOYMENTS_MANAGE,
+    ("GET", "/admin/deployments/{name}/autoscaler"): Permission.DEPLOYMENTS_MANAGE,
     ("DELETE", "/admin/deployments/{name}/replicas/{replica}"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/admin/deployments/{name}/replicas/{replica}/drain"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/admin/deployments/{name}/replicas/{replica}/resume"): Permission.DEPLOYMENTS_MANAGE,

@@ -108,3 +108,13 @@ async def remove_replica(name: str, replica: str, request: Request):
     except ValueError as exc:
         raise APIError(409, str(exc), code="conflict") from None
     return _view(name, deployment)
+
+
+@router.get("/{name}/autoscaler")
+async def autoscaler(name: str, request: Request):
+    """The autoscaler's settings, replicas starting and draining, and its latest decisions with reasons."""
+    _deployment(request, name)
+    scaler = services_of(request).autoscalers.get(name)
+    if scaler is None:
+        raise APIError(409, f"'{name}' has no autoscaling.", code="not_autoscaled")
+    return scaler.view()

@@ -75,6 +75,7 @@ class Services:
     observers: list = field(default_factory=list)
     monitor: object = None  # monitor.service.MonitorService: alerts, SLAs, drift (None: monitoring off)
     text_deployments: frozenset = frozenset()  # deployments whose observers read prompt and answer text
+    autoscalers: dict = field(default_factory=dict)  # deployment → scaling.local.LocalAutoscaler
 
 
 EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evaluate; admins only)

@@ -1,0 +1,155 @@
+"""The local runtime: the policy actuated on Shipyard worker processes on this machine.
+
+A routed deployment with `autoscaling:` gets one `LocalAutoscaler`. Every `interval_s` it reads
+the deployment's signals — requests in flight at its replicas (as this gateway counts them),
+requests waiting in the gateway's admission queue, ready and starting replicas — asks the policy,
+and acts:
+- up: new replicas from the `replica` template (launched worker processes), named
+  `<deployment>-auto-<n>`, join the routing pool once their engine is ready;
+- down: one autoscaled replica, the least busy, is drained (no new requests; its in-flight
+  streams finish) and then stopped. Replicas listed in shipyard.yaml are never removed.
+A replica that crashes is restarted by its launcher: a replacement, not a scale event.
+Every decision is logged with its reasons and kept for `GET /admin/deployments/{name}/autoscaler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from shipyard.aio import cancel_and_wait
+from shipyard.scaling.policy import Decision, ScalingPolicy, Signals
+
+log = logging.getLogger("shipyard.scaling")
+
+
+def autoscaler_families(autoscalers: dict):
+    """Prometheus gauges: each autoscaled deployment's desired and current replicas, scale events."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    desired = GaugeMetricFamily("shipyard:autoscaler_desired_replicas", "The policy's last decision",
+                                labels=["model_name"])
+    current = GaugeMetricFamily("shipyard:autoscaler_current_replicas", "Ready and starting replicas",
+                                labels=["model_name"])
+    events = CounterMetricFamily("shipyard:autoscaler_scale_events", "Decisions that changed the replica count",
+                                 labels=["model_name"])
+    for name, autoscaler in autoscalers.items():
+        last = autoscaler.decisions[-1] if autoscaler.decisions else None
+        signals = autoscaler.signals()
+        desired.add_metric([name], last.desired if last else signals.ready + signals.starting)
+        current.add_metric([name], signals.ready + signals.starting)
+        events.add_metric([name], autoscaler.scale_events)
+    yield from (desired, current, events)
+
+
+class LocalAutoscaler:
+    def __init__(self, deployment, settings, admission=None, clock=time.monotonic):
+        self.deployment = deployment  # routing.deployment.DeploymentEngine
+        self.settings = settings  # config.AutoscalingConfig
+        self.admission = admission  # gateway.admission.TieredAdmission: its queue is waiting load
+        self.policy = ScalingPolicy(settings)
+        self.clock = clock
+        self.decisions: deque[Decision] = deque(maxlen=200)
+        self.scale_events = 0
+        self._starting: dict[str, asyncio.Task] = {}
+        self._stopping: dict[str, asyncio.Task] = {}
+        self._counter = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.deployment.name}-auto-"
+
+    def signals(self) -> Signals:
+        replicas = [r for r in self.deployment.replicas if r.name not in self._stopping and not r.draining]
+        ready = [r for r in replicas if r.engine.ready()]
+        waiting = len(self.admission._heap) if self.admission is not None else 0
+        stats = [r.engine.stats() for r in ready]
+        # A replica in the pool that is not ready is loading, or restarting after a crash: capacity on
+        # its way, never a reason to launch another.
+        return Signals(running=sum(r.outstanding for r in replicas), waiting=waiting, ready=len(ready),
+                       starting=len(self._starting) + len(replicas) - len(ready),
+                       kv_cache_usage=max((s.kv_cache_usage for s in stats), default=None))
+
+    async def step(self) -> Decision:
+        decision = self.policy.decide(self.clock(), self.signals())
+        self.decisions.append(decision)
+        if decision.change:
+            self.scale_events += 1
+            log.info("autoscaler %s: %d → %d replicas (%s)", self.deployment.name, decision.current,
+                     decision.desired, "; ".join(decision.reasons))
+        room = self.settings.max_replicas - len(self.deployment.replicas) - len(self._starting)
+        for _ in range(max(0, min(decision.change, room))):  # never past max_replicas, whatever the signals said
+            self._launch()
+        if decision.change < 0:
+            for _ in range(-decision.change):
+                if not self._retire():
+                    break
+        return decision
+
+    def _launch(self) -> None:
+        self._counter += 1
+        name = f"{self.prefix}{self._counter}"
+        replica = self.deployment.make_replica({**self.settings.replica.model_dump(), "name": name})
+        task = asyncio.create_task(self._add(replica))
+        self._starting[name] = task
+
+    async def _add(self, replica) -> None:
+        try:
+            await self.deployment.add_replica(replica)
+        except asyncio.CancelledError:  # scaled down before it was ready: its process must not linger
+            await asyncio.shield(replica.engine.stop())
+            raise
+        except Exception as exc:  # the next decision sees the capacity that really exists
+            log.error("autoscaler %s: replica %s did not start: %s", self.deployment.name, replica.name, exc)
+            await replica.engine.stop()
+        finally:
+            self._starting.pop(replica.name, None)
+
+    def _retire(self) -> bool:
+        """Drain and stop the least busy autoscaled replica (a starting one first: it serves no one)."""
+        if self._starting:
+            name, task = self._starting.popitem()
+            task.cancel()
+            return True
+        candidates = [r for r in self.deployment.replicas
+                      if r.name.startswith(self.prefix) and r.name not in self._stopping and not r.draining]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda r: r.outstanding)
+        self._stopping[victim.name] = asyncio.create_task(self._remove(victim.name))
+        return True
+
+    async def _remove(self, name: str) -> None:
+        try:
+            await self.deployment.remove_replica(name, self.settings.drain_timeout_s)
+        except (KeyError, ValueError) as exc:
+            log.warning("autoscaler %s: %s not removed: %s", self.deployment.name, name, exc)
+        finally:
+            self._stopping.pop(name, None)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval_s)
+            try:
+                await self.step()
+            except Exception:  # a failed decision is logged; the next one runs
+                log.exception("autoscaler %s: decision failed", self.deployment.name)
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        for task in [*self._starting.values(), *self._stopping.values()]:
+            task.cancel()
+        await asyncio.gather(*self._starting.values(), *self._stopping.values(), return_exceptions=True)
+
+    def view(self) -> dict:
+        return {"deployment": self.deployment.name, "settings": self.settings.model_dump(mode="json"),
+                "replicas": [r.name for r in self.deployment.replicas], "starting": sorted(self._starting),
+                "draining": sorted(self._stopping), "scale_events": self.scale_events,
+                "decisions": [{"at": d.at, "current": d.current, "desired": d.desired, "reasons": d.reasons}
+                              for d in list(self.decisions)[-50:]]}

@@ -1,0 +1,85 @@
+"""The local runtime with real worker processes on the tiny model: a step load (concurrency
+1 → 8 → 1) scales the deployment 1 → N → 1 with zero failed requests; the replicas removed are
+drained, so the streams they carry finish."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def autoscaled(tiny_model, tmp_path_factory):
+    worker = {"engine": "launch", "kind": "worker", "model": str(tiny_model)}
+    config = {"auth": "disabled", "cache": {"exact": {"enabled": False}},
+              "deployments": {"auto": {"replicas": [worker], "autoscaling": {
+                  "min_replicas": 1, "max_replicas": 3, "target_queue_per_replica": 2, "interval_s": 0.5,
+                  "scale_down_window_s": 4, "scale_down_interval_s": 2, "drain_timeout_s": 60, "replica": worker}}}}
+    with ServerProcess(config, tmp_path_factory.mktemp("autoscaled")) as proc:
+        proc.wait_for("/v1/models/auto", 200)
+        yield proc
+
+
+def _view(proc) -> dict:
+    return httpx.get(f"{proc.base_url}/admin/deployments/auto/autoscaler", timeout=30).json()
+
+
+def _stream(proc, results: list, stop: threading.Event) -> None:
+    with httpx.Client(timeout=120) as http:
+        while not stop.is_set():
+            body = {"model": "auto", "max_tokens": 24, "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "go"}]}
+            try:
+                with http.stream("POST", f"{proc.base_url}/v1/chat/completions", json=body) as response:
+                    lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+                ok = response.status_code == 200 and lines[-1] == "data: [DONE]" and '"completion_tokens":24' in lines[-2]
+            except httpx.HTTPError as exc:
+                ok = repr(exc)
+            results.append(ok)
+
+
+def _load(proc, users: int, results: list) -> tuple[threading.Event, list[threading.Thread]]:
+    stop = threading.Event()
+    threads = [threading.Thread(target=_stream, args=(proc, results, stop), daemon=True) for _ in range(users)]
+    for thread in threads:
+        thread.start()
+    return stop, threads
+
+
+def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def test_a_step_load_scales_up_and_back_with_no_failed_request(autoscaled):
+    results: list = []
+    stop, threads = _load(autoscaled, 1, results)
+    time.sleep(3)
+    assert len(_view(autoscaled)["replicas"]) == 1  # one user fits one replica
+    stop.set()
+    stop, threads = _load(autoscaled, 8, results)
+    _until(lambda: len(_view(autoscaled)["replicas"]) >= 2, 120, "never scaled up")
+    ready_at = len(results)
+    _until(lambda: len(results) >= ready_at + 16, 120, "the new replicas served too little")
+    stop.set()
+    for thread in threads:
+        thread.join(120)
+    stop, threads = _load(autoscaled, 1, results)
+    _until(lambda: len(_view(autoscaled)["replicas"]) == 1 and not _view(autoscaled)["draining"], 120,
+           "never scaled back to one")
+    stop.set()
+    for thread in threads:
+        thread.join(120)
+    view = _view(autoscaled)
+    assert [r for r in results if r is not True] == [], "a request failed while scaling"
+    assert max(d["desired"] for d in view["decisions"]) >= 2 and view["scale_events"] >= 2
+    assert any("down one" in reason for d in view["decisions"] for reason in d["reasons"])
+    metrics = httpx.get(f"{autoscaled.base_url}/metrics", timeout=30).text
+    assert 'shipyard:autoscaler_current_replicas{model_name="auto"} 1.0' in metrics
