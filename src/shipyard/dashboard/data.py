@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 from sqlalchemy import select
 
+from shipyard.gateway.keystore import aware
 from shipyard.store.db import Database
 from shipyard.store.models import Score, UsageRecord
 
@@ -38,6 +39,11 @@ def _steps(window_s: float, step_s: float, now: datetime) -> tuple[datetime, int
     return now - timedelta(seconds=count * step_s), count
 
 
+def _step_of(created: datetime, start: datetime, step_s: float, count: int) -> int:
+    """Which step of the window a row falls in (SQLite gives naive UTC times)."""
+    return min(count - 1, max(0, int((aware(created) - start).total_seconds() // step_s)))
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -58,9 +64,7 @@ async def traffic(db: Database, tenant: str | None, deployment: str | None = Non
         rows = (await session.execute(query)).all()
     buckets = [{"requests": 0, "errors": 0, "ttft": [], "latency": [], "tokens": 0, "cost": 0.0} for _ in range(count)]
     for created, status, ttft, latency, prompt, completion, cost in rows:
-        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-        index = min(count - 1, max(0, int((created - start).total_seconds() // step_s)))
-        bucket = buckets[index]
+        bucket = buckets[_step_of(created, start, step_s, count)]
         bucket["requests"] += 1
         bucket["errors"] += status >= 500
         if ttft is not None and status < 400:
@@ -104,11 +108,9 @@ async def score_series(db: Database, tenant: str | None, window_s: float = 86400
         rows = (await session.execute(query)).all()
     sums: dict[str, list[list[float]]] = {}
     for name, created, numeric, boolean, kind in rows:
-        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-        index = min(count - 1, max(0, int((created - start).total_seconds() // step_s)))
         value = numeric if kind == "numeric" else float(boolean)
         slots = sums.setdefault(name, [[] for _ in range(count)])
-        slots[index].append(value)
+        slots[_step_of(created, start, step_s, count)].append(value)
     x = [i * step_s / 3600 - window_s / 3600 for i in range(count)]  # hours before now
     return {name: {"x": x, "mean": [sum(s) / len(s) if s else None for s in slots],
                    "count": sum(len(s) for s in slots),

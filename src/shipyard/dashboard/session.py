@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timezone
 
 from shipyard.dashboard.data import Viewer
+from shipyard.gateway.keystore import aware
 
 COOKIE = "shipyard_dashboard"
 SESSION_S = 8 * 3600
@@ -49,12 +50,9 @@ class Sessions:
         key, tenant = await self.keystore.get_key_and_tenant(key_id)
         if key is None or tenant is None or key.revoked_at is not None or key.generation != generation_n:
             return None
-        if key.expires_at is not None and _aware(key.expires_at) <= datetime.now(timezone.utc):
+        if key.expires_at is not None and aware(key.expires_at) <= datetime.now(timezone.utc):
             return None
         if key.role not in VIEW_ROLES:
             return None
         return Viewer(key.id, key.tenant_id, key.role)
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

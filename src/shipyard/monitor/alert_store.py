@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shipyard.monitor.alerts import AlertEvent
@@ -47,11 +47,12 @@ class AlertStore:
             return [row.id for row in rows]
 
     async def delivered(self, row_id: int, ok: bool) -> None:
+        """Delivered means every webhook took it: one conditional update, so two webhooks finishing
+        at once cannot overwrite each other's outcome."""
+        column = AlertEventRow.delivered
         async with self.db.session() as session:
-            # Several webhooks: delivered means all of them took it.
-            current = (await session.execute(select(AlertEventRow.delivered).where(AlertEventRow.id == row_id))).scalar()
-            value = ok if current is None else (current and ok)
-            await session.execute(update(AlertEventRow).where(AlertEventRow.id == row_id).values(delivered=value))
+            await session.execute(update(AlertEventRow).where(AlertEventRow.id == row_id).values(
+                delivered=case((column.is_(None), ok), else_=and_(column, ok))))
             await session.commit()
 
     async def history(self, tenant_id: str | None, only_tenant: bool, status: str | None = None,

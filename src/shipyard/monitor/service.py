@@ -148,12 +148,13 @@ class MonitorService:
         events: list[AlertEvent] = []
         engines = self.engines()
         rules = await self.rules()
+        gpus = await asyncio.to_thread(gpu_stats) if any(r.metric.startswith("gpu_") for r in rules) else []
         names = {rule.name for rule in rules}
         events += self.book.forget(lambda labels: labels.get("source") == "rule" and labels["alertname"] not in names)
         for rule in rules:
             deployments = [rule.deployment] if rule.deployment else sorted(engines)
             for deployment in deployments:
-                events += evaluate_rule(self.book, rule, deployment, self._value(rule, deployment), now)
+                events += evaluate_rule(self.book, rule, deployment, self._value(rule, deployment, gpus), now)
         events += self._anomalies(now)
         events += await self._burn_rates(now)
         events += await self._drift(now)
@@ -161,22 +162,21 @@ class MonitorService:
             await self._publish(events)
         return events
 
-    def _value(self, rule: AlertRule, deployment: str) -> float | None:
+    def _value(self, rule: AlertRule, deployment: str, gpus: list[dict]) -> float | None:
         if rule.metric.startswith("slo_burn_rate:"):
             rows = self.last_burn_rates.get(rule.metric.split(":", 1)[1])
             return rows[0]["long_burn_rate"] if rows else None
-        extra = self.extra_metrics(deployment)
         if rule.metric in ("drift_share", "new_pattern_share", "gpu_memory_used_perc", "gpu_utilization_perc"):
-            return extra.get(rule.metric)
+            return self.extra_metrics(deployment, gpus).get(rule.metric)
         if self.health is None:
             return None
         rows = self.health.summary(rule.window_s, self.engines(), deployment)
         return window_value(rows[0], rule.metric) if rows else None
 
-    def extra_metrics(self, deployment: str) -> dict[str, float]:
-        """Metrics not in the windows: the GPUs' (the busiest one), and the deployment's drift."""
+    def extra_metrics(self, deployment: str, gpus: list[dict]) -> dict[str, float]:
+        """Metrics not in the windows: the GPUs' (the busiest one, read once per evaluation), and the
+        deployment's drift."""
         figures = {}
-        gpus = gpu_stats()
         if gpus:
             figures["gpu_memory_used_perc"] = max(g["memory_used_perc"] for g in gpus)
             figures["gpu_utilization_perc"] = max(g["utilization_perc"] for g in gpus)

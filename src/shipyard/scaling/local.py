@@ -65,7 +65,7 @@ class LocalAutoscaler:
     def signals(self) -> Signals:
         replicas = [r for r in self.deployment.replicas if r.name not in self._stopping and not r.draining]
         ready = [r for r in replicas if r.engine.ready()]
-        waiting = len(self.admission._heap) if self.admission is not None else 0
+        waiting = self.admission.waiting if self.admission is not None else 0
         stats = [r.engine.stats() for r in ready]
         # A replica in the pool that is not ready is loading, or restarting after a crash: capacity on
         # its way, never a reason to launch another.
