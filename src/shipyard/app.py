@@ -64,12 +64,19 @@ from shipyard.routing.replica import Replica
 from shipyard.routing.resilience import CircuitBreaker
 from shipyard.routing.response_store import ResponseStore
 from shipyard.routing.router import Router
-from shipyard.scaling.local import LocalAutoscaler, autoscaler_families
+from shipyard.scaling.local import LocalAutoscaler, auto_replica_name, autoscaler_families
 from shipyard.store.db import Database, default_url
 
 log = logging.getLogger("shipyard.app")
 
 ADMIN_KEY_MIN_LENGTH = 20
+
+
+def _template_replicas(name: str, scaling) -> list:
+    """An autoscaled deployment without listed replicas starts min_replicas of its template."""
+    template = scaling.replica.model_dump()
+    return [type(scaling.replica)(**{**template, "name": auto_replica_name(name, number)})
+            for number in range(1, scaling.min_replicas + 1)]
 
 
 def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
@@ -88,7 +95,7 @@ def build_engines(config: ShipyardConfig) -> dict[str, Engine]:
         else:
             breaker = deployment.breaker
             replicas = []
-            for index, spec in enumerate(deployment.replicas):
+            for index, spec in enumerate(deployment.replicas or _template_replicas(name, deployment.autoscaling)):
                 replica_name = spec.name or f"{name}-{index}"
                 replicas.append(Replica(replica_name, _replica_engine(spec, name, replica_name), weight=spec.weight,
                                         min_tier=spec.min_tier,

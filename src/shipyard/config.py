@@ -104,19 +104,18 @@ class AutoscalingConfig(ScalingConfig):
     replica: LaunchedReplica = Field(description="what a new replica is (engine: launch, kind: worker, ...)")
     interval_s: float = Field(5.0, gt=0, description="how often the policy decides")
     drain_timeout_s: float = Field(60.0, gt=0, description="in-flight requests of a removed replica get this long")
-
-    @model_validator(mode="after")
-    def _not_zero(self) -> AutoscalingConfig:
-        if self.min_replicas < 1:
-            raise ValueError("min_replicas: 0 (scale to zero) is not available yet; the least is 1")
-        return self
+    cold_start_buffer: int = Field(64, ge=1, le=100_000, description="min_replicas 0: requests held while the "
+                                   "first replica starts; more get 503 with Retry-After")
+    cold_start_timeout_s: float = Field(120.0, gt=0, description="min_replicas 0: the longest a held request "
+                                        "waits for a replica, then 503 with Retry-After")
 
 
 class RoutedDeployment(BaseModel):
     """One model name over several replicas, with balancing, retries, breakers and fallbacks."""
 
     model_config = ConfigDict(extra="forbid")
-    replicas: list[Replica] = Field(min_length=1)
+    replicas: list[Replica] = Field(default_factory=list, description="may be left out with autoscaling: "
+                                    "its `replica` template starts min_replicas of them")
     balancer: Literal["round_robin", "least_outstanding", "weighted", "power_of_two"] = "least_outstanding"
     retries: int = Field(2, ge=0, le=10, description="further attempts on other replicas, before a first token")
     first_token_timeout_s: float = Field(60.0, gt=0)
@@ -130,6 +129,19 @@ class RoutedDeployment(BaseModel):
     breaker: BreakerConfig = BreakerConfig()
     autoscaling: AutoscalingConfig | None = Field(None, description="add and remove replicas by load (docs/scaling.md)")
 
+    @model_validator(mode="after")
+    def _replicas_given(self) -> RoutedDeployment:
+        scaling = self.autoscaling
+        if not self.replicas and scaling is None:
+            raise ValueError("a routed deployment needs at least one replica (or `autoscaling` with a template)")
+        if scaling is not None and scaling.min_replicas == 0 and self.replicas:
+            raise ValueError("min_replicas: 0 scales to zero, but replicas listed in `replicas` are never removed: "
+                             "leave `replicas` out and let the `autoscaling.replica` template start them")
+        if scaling is not None and len(self.replicas) > scaling.max_replicas:
+            raise ValueError(f"{len(self.replicas)} replicas are listed, above autoscaling.max_replicas "
+                             f"{scaling.max_replicas}")
+        return self
+
     @property
     def affinity_on(self) -> bool:
         """Round-robin and weighted are explicit shares of traffic: affinity would override them."""
@@ -140,11 +152,11 @@ class RoutedDeployment(BaseModel):
 
 def _deployment_kind(value) -> str:
     if isinstance(value, dict):
-        return "routed" if "replicas" in value else _engine_kind(value)
+        return "routed" if "replicas" in value or "autoscaling" in value else _engine_kind(value)
     return "routed" if isinstance(value, RoutedDeployment) else _engine_kind(value)
 
 
-# Told apart by `engine` (which may be left out for the embedded engine), or by `replicas`.
+# Told apart by `engine` (which may be left out for the embedded engine), or by `replicas` / `autoscaling`.
 Deployment = Annotated[Union[Annotated[TransformersDeployment, Tag("transformers")],
                              Annotated[LlamaCppDeployment, Tag("llamacpp")],
                              Annotated[UpstreamDeployment, Tag("openai_http")],

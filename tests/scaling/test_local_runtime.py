@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, until
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,6 @@ def _load(proc, users: int, results: list) -> tuple[threading.Event, list[thread
     return stop, threads
 
 
-def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
 def test_a_step_load_scales_up_and_back_with_no_failed_request(autoscaled):
     results: list = []
     stop, threads = _load(autoscaled, 1, results)
@@ -65,14 +58,14 @@ def test_a_step_load_scales_up_and_back_with_no_failed_request(autoscaled):
     assert len(_view(autoscaled)["replicas"]) == 1  # one user fits one replica
     stop.set()
     stop, threads = _load(autoscaled, 8, results)
-    _until(lambda: len(_view(autoscaled)["replicas"]) >= 2, 120, "never scaled up")
+    until(lambda: len(_view(autoscaled)["replicas"]) >= 2, 120, "never scaled up")
     ready_at = len(results)
-    _until(lambda: len(results) >= ready_at + 16, 120, "the new replicas served too little")
+    until(lambda: len(results) >= ready_at + 16, 120, "the new replicas served too little")
     stop.set()
     for thread in threads:
         thread.join(120)
     stop, threads = _load(autoscaled, 1, results)
-    _until(lambda: len(_view(autoscaled)["replicas"]) == 1 and not _view(autoscaled)["draining"], 120,
+    until(lambda: len(_view(autoscaled)["replicas"]) == 1 and not _view(autoscaled)["draining"], 120,
            "never scaled back to one")
     stop.set()
     for thread in threads:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from shipyard.engines.base import (
@@ -70,8 +70,6 @@ class DeploymentEngine(Engine):
     def __init__(self, name: str, replicas: list[Replica], balancer: Balancer, policy: RoutingPolicy,
                  fallbacks: list[str] | None = None, lookup: Callable[[str], Engine] | None = None,
                  store: ResponseStore | None = None, affinity: PrefixAffinity | None = None):
-        if not replicas:
-            raise ValueError(f"deployment {name!r} has no replicas")
         self.name = name
         self.replicas = replicas
         self.balancer = balancer
@@ -83,8 +81,12 @@ class DeploymentEngine(Engine):
         self.counters = RoutingCounters()
         # Builds a Replica from a config spec (set by the app, which knows the engine kinds).
         self.make_replica: Callable[[dict], Replica] | None = None
+        # Scale to zero (set by the autoscaler): when no replica is available, a request awaits this
+        # (holding it until one is ready, up to the deadline) or gets its RETRIABLE error.
+        self.cold_start: Callable[[float], Awaitable[None]] | None = None
         self.model = ModelInfo(id=name, max_model_len=0, owned_by="shipyard", created=int(time.time()))
         self._active: dict[str, _RoutedStream] = {}
+        self.requests_started = 0  # ever: the autoscaler sees requests that came and went between its looks
         self._changing: set[str] = set()  # replicas being added or removed (admin calls can race)
 
     # ---------------------------------------------------------------- lifecycle
@@ -93,6 +95,8 @@ class DeploymentEngine(Engine):
         return "routed:" + "|".join(sorted(r.engine.identity() for r in self.replicas))
 
     async def start(self) -> None:
+        if not self.replicas:  # scaled to zero: the first request starts one
+            return
         results = await asyncio.gather(*(r.engine.start() for r in self.replicas), return_exceptions=True)
         for replica, result in zip(self.replicas, results):
             if isinstance(result, BaseException):
@@ -106,7 +110,8 @@ class DeploymentEngine(Engine):
         await asyncio.gather(*(r.engine.stop() for r in self.replicas), return_exceptions=True)
 
     def ready(self) -> bool:
-        return any(r.engine.ready() for r in self.replicas)
+        """Serving: a replica is ready, or requests are held while one starts (scale to zero)."""
+        return self.cold_start is not None or any(r.engine.ready() for r in self.replicas)
 
     async def health(self) -> bool:
         return all([await r.engine.health() for r in self.replicas])
@@ -114,24 +119,29 @@ class DeploymentEngine(Engine):
     def stats(self) -> EngineStats:
         parts = [r.engine.stats() for r in self.replicas]
         return EngineStats(num_waiting=sum(p.num_waiting for p in parts), num_running=sum(p.num_running for p in parts),
-                           kv_cache_usage=max(p.kv_cache_usage for p in parts),
+                           kv_cache_usage=max((p.kv_cache_usage for p in parts), default=0.0),
                            max_num_seqs=sum(p.max_num_seqs for p in parts),
                            max_waiting=sum(p.max_waiting for p in parts))
 
-    def _any_engine(self) -> Engine:
+    def _any_engine(self) -> Engine | None:
         for replica in self.replicas:
             if replica.engine.ready():
                 return replica.engine
-        return self.replicas[0].engine
+        return self.replicas[0].engine if self.replicas else None
 
     async def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int] | None:
-        return await self._any_engine().encode(prompt, add_special_tokens)
+        engine = self._any_engine()  # scaled to zero: no tokenizer to ask, the gateway estimates
+        return await engine.encode(prompt, add_special_tokens) if engine is not None else None
 
     async def decode(self, token_ids: list[int]) -> str:
-        return await self._any_engine().decode(token_ids)
+        engine = self._any_engine()
+        if engine is None:
+            raise EngineUnavailableError(f"'{self.name}' is scaled to zero: no replica to detokenize with.")
+        return await engine.decode(token_ids)
 
     def token_strings(self, token_ids: list[int]) -> list[str] | None:
-        return self._any_engine().token_strings(token_ids)
+        engine = self._any_engine()
+        return engine.token_strings(token_ids) if engine is not None else None
 
     # ---------------------------------------------------------------- routing
     def choose(self, priority: int, exclude: set[int], request: GenerationRequest | None = None) -> Replica | None:
@@ -152,6 +162,7 @@ class DeploymentEngine(Engine):
         return chosen
 
     def generate(self, request: GenerationRequest) -> _RoutedStream:
+        self.requests_started += 1
         stream = _RoutedStream(self, request)
         self._active[request.request_id] = stream
         return stream
@@ -181,13 +192,14 @@ class DeploymentEngine(Engine):
         finally:
             self._changing.discard(replica.name)
 
-    async def remove_replica(self, name: str, drain_timeout_s: float = 60.0) -> None:
+    async def remove_replica(self, name: str, drain_timeout_s: float = 60.0, allow_last: bool = False) -> None:
         """Leave the pool live: drained (no new requests), its in-flight requests given up to
-        `drain_timeout_s` to finish, then stopped."""
+        `drain_timeout_s` to finish, then stopped. The last replica goes only with `allow_last`
+        (scale to zero, where `cold_start` holds the requests that come next)."""
         replica = self.replica(name)
         if name in self._changing:
             raise ValueError(f"'{name}' is already being removed from '{self.name}'")
-        if not [r for r in self.replicas if r is not replica and r.name not in self._changing]:
+        if not allow_last and not [r for r in self.replicas if r is not replica and r.name not in self._changing]:
             raise ValueError(f"'{name}' is the last replica of '{self.name}'")  # counting those on their way out
         self._changing.add(name)
         try:
@@ -252,6 +264,13 @@ class _RoutedStream:
         deadline = time.monotonic() + policy.first_token_timeout_s
         tried: set[int] = set()
         last_error: Exception | None = None
+        if deployment.cold_start is not None and not any(r.available() for r in deployment.replicas):
+            try:
+                await deployment.cold_start(deadline)
+            except RETRIABLE:
+                if await self._fall_back():
+                    return
+                raise
         for attempt in range(policy.retries + 1):
             replica = deployment.choose(request.priority, tried, request)
             if replica is None:

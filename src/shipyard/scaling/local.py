@@ -9,20 +9,28 @@ and acts:
 - down: one autoscaled replica, the least busy, is drained (no new requests; its in-flight
   streams finish) and then stopped. Replicas listed in shipyard.yaml are never removed.
 A replica that crashes is restarted by its launcher: a replacement, not a scale event.
+With `min_replicas: 0` the last replica goes after the idle delay, and a `ColdStartBuffer` holds the
+requests that come next while the autoscaler (woken at once) starts one.
 Every decision is logged with its reasons and kept for `GET /admin/deployments/{name}/autoscaler`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 
 from shipyard.aio import cancel_and_wait
+from shipyard.scaling.cold_start import ColdStartBuffer
 from shipyard.scaling.policy import Decision, ScalingPolicy, Signals
 
 log = logging.getLogger("shipyard.scaling")
+
+
+def auto_replica_name(deployment: str, number: int) -> str:
+    return f"{deployment}-auto-{number}"
 
 
 def autoscaler_families(autoscalers: dict):
@@ -35,13 +43,20 @@ def autoscaler_families(autoscalers: dict):
                                 labels=["model_name"])
     events = CounterMetricFamily("shipyard:autoscaler_scale_events", "Decisions that changed the replica count",
                                  labels=["model_name"])
+    held = GaugeMetricFamily("shipyard:autoscaler_cold_start_waiting", "Requests held while a scaled-to-zero "
+                             "deployment starts a replica", labels=["model_name"])
+    rejected = CounterMetricFamily("shipyard:autoscaler_cold_start_rejected", "Requests turned away (503) by a "
+                                   "full cold-start buffer or its wait limit", labels=["model_name"])
     for name, autoscaler in autoscalers.items():
+        if autoscaler.buffer is not None:
+            held.add_metric([name], autoscaler.buffer.waiting)
+            rejected.add_metric([name], autoscaler.buffer.rejected)
         last = autoscaler.decisions[-1] if autoscaler.decisions else None
         signals = autoscaler.signals()
         desired.add_metric([name], last.desired if last else signals.ready + signals.starting)
         current.add_metric([name], signals.ready + signals.starting)
         events.add_metric([name], autoscaler.scale_events)
-    yield from (desired, current, events)
+    yield from (desired, current, events, held, rejected)
 
 
 class LocalAutoscaler:
@@ -55,8 +70,16 @@ class LocalAutoscaler:
         self.scale_events = 0
         self._starting: dict[str, asyncio.Task] = {}
         self._stopping: dict[str, asyncio.Task] = {}
-        self._counter = 0
+        self._counter = sum(1 for r in deployment.replicas if r.name.startswith(self.prefix))
+        self._seen_started = deployment.requests_started
         self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self.buffer: ColdStartBuffer | None = None
+        if settings.min_replicas == 0:
+            self.buffer = ColdStartBuffer(deployment.name, settings.cold_start_buffer, settings.cold_start_timeout_s,
+                                          lambda: any(r.available() for r in deployment.replicas), self._wake.set,
+                                          clock)
+            deployment.cold_start = self.buffer
 
     @property
     def prefix(self) -> str:
@@ -66,6 +89,8 @@ class LocalAutoscaler:
         replicas = [r for r in self.deployment.replicas if r.name not in self._stopping and not r.draining]
         ready = [r for r in replicas if r.engine.ready()]
         waiting = self.admission.waiting if self.admission is not None else 0
+        if self.buffer is not None:
+            waiting += self.buffer.waiting
         stats = [r.engine.stats() for r in ready]
         # A replica in the pool that is not ready is loading, or restarting after a crash: capacity on
         # its way, never a reason to launch another.
@@ -74,7 +99,10 @@ class LocalAutoscaler:
                        kv_cache_usage=max((s.kv_cache_usage for s in stats), default=None))
 
     async def step(self) -> Decision:
-        decision = self.policy.decide(self.clock(), self.signals())
+        signals = self.signals()
+        started = self.deployment.requests_started
+        signals.arrived, self._seen_started = started - self._seen_started, started
+        decision = self.policy.decide(self.clock(), signals)
         self.decisions.append(decision)
         if decision.change:
             self.scale_events += 1
@@ -91,7 +119,7 @@ class LocalAutoscaler:
 
     def _launch(self) -> None:
         self._counter += 1
-        name = f"{self.prefix}{self._counter}"
+        name = auto_replica_name(self.deployment.name, self._counter)
         replica = self.deployment.make_replica({**self.settings.replica.model_dump(), "name": name})
         task = asyncio.create_task(self._add(replica))
         self._starting[name] = task
@@ -124,7 +152,8 @@ class LocalAutoscaler:
 
     async def _remove(self, name: str) -> None:
         try:
-            await self.deployment.remove_replica(name, self.settings.drain_timeout_s)
+            await self.deployment.remove_replica(name, self.settings.drain_timeout_s,
+                                                 allow_last=self.settings.min_replicas == 0)
         except (KeyError, ValueError) as exc:
             log.warning("autoscaler %s: %s not removed: %s", self.deployment.name, name, exc)
         finally:
@@ -135,7 +164,9 @@ class LocalAutoscaler:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.interval_s)
+            with contextlib.suppress(TimeoutError):  # a held request wakes it early
+                await asyncio.wait_for(self._wake.wait(), self.settings.interval_s)
+            self._wake.clear()
             try:
                 await self.step()
             except Exception:  # a failed decision is logged; the next one runs
@@ -151,5 +182,8 @@ class LocalAutoscaler:
         return {"deployment": self.deployment.name, "settings": self.settings.model_dump(mode="json"),
                 "replicas": [r.name for r in self.deployment.replicas], "starting": sorted(self._starting),
                 "draining": sorted(self._stopping), "scale_events": self.scale_events,
+                "cold_start": None if self.buffer is None else {
+                    "waiting": self.buffer.waiting, "served": self.buffer.served, "rejected": self.buffer.rejected,
+                    "last_cold_start_s": self.buffer.last_cold_start_s},
                 "decisions": [{"at": d.at, "current": d.current, "desired": d.desired, "reasons": d.reasons}
                               for d in list(self.decisions)[-50:]]}

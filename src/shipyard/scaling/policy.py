@@ -60,6 +60,7 @@ class Signals:
     p95_latency_s: float | None = None
     kv_cache_usage: float | None = None  # the busiest replica's, 0..1
     gpu_utilization: float | None = None  # the busiest replica's, 0..1
+    arrived: int = 0  # requests started since the previous decision (short ones a look can miss)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class ScalingPolicy:
         c = self.config
         current = signals.ready + signals.starting
         wish, reasons = self.wish(signals)
-        if signals.running + signals.waiting > 0 or self._last_busy is None:
+        if signals.running + signals.waiting + signals.arrived > 0 or self._last_busy is None:
             self._last_busy = now
         self._wishes.append((now, wish))
         horizon = max(c.scale_up_window_s, c.scale_down_window_s)
