@@ -41,12 +41,13 @@ serve: demo-model
 	@echo "API key for this server (set SHIPYARD_ADMIN_KEY to choose your own): $$SHIPYARD_ADMIN_KEY"
 	$(BIN)/shipyard serve --host $(HOST) --port $(PORT)
 
-# Tests start their own Redis and PostgreSQL servers and drive Chromium (the dashboard's pages);
-# install them from Debian when missing.
+# Tests start their own Redis and PostgreSQL servers, drive Chromium (the dashboard's pages) and
+# validate KEDA manifests with node (scripts/keda-schema.sh); install them from Debian when missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -56,6 +57,7 @@ system-deps:
 
 # pytest exits 5 when it collects nothing: that is "no tests", not a failure.
 test: install-test system-deps
+	scripts/keda-schema.sh >/dev/null
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 bench: install-test demo-model system-deps

@@ -65,6 +65,7 @@ from shipyard.routing.resilience import CircuitBreaker
 from shipyard.routing.response_store import ResponseStore
 from shipyard.routing.router import Router
 from shipyard.scaling.local import LocalAutoscaler, auto_replica_name, autoscaler_families
+from shipyard.scaling.ray_runtime import RayServeAutoscaler, replica_token
 from shipyard.store.db import Database, default_url
 
 log = logging.getLogger("shipyard.app")
@@ -73,7 +74,10 @@ ADMIN_KEY_MIN_LENGTH = 20
 
 
 def _template_replicas(name: str, scaling) -> list:
-    """An autoscaled deployment without listed replicas starts min_replicas of its template."""
+    """An autoscaled deployment without listed replicas starts min_replicas of its template (on
+    Ray, the cluster starts them)."""
+    if scaling.runtime == "ray":
+        return []
     template = scaling.replica.model_dump()
     return [type(scaling.replica)(**{**template, "name": auto_replica_name(name, number)})
             for number in range(1, scaling.min_replicas + 1)]
@@ -176,7 +180,9 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
                       gw.default_completion_estimate, compute_rate_of(router, config.monitor.compute_prices))
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
-    autoscalers = {name: LocalAutoscaler(engines[name], spec.autoscaling, admissions.get(name))
+    autoscalers = {name: RayServeAutoscaler(engines[name], spec.autoscaling, replica_token(pepper, name))
+                   if spec.autoscaling.runtime == "ray" else
+                   LocalAutoscaler(engines[name], spec.autoscaling, admissions.get(name))
                    for name, spec in config.deployments.items()
                    if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None}
     if autoscalers:
@@ -236,11 +242,13 @@ def build_caches(config: ShipyardConfig, engines: dict[str, Engine], redis) -> d
             if exact is not None or (semantic is not None and semantic.enabled_for(name))}
 
 
-def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engine] | None = None) -> FastAPI:
+def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engine] | None = None,
+                     started: bool = False) -> FastAPI:
     """`shipyard worker`: the engine(s) behind the same OpenAI routes, for a gateway in front.
 
     No store, no tenant keys, no usage: the gateway in front authenticates tenants, limits and
-    meters. Every route but /health and /ready needs the worker's internal token."""
+    meters. Every route but /health and /ready needs the worker's internal token. `started`: the
+    engines given are loaded already."""
     router = Router(engines if engines is not None else build_engines(config))
     metrics = ServingMetrics(router.engines, windows=False)  # no monitor routes here: the gateway in front has them
     gw = config.gateway
@@ -252,6 +260,12 @@ def build_worker_app(config: ShipyardConfig, token: str, engines: dict[str, Engi
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if started:  # loaded before the app was built (a Ray replica takes no request until then)
+            try:
+                yield
+            finally:
+                await router.stop()
+            return
         async with _engines_running(router):
             yield
 

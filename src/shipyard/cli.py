@@ -38,9 +38,15 @@ def serve(
     num_threads: Optional[int] = typer.Option(None, help="torch threads per engine"),
     workers: Optional[int] = typer.Option(None, min=1, help="Server processes on the port (default 1; more "
                                                             "need Redis for exact limits)"),
+    runtime: Optional[str] = typer.Option(None, help="Where autoscaled replicas run: local (worker processes "
+                                          "here) or ray (Ray Serve on a Ray cluster; every model becomes an "
+                                          "autoscaled deployment)"),
+    ray_address: Optional[str] = typer.Option(None, help="The Ray cluster's head (host:port) for --runtime ray"),
 ):
     """Serve models over an OpenAI-compatible API (the built-in demo model if none is given)."""
     cfg = _configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default=True)
+    if runtime is not None or ray_address is not None:
+        cfg = _on_runtime(cfg, runtime or "ray", ray_address)
     if workers is not None:
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"workers": workers})})
     if cfg.server.workers > 1:
@@ -101,6 +107,21 @@ def _configure(config, model, served_model_name, host, port, log_format, num_thr
             for name, d in cfg.deployments.items()}})
     configure_logging(server.log_format, server.log_level)
     return cfg
+
+
+def _on_runtime(cfg, runtime: str, ray_address: str | None):
+    from pydantic import ValidationError
+
+    if runtime not in ("local", "ray"):
+        raise typer.BadParameter(f"{runtime!r}: local or ray", param_hint="--runtime")
+    if ray_address is not None and runtime != "ray":
+        raise typer.BadParameter("--ray-address goes with --runtime ray", param_hint="--ray-address")
+    try:
+        return cfg.on_runtime(runtime, ray_address)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise typer.BadParameter(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
+                                 param_hint="--runtime") from None
 
 
 def _ensure_demo_model() -> Path:

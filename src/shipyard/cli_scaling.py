@@ -4,6 +4,7 @@ with static provisioning at the minimum and at the peak."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -12,7 +13,8 @@ from rich.table import Table
 
 from shipyard.scaling.simulate import DEFAULT_CONFIG, TRACES, Model, compare
 
-scaling_app = typer.Typer(help="Autoscaling: simulate the policy on traffic traces.", no_args_is_help=True)
+scaling_app = typer.Typer(help="Autoscaling: simulate the policy on traffic traces; Kubernetes manifests.",
+                          no_args_is_help=True)
 
 
 @scaling_app.command("simulate")
@@ -43,3 +45,28 @@ def simulate(trace: Optional[list[str]] = typer.Option(None, "--trace", help=f"r
                       f"{r['static_peak']['replicas']} (SLA {r['static_peak']['sla_attainment']:.0%})",
                       f"{r['time_to_scale_up_s']:.1f}", str(r["scale_events"]), str(r["shed"]))
     Console().print(table)
+
+
+@scaling_app.command("manifests")
+def manifests(config: Optional[Path] = typer.Option(None, "--config", "-c", help="shipyard.yaml", exists=True,
+                                                    dir_okay=False),
+              image: str = typer.Option("ghcr.io/shipyard/shipyard:0.1.0", help="the Shipyard container image"),
+              autoscaler: str = typer.Option("keda", help="keda (a ScaledObject per model) or hpa (the fallback "
+                                             "without KEDA: autoscaling/v2 on a custom metric)"),
+              prometheus_url: str = typer.Option("http://prometheus-operated.monitoring:9090",
+                                                 help="where KEDA reads the queue depth"),
+              models_claim: str = typer.Option("shipyard-models", help="the PersistentVolumeClaim holding the models"),
+              gpus: int = typer.Option(0, min=0, help="GPUs per engine pod"),
+              out: Optional[Path] = typer.Option(None, "--out", help="write here (default: standard output)")) -> None:
+    """Kubernetes manifests for the config's deployments, with the policy's scaling targets."""
+    from shipyard.config import ShipyardConfig
+    from shipyard.scaling.kubernetes import render, to_yaml
+
+    if autoscaler not in ("keda", "hpa"):
+        raise typer.BadParameter(f"{autoscaler!r}: keda or hpa", param_hint="--autoscaler")
+    text = to_yaml(render(ShipyardConfig.load(config), image, autoscaler, prometheus_url, models_claim,  # type: ignore[arg-type]
+                          gpus))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)

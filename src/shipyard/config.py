@@ -97,10 +97,30 @@ class BreakerConfig(BaseModel):
     cooldown_s: float = Field(10.0, gt=0, description="open this long, then one probe (half-open)")
 
 
+class RayRuntimeConfig(BaseModel):
+    """Where and how the replicas run on a Ray cluster (runtime: ray)."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str = Field("auto", description="the cluster's address (host:port of its head), or auto")
+    proxy_host: str = Field("127.0.0.1", description="Ray Serve's HTTP proxy, which the gateway sends requests to")
+    proxy_port: int = Field(8001, ge=1, le=65535)
+    num_cpus: float = Field(1.0, ge=0, description="per replica; fractions share a core")
+    num_gpus: float = Field(0.0, ge=0, description="per replica")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per replica")
+    max_ongoing_requests: int = Field(32, ge=1, description="requests one replica runs at once; more wait in Ray")
+    max_queued_requests: int = Field(512, ge=1, description="requests waiting in Ray; more get 503")
+    look_back_period_s: float = Field(15.0, gt=0, description="the window Ray averages the request counts over")
+    health_check_period_s: float = Field(10.0, gt=0)
+    delete_on_stop: bool = Field(True, description="remove the Ray Serve application when the gateway stops")
+
+
 class AutoscalingConfig(ScalingConfig):
     """Replicas added and removed by the policy (scaling/policy.py), launched from a template."""
 
-    runtime: Literal["local"] = Field("local", description="local: worker processes on this machine")
+    runtime: Literal["local", "ray"] = Field("local", description="local: worker processes on this machine; "
+                                             "ray: Ray Serve replicas on a Ray cluster, the policy driving Ray's "
+                                             "autoscaler")
+    ray: RayRuntimeConfig = RayRuntimeConfig()
     replica: LaunchedReplica = Field(description="what a new replica is (engine: launch, kind: worker, ...)")
     interval_s: float = Field(5.0, gt=0, description="how often the policy decides")
     drain_timeout_s: float = Field(60.0, gt=0, description="in-flight requests of a removed replica get this long")
@@ -108,6 +128,16 @@ class AutoscalingConfig(ScalingConfig):
                                    "first replica starts; more get 503 with Retry-After")
     cold_start_timeout_s: float = Field(120.0, gt=0, description="min_replicas 0: the longest a held request "
                                         "waits for a replica, then 503 with Retry-After")
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> AutoscalingConfig:
+        if self.runtime == "ray":
+            if self.replica.kind != "worker":
+                raise ValueError("runtime ray runs Shipyard workers: the replica template needs kind: worker")
+            if self.min_replicas < 1:
+                raise ValueError("runtime ray: min_replicas 0 is the local runtime's (the gateway's cold-start "
+                                 "buffer); on Ray the least is 1")
+        return self
 
 
 class RoutedDeployment(BaseModel):
@@ -137,6 +167,9 @@ class RoutedDeployment(BaseModel):
         if scaling is not None and scaling.min_replicas == 0 and self.replicas:
             raise ValueError("min_replicas: 0 scales to zero, but replicas listed in `replicas` are never removed: "
                              "leave `replicas` out and let the `autoscaling.replica` template start them")
+        if scaling is not None and scaling.runtime == "ray" and self.replicas:
+            raise ValueError("runtime ray: the replicas are Ray's (from the `autoscaling.replica` template); "
+                             "leave `replicas` out")
         if scaling is not None and len(self.replicas) > scaling.max_replicas:
             raise ValueError(f"{len(self.replicas)} replicas are listed, above autoscaling.max_replicas "
                              f"{scaling.max_replicas}")
@@ -253,4 +286,21 @@ class ShipyardConfig(BaseModel):
         settings = base.model_dump() if isinstance(base, TransformersDeployment) else {}
         settings["model"] = str(Path(model_path).expanduser())
         deployments[name] = TransformersDeployment.model_validate(settings)
+        return self.model_copy(update={"deployments": deployments})
+
+    def on_runtime(self, runtime: str, ray_address: str | None = None) -> ShipyardConfig:
+        """`serve --runtime`: every autoscaled deployment on that runtime; with `ray`, every embedded
+        model too becomes an autoscaled deployment whose replicas Ray runs (1 to 4 of them)."""
+        deployments = {}
+        for name, spec in self.deployments.items():
+            if runtime == "ray" and isinstance(spec, TransformersDeployment):
+                template = {"engine": "launch", "kind": "worker", "model": spec.model, "num_threads": spec.num_threads}
+                spec = RoutedDeployment.model_validate({"autoscaling": {"min_replicas": 1, "replica": template}})
+            if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None:
+                scaling = spec.autoscaling.model_dump()
+                scaling["runtime"] = runtime
+                if ray_address is not None:
+                    scaling["ray"]["address"] = ray_address
+                spec = RoutedDeployment.model_validate({**spec.model_dump(), "autoscaling": scaling})
+            deployments[name] = spec
         return self.model_copy(update={"deployments": deployments})

@@ -4,13 +4,13 @@ drained, so the streams they carry finish."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
 
 from conftest import ServerProcess, until
+from load import start_users, stop_users
 
 
 @pytest.fixture(scope="module")
@@ -29,47 +29,21 @@ def _view(proc) -> dict:
     return httpx.get(f"{proc.base_url}/admin/deployments/auto/autoscaler", timeout=30).json()
 
 
-def _stream(proc, results: list, stop: threading.Event) -> None:
-    with httpx.Client(timeout=120) as http:
-        while not stop.is_set():
-            body = {"model": "auto", "max_tokens": 24, "ignore_eos": True, "stream": True,
-                    "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "go"}]}
-            try:
-                with http.stream("POST", f"{proc.base_url}/v1/chat/completions", json=body) as response:
-                    lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-                ok = response.status_code == 200 and lines[-1] == "data: [DONE]" and '"completion_tokens":24' in lines[-2]
-            except httpx.HTTPError as exc:
-                ok = repr(exc)
-            results.append(ok)
-
-
-def _load(proc, users: int, results: list) -> tuple[threading.Event, list[threading.Thread]]:
-    stop = threading.Event()
-    threads = [threading.Thread(target=_stream, args=(proc, results, stop), daemon=True) for _ in range(users)]
-    for thread in threads:
-        thread.start()
-    return stop, threads
-
-
 def test_a_step_load_scales_up_and_back_with_no_failed_request(autoscaled):
     results: list = []
-    stop, threads = _load(autoscaled, 1, results)
+    stop, threads = start_users(autoscaled.base_url, "auto", 1, results)
     time.sleep(3)
     assert len(_view(autoscaled)["replicas"]) == 1  # one user fits one replica
     stop.set()
-    stop, threads = _load(autoscaled, 8, results)
+    stop, threads = start_users(autoscaled.base_url, "auto", 8, results)
     until(lambda: len(_view(autoscaled)["replicas"]) >= 2, 120, "never scaled up")
     ready_at = len(results)
     until(lambda: len(results) >= ready_at + 16, 120, "the new replicas served too little")
-    stop.set()
-    for thread in threads:
-        thread.join(120)
-    stop, threads = _load(autoscaled, 1, results)
+    stop_users(stop, threads)
+    stop, threads = start_users(autoscaled.base_url, "auto", 1, results)
     until(lambda: len(_view(autoscaled)["replicas"]) == 1 and not _view(autoscaled)["draining"], 120,
            "never scaled back to one")
-    stop.set()
-    for thread in threads:
-        thread.join(120)
+    stop_users(stop, threads)
     view = _view(autoscaled)
     assert [r for r in results if r is not True] == [], "a request failed while scaling"
     assert max(d["desired"] for d in view["decisions"]) >= 2 and view["scale_events"] >= 2

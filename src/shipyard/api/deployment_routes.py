@@ -117,4 +117,4 @@ async def autoscaler(name: str, request: Request):
     scaler = services_of(request).autoscalers.get(name)
     if scaler is None:
         raise APIError(409, f"'{name}' has no autoscaling.", code="not_autoscaled")
-    return scaler.view()
+    return await scaler.view()

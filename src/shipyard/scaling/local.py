@@ -51,10 +51,10 @@ def autoscaler_families(autoscalers: dict):
         if autoscaler.buffer is not None:
             held.add_metric([name], autoscaler.buffer.waiting)
             rejected.add_metric([name], autoscaler.buffer.rejected)
-        last = autoscaler.decisions[-1] if autoscaler.decisions else None
-        signals = autoscaler.signals()
-        desired.add_metric([name], last.desired if last else signals.ready + signals.starting)
-        current.add_metric([name], signals.ready + signals.starting)
+        decisions = autoscaler.decisions
+        now = autoscaler.current_replicas()
+        desired.add_metric([name], decisions[-1].desired if decisions else now)
+        current.add_metric([name], now)
         events.add_metric([name], autoscaler.scale_events)
     yield from (desired, current, events, held, rejected)
 
@@ -84,6 +84,10 @@ class LocalAutoscaler:
     @property
     def prefix(self) -> str:
         return f"{self.deployment.name}-auto-"
+
+    def current_replicas(self) -> int:
+        signals = self.signals()
+        return signals.ready + signals.starting
 
     def signals(self) -> Signals:
         replicas = [r for r in self.deployment.replicas if r.name not in self._stopping and not r.draining]
@@ -178,8 +182,8 @@ class LocalAutoscaler:
             task.cancel()
         await asyncio.gather(*self._starting.values(), *self._stopping.values(), return_exceptions=True)
 
-    def view(self) -> dict:
-        return {"deployment": self.deployment.name, "settings": self.settings.model_dump(mode="json"),
+    async def view(self) -> dict:
+        return {"deployment": self.deployment.name, "runtime": "local", "settings": self.settings.model_dump(mode="json"),
                 "replicas": [r.name for r in self.deployment.replicas], "starting": sorted(self._starting),
                 "draining": sorted(self._stopping), "scale_events": self.scale_events,
                 "cold_start": None if self.buffer is None else {
