@@ -71,6 +71,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/caching.py
 	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/scaling_runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

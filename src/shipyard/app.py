@@ -56,6 +56,7 @@ from shipyard.gateway.redis_limits import RedisLimiter
 from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
 from shipyard.gateway.usage import UsageMeter
+from shipyard.monitor.gpu import busiest_gpu
 from shipyard.monitor.metrics import ServingMetrics
 from shipyard.routing.affinity import PrefixAffinity
 from shipyard.routing.balancer import Balancer
@@ -71,6 +72,13 @@ from shipyard.store.db import Database, default_url
 log = logging.getLogger("shipyard.app")
 
 ADMIN_KEY_MIN_LENGTH = 20
+
+
+def _p95_latency(metrics: ServingMetrics, name: str):
+    """The autoscaler's latency signal: end-to-end P95 over the last minute (None without windows)."""
+    if metrics.health is None:
+        return lambda: None
+    return lambda: metrics.health.of(name).latency["e2e"].summary(60.0, (0.95,))["p95"]
 
 
 def _template_replicas(name: str, scaling) -> list:
@@ -182,7 +190,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
     autoscalers = {name: RayServeAutoscaler(engines[name], spec.autoscaling, replica_token(pepper, name))
                    if spec.autoscaling.runtime == "ray" else
-                   LocalAutoscaler(engines[name], spec.autoscaling, admissions.get(name))
+                   LocalAutoscaler(engines[name], spec.autoscaling, admissions.get(name),
+                                   p95_latency=_p95_latency(metrics, name), gpu_utilization=busiest_gpu)
                    for name, spec in config.deployments.items()
                    if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None}
     if autoscalers:

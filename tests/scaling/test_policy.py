@@ -112,3 +112,34 @@ def test_the_cli_prints_the_table_and_refuses_unknown_traces():
     assert json.loads(run.stdout)["diurnal"]["sla_attainment"] >= 0.99
     assert subprocess.run([sys.executable, "-m", "shipyard", "scaling", "simulate", "--trace", "nope"],
                           capture_output=True, text=True, timeout=300).returncode == 2
+
+
+class _ReadyEngine:
+    def ready(self) -> bool:
+        return True
+
+    def stats(self):
+        from shipyard.engines.base import EngineStats
+
+        return EngineStats(0, 0, 0.2, 8, 8)
+
+
+async def test_the_local_autoscaler_feeds_latency_and_gpu_to_the_policy():
+    from types import SimpleNamespace
+
+    from shipyard.config import AutoscalingConfig
+    from shipyard.routing.replica import Replica
+    from shipyard.scaling.local import LocalAutoscaler
+
+    deployment = SimpleNamespace(name="d", replicas=[Replica("d-0", _ReadyEngine())], requests_started=0,
+                                 cold_start=None)
+    settings = AutoscalingConfig(min_replicas=1, max_replicas=1, latency_slo_s=1.0,
+                                 replica={"engine": "launch", "kind": "worker", "model": "/m"})
+    queue = SimpleNamespace(waiting=3)
+    slow = LocalAutoscaler(deployment, settings, queue, p95_latency=lambda: 2.5, gpu_utilization=lambda: None)
+    decision = await slow.step()
+    assert any("p95 2.50s over the SLA" in r for r in decision.reasons) and decision.desired == 1  # max 1
+    busy = LocalAutoscaler(deployment, settings, queue, p95_latency=lambda: None, gpu_utilization=lambda: 0.995)
+    assert any("GPU 100% busy with a queue" in r for r in (await busy.step()).reasons)
+    idle_gpu = LocalAutoscaler(deployment, settings, SimpleNamespace(waiting=0), gpu_utilization=lambda: 0.995)
+    assert not any("GPU" in r for r in (await idle_gpu.step()).reasons)  # a full GPU alone is not load

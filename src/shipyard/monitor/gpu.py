@@ -49,3 +49,10 @@ def gpu_stats() -> list[dict]:
         log.warning("NVML query failed: %s", exc)
         return []
     return gpus
+
+
+def busiest_gpu() -> float | None:
+    """The highest utilization (0-1) over this machine's GPUs; None without any (the autoscaler's
+    secondary signal: it only counts together with a queue, as a running batch keeps it near 1)."""
+    gpus = gpu_stats()
+    return max(g["utilization_perc"] for g in gpus) if gpus else None

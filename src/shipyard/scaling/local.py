@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from shipyard.aio import cancel_and_wait
 from shipyard.scaling.cold_start import ColdStartBuffer
@@ -60,10 +61,14 @@ def autoscaler_families(autoscalers: dict):
 
 
 class LocalAutoscaler:
-    def __init__(self, deployment, settings, admission=None, clock=time.monotonic):
+    def __init__(self, deployment, settings, admission=None, clock=time.monotonic,
+                 p95_latency: Callable[[], float | None] = lambda: None,
+                 gpu_utilization: Callable[[], float | None] = lambda: None):
         self.deployment = deployment  # routing.deployment.DeploymentEngine
         self.settings = settings  # config.AutoscalingConfig
         self.admission = admission  # gateway.admission.TieredAdmission: its queue is waiting load
+        self.p95_latency = p95_latency  # end-to-end, over the last minute (the monitor's windows)
+        self.gpu_utilization = gpu_utilization  # the busiest local GPU's, 0..1 (blocking: NVML)
         self.policy = ScalingPolicy(settings)
         self.clock = clock
         self.decisions: deque[Decision] = deque(maxlen=200)
@@ -100,12 +105,14 @@ class LocalAutoscaler:
         # its way, never a reason to launch another.
         return Signals(running=sum(r.outstanding for r in replicas), waiting=waiting, ready=len(ready),
                        starting=len(self._starting) + len(replicas) - len(ready),
-                       kv_cache_usage=max((s.kv_cache_usage for s in stats), default=None))
+                       kv_cache_usage=max((s.kv_cache_usage for s in stats), default=None),
+                       p95_latency_s=self.p95_latency())
 
     async def step(self) -> Decision:
         signals = self.signals()
         started = self.deployment.requests_started
         signals.arrived, self._seen_started = started - self._seen_started, started
+        signals.gpu_utilization = await asyncio.to_thread(self.gpu_utilization)
         decision = self.policy.decide(self.clock(), signals)
         self.decisions.append(decision)
         if decision.change:
