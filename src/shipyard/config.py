@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from shipyard.cache.exact import ExactCacheConfig
 from shipyard.cache.semantic import SemanticCacheConfig
 from shipyard.engines.launch import LaunchConfig
-from shipyard.engines.llamacpp_engine import LlamaCppEngineConfig
-from shipyard.engines.transformers_engine import TransformersEngineConfig
+from shipyard.engines.settings import LlamaCppEngineConfig, TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
 from shipyard.monitor.settings import MonitorConfig
 from shipyard.scaling.policy import ScalingConfig

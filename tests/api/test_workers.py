@@ -94,10 +94,14 @@ def test_a_killed_worker_is_replaced(upstream, tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("auth_without_redis", "needs gateway.redis_url"),
     ("launched_replicas", "launch engine servers"),
+    ("autoscaled", "launch engine servers"),  # each process would run its own autoscaler
 ])
 def test_what_several_processes_would_serve_wrongly_is_refused(upstream, tiny_model, tmp_path, case, message):
     if case == "auth_without_redis":
         config = _config(upstream)
+    elif case == "autoscaled":
+        template = {"engine": "launch", "kind": "worker", "model": str(tiny_model)}
+        config = {"auth": "disabled", "deployments": {"m": {"autoscaling": {"min_replicas": 0, "replica": template}}}}
     else:
         config = {"auth": "disabled", "deployments": {"m": {"replicas": [
             {"engine": "launch", "kind": "worker", "model": str(tiny_model), "name": "w"}]}}}

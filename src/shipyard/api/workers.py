@@ -42,7 +42,8 @@ def check_workers(config: ShipyardConfig, workers: int) -> None:
     if workers < 2:
         return
     launched = [name for name, deployment in config.deployments.items()
-                if any(isinstance(replica, LaunchConfig) for replica in getattr(deployment, "replicas", None) or [])]
+                if any(isinstance(replica, LaunchConfig) for replica in getattr(deployment, "replicas", None) or [])
+                or getattr(getattr(deployment, "autoscaling", None), "runtime", None) == "local"]
     if launched:
         raise SystemExit(f"--workers {workers}: deployment(s) {', '.join(launched)} launch engine servers, which "
                              "one process must supervise; serve with one worker, or attach to them by URL.")

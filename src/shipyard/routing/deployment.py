@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -265,12 +266,13 @@ class _RoutedStream:
         tried: set[int] = set()
         last_error: Exception | None = None
         if deployment.cold_start is not None and not any(r.available() for r in deployment.replicas):
-            try:
-                await deployment.cold_start(deadline)
+            try:  # held by the buffer's own wait limit; the first-token deadline starts once a replica is there
+                await deployment.cold_start(math.inf)
             except RETRIABLE:
                 if await self._fall_back():
                     return
                 raise
+            deadline = time.monotonic() + policy.first_token_timeout_s
         for attempt in range(policy.retries + 1):
             replica = deployment.choose(request.priority, tried, request)
             if replica is None:

@@ -3,9 +3,10 @@
 A deployment with `min_replicas: 0` has no replica after its idle delay. A request that finds no
 available replica waits here: it wakes the autoscaler (which decides at once instead of at its
 next tick), and is released as soon as a replica is ready. A request past the buffer's capacity,
-or one still waiting at the wait limit (or its own first-token deadline), gets
-`EngineOverloadedError`: 503 with a Retry-After of the cold start's expected remainder. Every
-held request counts as waiting load, so the policy starts enough replicas for all of them.
+or one still waiting at the wait limit, gets `EngineOverloadedError`: 503 with a Retry-After of the
+cold start's expected remainder. (The routed deployment's first-token deadline starts once a
+replica is there: a model that loads for minutes is bounded by this limit alone.) Every held
+request counts as waiting load, so the policy starts enough replicas for all of them.
 
 A development and staging setting: the first request after an idle spell pays the cold start.
 """

@@ -11,19 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field
-
-from shipyard.engines.llamacpp_engine.native import MAX_SEQUENCES, NativeLlama
+from shipyard.engines.llamacpp_engine.native import NativeLlama
 from shipyard.engines.llamacpp_engine.runner import LlamaCppRunner
-from shipyard.engines.transformers_engine.engine import EmbeddedEngineConfig, TransformersEngine
+from shipyard.engines.settings import LlamaCppEngineConfig
+from shipyard.engines.transformers_engine.engine import TransformersEngine
 from shipyard.engines.transformers_engine.loader import LoadedModel, ensure_chat_template, eos_token_ids
-
-
-class LlamaCppEngineConfig(EmbeddedEngineConfig):
-    model: str = Field(description="Path to a GGUF file")
-    tokenizer: str | None = Field(None, description="A Hugging Face tokenizer folder; default: the GGUF's own")
-    max_num_seqs: int = Field(16, ge=1, le=MAX_SEQUENCES, description="llama.cpp sequences decoded together")
-    gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all) by a CUDA build")
 
 
 class LlamaCppEngine(TransformersEngine):

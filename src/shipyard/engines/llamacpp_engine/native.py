@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-# llama.cpp's own bound on sequence ids in one context (LLAMA_MAX_SEQ).
-MAX_SEQUENCES = 256
+from shipyard.engines.settings import LLAMA_MAX_SEQUENCES as MAX_SEQUENCES
 
 
 class LlamaCppError(RuntimeError):

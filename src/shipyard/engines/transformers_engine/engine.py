@@ -8,11 +8,9 @@ import logging
 import queue
 import threading
 import time
-from typing import Literal
 from collections.abc import AsyncIterator
 
 import torch
-from pydantic import BaseModel, Field
 
 from shipyard.engines.base import (
     Engine,
@@ -39,6 +37,7 @@ from shipyard.engines.transformers_engine.prefix_cache import PrefixCache
 from shipyard.engines.transformers_engine.sampler import Sampler
 from shipyard.engines.transformers_engine.scheduler import Scheduler
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup
+from shipyard.engines.settings import TransformersEngineConfig
 from shipyard.engines.stop_strings import StopStringMatcher, StopStrings
 
 log = logging.getLogger("shipyard.engine")
@@ -46,29 +45,6 @@ log = logging.getLogger("shipyard.engine")
 # No tokenizer makes a token out of more characters than this on average: a prompt longer than
 # max_model_len × this cannot fit, and is refused before it is tokenized.
 MAX_CHARS_PER_TOKEN = 32
-
-
-class EmbeddedEngineConfig(BaseModel):
-    """What every in-process engine shares: its scheduler's bounds and the API's limits."""
-
-    max_model_len: int | None = Field(None, description="Context window; defaults to the model's own")
-    max_num_seqs: int = Field(64, ge=1, description="KV-cache slots: sequences decoded together")
-    max_waiting: int = Field(256, ge=0, description="Waiting-queue bound; beyond it requests get 503")
-    max_prefill_tokens: int = Field(4096, ge=1, description="Prompt tokens prefilled in one step")
-    num_threads: int = Field(1, ge=1, description="compute threads (1 is most robust on shared CPUs)")
-    max_n: int = Field(16, ge=1, description="Largest `n` (choices per request) accepted")
-    confidence_scores: bool = Field(True, description="Score each answer's mean/min token logprob and mean "
-                                                      "entropy (no extra forward)")
-
-
-class TransformersEngineConfig(EmbeddedEngineConfig):
-    model: str = Field(description="Path to a local Hugging Face causal-LM folder")
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
-    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
-    quantization: Literal["none", "int8", "fp8"] = Field(
-        "none", description="int8: dynamic int8 on CPUs, int8 weights on GPUs; fp8: Ada/Hopper GPUs (torchao)")
-    prefix_cache_mib: float = Field(256, ge=0, description="Memory for shared prompt-prefix KV blocks (0: off)")
-    prefix_block_size: int = Field(16, ge=1, le=1024, description="Tokens per shared prefix block")
 
 
 class TransformersEngine(Engine):
