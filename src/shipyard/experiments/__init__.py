@@ -1,0 +1,1 @@
+"""Experiments: shadow, canary, A/B and champion-challenger over deployments (docs/experiments.md)."""
