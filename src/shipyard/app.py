@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from shipyard import __version__
-from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, monitor_routes, openai_routes,
-                          ops_routes, tokenize_routes, websocket)
+from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, experiment_routes,
+                          feedback_routes, monitor_routes, openai_routes, ops_routes, tokenize_routes, websocket)
 from shipyard.api.errors import install_error_handlers
 from shipyard.dashboard import routes as dashboard_routes
 from shipyard.dashboard.routes import Refused, refused
@@ -24,6 +24,7 @@ from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
+from shipyard.experiments.registry import ExperimentRegistry
 from shipyard.config import Replica as ReplicaSpec
 from shipyard.config import (
     BreakerConfig,
@@ -196,6 +197,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                    if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None}
     if autoscalers:
         metrics.gauge_sources.append(lambda: autoscaler_families(autoscalers))
+    experiments = ExperimentRegistry(db, config.experiments, lambda: set(router.engines()))
     monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
                else None)
 
@@ -205,6 +207,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
         await score_writer.start()
+        await experiments.start()
         if monitor is not None:
             await monitor.start()
         try:
@@ -219,6 +222,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         finally:
             if monitor is not None:
                 await monitor.stop()
+            await experiments.stop()
             await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
             await score_writer.stop()
@@ -230,10 +234,10 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                         max_sequences_per_request=config.server.max_sequences_per_request,
                         observers=monitor.observers if monitor else [], monitor=monitor,
                         text_deployments=monitor.text_deployments if monitor else frozenset(),
-                        autoscalers=autoscalers)
+                        autoscalers=autoscalers, experiments=experiments)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
                                                  deployment_routes, cache_routes, monitor_routes, alert_routes,
-                                                 dashboard_routes))
+                                                 dashboard_routes, feedback_routes, experiment_routes))
     app.state.dashboard_sessions = Sessions(pepper, keystore)
     app.add_exception_handler(Refused, refused)
     return app

@@ -11,6 +11,7 @@ import typer
 from shipyard.cli_admin import keys_app, tenants_app, usage
 from shipyard.cli_deploy import deploy
 from shipyard.cli_eval import eval_app
+from shipyard.cli_experiments import experiments_app
 from shipyard.cli_monitor import monitor_app
 from shipyard.cli_scaling import scaling_app
 
@@ -23,6 +24,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(eval_app, name="eval")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(scaling_app, name="scaling")
+app.add_typer(experiments_app, name="experiments")
 app.command("usage")(usage)
 app.command("deploy")(deploy)
 

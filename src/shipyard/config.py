@@ -24,6 +24,8 @@ from shipyard.cache.semantic import SemanticCacheConfig
 from shipyard.engines.launch import LaunchConfig
 from shipyard.engines.settings import LlamaCppEngineConfig, TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
+from shipyard.experiments.feedback import FeedbackConfig
+from shipyard.experiments.spec import ExperimentSpec
 from shipyard.monitor.settings import MonitorConfig
 from shipyard.scaling.policy import ScalingConfig
 
@@ -269,6 +271,10 @@ class ShipyardConfig(BaseModel):
     cache: CacheConfig = CacheConfig()
     monitor: MonitorConfig = MonitorConfig()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
+    experiments: list[ExperimentSpec] = Field(default_factory=list, description="shadow, canary, A/B and "
+                                              "champion-challenger over deployments (docs/experiments.md); "
+                                              "seeded into the store at start")
+    feedback: FeedbackConfig = FeedbackConfig()
 
     @classmethod
     def load(cls, path: str | Path | None) -> ShipyardConfig:

@@ -31,6 +31,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("POST", "/v1/completions"): Permission.INFERENCE,
     ("WS", "/v1/chat/completions"): Permission.INFERENCE,
     ("WS", "/v1/completions"): Permission.INFERENCE,
+    ("POST", "/v1/feedback"): Permission.INFERENCE,  # on the caller's own tenant's responses only
     ("GET", "/v1/models"): Permission.MODELS_READ,
     ("GET", "/v1/models/{model_id:path}"): Permission.MODELS_READ,
     ("POST", "/admin/tenants"): Permission.TENANTS_MANAGE,
@@ -50,6 +51,10 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("DELETE", "/admin/deployments/{name}/replicas/{replica}"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/admin/deployments/{name}/replicas/{replica}/drain"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/admin/deployments/{name}/replicas/{replica}/resume"): Permission.DEPLOYMENTS_MANAGE,
+    ("GET", "/admin/experiments"): Permission.DEPLOYMENTS_MANAGE,
+    ("POST", "/admin/experiments"): Permission.DEPLOYMENTS_MANAGE,
+    ("GET", "/admin/experiments/{name}"): Permission.DEPLOYMENTS_MANAGE,
+    ("POST", "/admin/experiments/{name}/{action}"): Permission.DEPLOYMENTS_MANAGE,
     ("DELETE", "/admin/cache"): Permission.CACHE_MANAGE,
     ("GET", "/admin/monitor/health"): Permission.METRICS_READ,
     ("POST", "/admin/scores"): Permission.SCORES_WRITE,

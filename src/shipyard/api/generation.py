@@ -43,7 +43,7 @@ class Generation:
         self.n = n
         self.record = record
         self.metrics = metrics
-        self.model = record.model or ""
+        self.model = record.deployment or record.model or ""  # the deployment that serves (an experiment's arm)
         self.first_token_at: float | None = None
         self.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=0)
         self._reported = Usage(prompt_tokens=0, completion_tokens=0)  # what the engine's last chunks said
@@ -111,8 +111,11 @@ class Generation:
             self.record.cache_similarity = min(similarities) if similarities else None
 
     def route_headers(self) -> dict[str, str]:
-        """What the caches did; who answered a routed request (a fallback says so)."""
-        headers = {"x-shipyard-cache": self.record.cache or "bypass"}
+        """What the caches did; which deployment (and experiment arm) served it; who answered a routed
+        request (a fallback says so)."""
+        record = self.record
+        headers = {"x-shipyard-cache": record.cache or "bypass",
+                   "x-shipyard-variant": record.variant_header or record.deployment or record.model or ""}
         if self.record.cache_similarity is not None:
             headers["x-shipyard-cache-similarity"] = f"{self.record.cache_similarity:.4f}"
         served = self.record.served_by

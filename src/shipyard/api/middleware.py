@@ -44,6 +44,11 @@ class RequestRecord:
     user: str | None = None  # the body's `user` field: the caller's end user
     evaluate: str | None = None  # the x-shipyard-evaluate header (honoured for admins only)
     reference_context: str | None = None  # the body's `reference_context` (faithfulness)
+    episode: str | None = None  # the x-shipyard-episode-id header (sticky experiment assignment, feedback)
+    deployment: str | None = None  # the deployment that serves it (an experiment's arm, else the model)
+    variant: str | None = None  # "<experiment>/<arm>" when an experiment assigned it
+    variant_header: str | None = None  # x-shipyard-variant: the deployment, with the experiment and arm
+    response_id: str | None = None  # chatcmpl-… / cmpl-…
     error_type: str | None = None
     status: int = 0
     client_supplied_id: bool = False
@@ -184,14 +189,14 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
     latency_ms = (time.monotonic() - record.arrival) * 1000
     if record.status >= 400:
         record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
-        metrics.errors.labels(record.model or "", record.error_type, str(record.status)).inc()
+        metrics.errors.labels(record.deployment or record.model or "", record.error_type, str(record.status)).inc()
     if record.model is not None and record.stream is not None:  # an inference request: its outcome
-        metrics.end_request(record.model, f"error:{record.error_type}" if record.status >= 400
+        metrics.end_request(record.deployment or record.model, f"error:{record.error_type}" if record.status >= 400
                             else record.finish_reason or "ok", record.tenant_id, record.status,
                             record.ttft_ms / 1000 if record.ttft_ms is not None else None, latency_ms / 1000)
     if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
         return  # probes would drown the log; and a line nobody logs is not worth formatting
-    hidden = ("arrival", "client_supplied_id", "rate_limit_headers", "reference_context")  # no client text in logs
+    hidden = ("arrival", "client_supplied_id", "rate_limit_headers", "reference_context", "variant_header")  # no client text in logs
     fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
     fields["latency_ms"] = round(latency_ms, 2)
     if record.ttft_ms is not None:

@@ -67,7 +67,7 @@ async def add_scores(request: Request, scores: list[ScoreIn] = Body(min_length=1
 @router.get("/scores")
 async def list_scores(request: Request, deployment: str | None = None, name: str | None = None,
                       request_id: str | None = Query(None, max_length=160),
-                      source: Literal["monitor", "eval", "annotation", "api"] | None = None,
+                      source: Literal["monitor", "eval", "annotation", "api", "feedback"] | None = None,
                       tenant_id: str | None = None, start: datetime | None = None, end: datetime | None = None,
                       limit: int = Query(100, ge=1, le=1000)):
     principal = principal_of(request)

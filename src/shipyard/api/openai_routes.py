@@ -24,7 +24,7 @@ from shipyard.api.generation import ClientDisconnected, Generation, new_engine_r
 from shipyard.api.middleware import RequestRecord
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest, cache_control
 from shipyard.api.streaming import SHUTTING_DOWN, chat_events, completion_events, engine_failure, sse
-from shipyard.engines.base import GenerationRequest, Prompt, SamplingParams, estimate_prompt_tokens
+from shipyard.engines.base import Engine, GenerationRequest, Prompt, SamplingParams, estimate_prompt_tokens
 from shipyard.gateway.errors import GatewayError, StaleCredentials
 from shipyard.gateway.keystore import KeyStore
 from shipyard.gateway.service import Gateway, monotonic_ms
@@ -76,6 +76,7 @@ class Services:
     monitor: object = None  # monitor.service.MonitorService: alerts, SLAs, drift (None: monitoring off)
     text_deployments: frozenset = frozenset()  # deployments whose observers read prompt and answer text
     autoscalers: dict = field(default_factory=dict)  # deployment → scaling.local.LocalAutoscaler
+    experiments: object = None  # experiments.registry.ExperimentRegistry: which arm serves a request
 
 
 EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evaluate; admins only)
@@ -83,6 +84,18 @@ EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evalu
 
 def evaluation_asked(header: str | None) -> str | None:
     return header if header in EVALUATIONS else None
+
+
+def _read_headers(record: RequestRecord, headers) -> None:
+    record.cache_header = headers.get("cache-control")
+    record.evaluate = evaluation_asked(headers.get("x-shipyard-evaluate"))
+    record.episode = episode_of(headers)
+
+
+def episode_of(headers) -> str | None:
+    """The x-shipyard-episode-id header, bounded (it is hashed and stored, never trusted further)."""
+    value = headers.get("x-shipyard-episode-id")
+    return value[:200] if value else None
 
 
 def services_of(request) -> Services:
@@ -98,11 +111,11 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     try:
         try:
             ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts,
-                                         record.user)
+                                         record.user, record.deployment)
         except StaleCredentials:  # the key changed on another replica: check it again, once
             principal = await caller.reauthenticate()
             ticket = await gateway.admit(principal, record.model, prompt_tokens, max_tokens, choices, prompts,
-                                         record.user)
+                                         record.user, record.deployment)
     except GatewayError as exc:
         gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival),
                        user=record.user)
@@ -112,9 +125,9 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     async def on_finish(gen: Generation, status: int) -> None:
         await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
                              gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache,
-                             gen.usage.compute_s)
+                             gen.usage.compute_s, record.response_id, record.variant)
         if services.observers:
-            finished = FinishedRequest(usage_id, principal.tenant_id, principal.key_id, record.model, status,
+            finished = FinishedRequest(usage_id, principal.tenant_id, principal.key_id, record.deployment, status,
                                        gen.usage, record.cache, gen.confidence, record.finish_reason)
             if gen.output_text is not None:
                 finished.prompt, finished.output = gen.requests[0].prompt.as_text(), "".join(gen.output_text)
@@ -129,7 +142,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
 
     async def on_error(exc: BaseException) -> None:
         await gateway.finish(ticket, usage_id, from_exception(exc).status, prompt_tokens, 0, 0,
-                             monotonic_ms(record.arrival), None)
+                             monotonic_ms(record.arrival), None, response_id=record.response_id, variant=record.variant)
 
     return on_finish, on_error
 
@@ -154,7 +167,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
                                   priority=principal.tier, scope=principal.tenant_id, cache_control=control)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
-    if record.model in services.text_deployments or record.evaluate or record.reference_context:
+    if record.deployment in services.text_deployments or record.evaluate or record.reference_context:
         gen.output_text = []
     gen.on_finish = on_finish
     try:
@@ -168,25 +181,38 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
     return gen
 
 
-async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord, caller: Caller):
+def _route(services: Services, caller: Caller, record: RequestRecord, body) -> Engine:
+    """The engine that serves the request: the experiment's arm where one runs on the model."""
     record.model, record.stream, record.user = body.model, body.stream, body.user
     record.reference_context = body.reference_context
-    engine = services.router.resolve(body.model)
+    record.deployment = body.model
+    if services.experiments is not None:
+        principal = caller.principal
+        assignment = services.experiments.assign(body.model, principal.tenant_id, principal.key_id, body.user,
+                                                 record.episode)
+        if assignment is not None:
+            record.deployment, record.variant = assignment.deployment, assignment.variant
+            record.variant_header = assignment.header()
+    return services.router.resolve(record.deployment)
+
+
+async def prepare_chat(body: ChatCompletionRequest, services: Services, record: RequestRecord, caller: Caller):
+    engine = _route(services, caller, record, body)
     prompt, params = body.to_engine()
+    record.response_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = await _start(services, caller, record, engine, [prompt], params, cache_control(body.cache, record.cache_header))
-    fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
+    fmt = ChatFormatter(record.response_id, int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
 
 async def prepare_completion(body: CompletionRequest, services: Services, record: RequestRecord,
                              caller: Caller):
-    record.model, record.stream, record.user = body.model, body.stream, body.user
-    record.reference_context = body.reference_context
-    engine = services.router.resolve(body.model)
+    engine = _route(services, caller, record, body)
     prompts, params = body.to_engine()
     control = cache_control(body.cache, record.cache_header)
+    record.response_id = f"cmpl-{uuid.uuid4().hex}"
     gen = await _start(services, caller, record, engine, prompts, params, control)  # limits see every prompt and choice
-    fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.include_usage)
+    fmt = CompletionFormatter(record.response_id, int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
 
@@ -213,8 +239,7 @@ async def _respond(request: Request, stream: bool, gen: Generation, events, buil
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    request.state.record.cache_header = request.headers.get("cache-control")
-    request.state.record.evaluate = evaluation_asked(request.headers.get("x-shipyard-evaluate"))
+    _read_headers(request.state.record, request.headers)
     gen, fmt, want_logprobs = await prepare_chat(body, services_of(request), request.state.record,
                                                  caller_of(request))
 
@@ -232,8 +257,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    request.state.record.cache_header = request.headers.get("cache-control")
-    request.state.record.evaluate = evaluation_asked(request.headers.get("x-shipyard-evaluate"))
+    _read_headers(request.state.record, request.headers)
     gen, fmt, want_logprobs = await prepare_completion(body, services_of(request), request.state.record,
                                                        caller_of(request))
     prompts = body.prompts()

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from shipyard.api.authorization import Caller, caller_of
 from shipyard.api.errors import APIError, from_exception
 from shipyard.api.middleware import RequestRecord, finish_record
-from shipyard.api.openai_routes import prepare_chat, prepare_completion, services_of
+from shipyard.api.openai_routes import episode_of, prepare_chat, prepare_completion, services_of
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import DONE, chat_events, completion_events
 from shipyard.gateway.errors import AuthenticationError, GatewayError
@@ -63,6 +63,7 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
                 await websocket.close(code=1008, reason="API key no longer valid")
                 return
             record.tenant_id, record.key_id = caller.principal.tenant_id, caller.principal.key_id
+            record.episode = episode_of(websocket.headers)
             try:
                 body = model_cls.model_validate_json(text)
                 body.stream = True  # a socket always streams

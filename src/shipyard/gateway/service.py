@@ -100,22 +100,25 @@ class Gateway:
         return buckets
 
     async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int | None,
-                    n: int, prompts: int = 1, user: str | None = None) -> Ticket:
+                    n: int, prompts: int = 1, user: str | None = None, deployment: str | None = None) -> Ticket:
         """Every prompt counts as a request and every sequence (prompts × n) as a slot in
-        admission, so one call with many prompts costs what that many calls would.
+        admission, so one call with many prompts costs what that many calls would. `model` is
+        what the caller asked for (its key's allowed models, the model's limits); `deployment`
+        what serves it (an experiment's arm): its admission queue, its price, its usage rows.
         Raises StaleCredentials when the principal came from a cache that another replica made stale."""
         self.check_model(principal, model)
         per_sequence = self.default_completion_estimate if max_tokens is None else max_tokens
         completion = per_sequence * n * prompts
         tokens = prompt_tokens + completion
-        cost = price_of(self.prices, model, prompt_tokens, completion)
+        served = deployment or model
+        cost = price_of(self.prices, served, prompt_tokens, completion)
         fence = None if principal.fresh else (generation_key(principal.key_id), principal.generation)
         try:
             reservation = await self.limiter.acquire(self._buckets(principal, model, tokens, cost, prompts), fence)
         except StaleCredentials:
             self.authenticator.forget(principal.key_id)
             raise
-        ticket = Ticket(principal, model, reservation, self.admissions.get(model), weight=n * prompts, user=user)
+        ticket = Ticket(principal, served, reservation, self.admissions.get(served), weight=n * prompts, user=user)
         if ticket.admission is not None:
             try:
                 await ticket.admission.enter(principal.tier, ticket.weight)
@@ -127,7 +130,8 @@ class Gateway:
 
     async def finish(self, ticket: Ticket, request_id: str, status: int, prompt_tokens: int,
                      completion_tokens: int, cached_tokens: int, latency_ms: float, ttft_ms: float | None,
-                     cache: str | None = None, compute_s: float = 0.0) -> None:
+                     cache: str | None = None, compute_s: float = 0.0, response_id: str | None = None,
+                     variant: str | None = None) -> None:
         if ticket.finished:
             return
         ticket.finished = True
@@ -141,7 +145,7 @@ class Gateway:
         # Otherwise whatever was generated counts, however the request ended (client gone, shutdown, error).
         await self.limiter.settle(ticket.reservation, actual)
         self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
-                    cached_tokens, latency_ms, ttft_ms, cost, cache, ticket.user)
+                    cached_tokens, latency_ms, ttft_ms, cost, cache, ticket.user, response_id, variant)
 
     def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
                 cache: str | None, compute_s: float) -> float:
@@ -155,13 +159,14 @@ class Gateway:
     def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
                completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,
                ttft_ms: float | None = None, cost: float = 0.0, cache: str | None = None,
-               user: str | None = None) -> None:
+               user: str | None = None, response_id: str | None = None, variant: str | None = None) -> None:
         if self.meter is None:
             return
         self.meter.record(Usage(request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id,
                                 model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                 cached_tokens=cached_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, status=status,
-                                cost_usd=cost, created_at=now_iso(), cache=cache, user=user))
+                                cost_usd=cost, created_at=now_iso(), cache=cache, user=user,
+                                response_id=response_id, variant=variant))
 
 
 def monotonic_ms(since: float) -> float:

@@ -41,6 +41,8 @@ class Usage:
     created_at: str  # ISO 8601, UTC
     cache: str | None = None  # hit, semantic, miss or bypass (None: no cache layer)
     user: str | None = None  # the request's `user` field (the caller's end user)
+    response_id: str | None = None  # the response's id (chatcmpl-…): what feedback names
+    variant: str | None = None  # "<experiment>/<arm>" when an experiment assigned the request
 
 
 CACHE_HITS = ("hit", "semantic")  # answered from the exact or the semantic cache

@@ -24,7 +24,7 @@ from shipyard.store.models import Score, UsageRecord
 
 log = logging.getLogger("shipyard.monitor")
 
-SOURCES = ("monitor", "eval", "annotation", "api")
+SOURCES = ("monitor", "eval", "annotation", "api", "feedback")
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 
 
@@ -35,7 +35,7 @@ class ScoreIn(BaseModel):
     value: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
         description="a number, true/false, or a category (up to 200 characters)")
     source: Literal["monitor", "eval", "annotation", "api"] = "api"
-    comment: str | None = Field(None, max_length=2000)
+    comment: str | None = Field(None, max_length=20_000)
 
 
 class UnknownRequest(LookupError):
@@ -70,7 +70,7 @@ def score_view(row: Score) -> dict:
         otel["gen_ai.evaluation.explanation"] = row.comment
     return {"id": row.id, "request_id": row.request_id, "tenant_id": row.tenant_id, "deployment": row.deployment,
             "name": row.name, "kind": row.kind, "value": value, "source": row.source, "comment": row.comment,
-            "created_at": row.created_at.isoformat(), "otel": {"event": "gen_ai.evaluation.result", **otel}}
+            "tags": row.tags or [], "created_at": row.created_at.isoformat(), "otel": {"event": "gen_ai.evaluation.result", **otel}}
 
 
 class ScoreStore:
@@ -78,10 +78,11 @@ class ScoreStore:
         self.db = db
 
     async def request_owner(self, request_id: str, tenant_id: str | None) -> tuple[str, str, str]:
-        """(usage id, tenant, deployment) of a served request: the server's id, or a client's
-        `x-request-id` (its latest use). Another tenant's request is as unknown as a missing one."""
+        """(usage id, tenant, deployment) of a served request: the server's id, a client's
+        `x-request-id` (its latest use), or the response's id (chatcmpl-…, cmpl-…). Another
+        tenant's request is as unknown as a missing one."""
         query = (select(UsageRecord.request_id, UsageRecord.tenant_id, UsageRecord.model)
-                 .where(or_(UsageRecord.request_id == request_id,
+                 .where(or_(UsageRecord.request_id == request_id, UsageRecord.response_id == request_id,
                             UsageRecord.request_id.like(_id_prefix(request_id), escape="\\")))
                  .order_by(UsageRecord.created_at.desc()).limit(1))
         if tenant_id is not None:
@@ -92,7 +93,8 @@ class ScoreStore:
             raise UnknownRequest(f"No request '{request_id}' is known (its usage may take a second to be written).")
         return row[0], row[1], row[2]
 
-    async def add(self, scores: list[ScoreIn], tenant_id: str | None, source: str | None = None) -> list[dict]:
+    async def add(self, scores: list[ScoreIn], tenant_id: str | None, source: str | None = None,
+                  tags: list[str] | None = None) -> list[dict]:
         """Store scores of requests the caller's tenant made (`tenant_id` None: any tenant)."""
         now = datetime.now(timezone.utc)
         owners: dict[str, tuple[str, str, str]] = {}  # one lookup per request, however many scores it gets
@@ -102,7 +104,7 @@ class ScoreStore:
                 owners[score.request_id] = await self.request_owner(score.request_id, tenant_id)
             usage_id, owner, deployment = owners[score.request_id]
             rows.append(Score(request_id=usage_id, tenant_id=owner, deployment=deployment, name=score.name,
-                              source=source or score.source, comment=score.comment, created_at=now,
+                              source=source or score.source, comment=score.comment, created_at=now, tags=tags,
                               **_columns(score.value)))
         async with self.db.session() as session:
             session.add_all(rows)

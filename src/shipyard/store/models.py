@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,7 +75,8 @@ class ApiKey(Base):
 class UsageRecord(Base):
     __tablename__ = "usage_records"
     __table_args__ = (Index("ix_usage_tenant_time", "tenant_id", "created_at"),
-                      Index("ix_usage_tenant_user_time", "tenant_id", "user", "created_at"))
+                      Index("ix_usage_tenant_user_time", "tenant_id", "user", "created_at"),
+                      Index("ix_usage_response_id", "response_id"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)
@@ -76,6 +89,8 @@ class UsageRecord(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cache: Mapped[str | None] = mapped_column(String(16))  # hit, semantic, miss or bypass
     user: Mapped[str | None] = mapped_column(String(256))  # the request's `user` field
+    response_id: Mapped[str | None] = mapped_column(String(80))  # chatcmpl-… / cmpl-…: feedback names it
+    variant: Mapped[str | None] = mapped_column(String(200))  # "<experiment>/<arm>" when an experiment assigned it
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
@@ -99,8 +114,9 @@ class Score(Base):
     numeric: Mapped[float | None] = mapped_column(Float)
     label: Mapped[str | None] = mapped_column(String(200))
     boolean: Mapped[bool | None] = mapped_column(Boolean)
-    source: Mapped[str] = mapped_column(String(16))  # monitor | eval | annotation | api
+    source: Mapped[str] = mapped_column(String(16))  # monitor | eval | annotation | api | feedback
     comment: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list | None] = mapped_column(JSON)  # feedback's tags
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
@@ -134,4 +150,33 @@ class AlertRuleRow(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     body: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExperimentRow(Base):
+    """An experiment created through the admin API (those in shipyard.yaml are not stored)."""
+
+    __tablename__ = "experiments"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)  # every change +1: racing admin calls cannot both win
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExperimentEvent(Base):
+    """The audit log: every transition of every experiment, once (unique per version)."""
+
+    __tablename__ = "experiment_events"
+    __table_args__ = (UniqueConstraint("experiment", "version", name="uq_experiment_events_version"),
+                      Index("ix_experiment_events_experiment", "experiment", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    experiment: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

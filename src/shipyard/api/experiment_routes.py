@@ -1,0 +1,113 @@
+"""Admin routes over experiments: create, list, read (with the arms' traffic and its sample-ratio
+check, and the audit log), and the transitions: pause, resume, promote, roll back. Admins only:
+experiments move every tenant's traffic."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Request
+from sqlalchemy import func, select
+
+from shipyard.api.errors import APIError
+from shipyard.api.openai_routes import services_of
+from shipyard.experiments.registry import ExperimentError, ExperimentRegistry
+from shipyard.experiments.spec import ExperimentSpec
+from shipyard.experiments.statistics import sample_ratio
+from shipyard.gateway.auth import Principal
+from shipyard.store.models import UsageRecord
+
+router = APIRouter(prefix="/admin/experiments", tags=["admin"])
+
+
+def _registry(request: Request) -> ExperimentRegistry:
+    registry = services_of(request).experiments
+    if registry is None:
+        raise APIError(409, "This server runs no experiments (it keeps no store).", code="experiments_off")
+    return registry
+
+
+def _actor(request: Request) -> str:
+    principal: Principal = request.state.principal
+    return principal.key_id
+
+
+def _failed(exc: ExperimentError) -> APIError:
+    return APIError(exc.status, str(exc), code=exc.code)
+
+
+def _view(registry: ExperimentRegistry, spec: ExperimentSpec) -> dict:
+    return {"object": "experiment", **spec.model_dump(mode="json"), "version": registry.versions.get(spec.name),
+            "serving_weights": dict(zip((a.name for a in spec.arms), spec.serving_weights()))}
+
+
+@router.get("")
+async def list_experiments(request: Request):
+    registry = _registry(request)
+    await registry.refresh()
+    return {"object": "list", "data": [_view(registry, s) for s in registry.specs.values()]}
+
+
+@router.post("", status_code=201)
+async def create_experiment(request: Request, spec: ExperimentSpec = Body(...)):
+    registry = _registry(request)
+    try:
+        created = await registry.create(spec, _actor(request))
+    except ExperimentError as exc:
+        raise _failed(exc) from None
+    return _view(registry, created)
+
+
+@router.get("/{name}")
+async def experiment_status(name: str, request: Request):
+    registry = _registry(request)
+    await registry.refresh()
+    spec = registry.specs.get(name)
+    if spec is None:
+        raise APIError(404, f"No experiment named '{name}'.", code="not_found")
+    counts = await _arm_counts(request, spec)
+    ratio = sample_ratio([counts.get(a.name, 0) for a in spec.arms], spec.serving_weights())
+    return {**_view(registry, spec), "requests": counts,
+            "sample_ratio": {"p_value": ratio.p_value, "mismatch": ratio.mismatch},
+            "events": await registry.events(name)}
+
+
+async def _arm_counts(request: Request, spec: ExperimentSpec) -> dict[str, int]:
+    variants = [f"{spec.name}/{a.name}" for a in spec.arms]
+    query = (select(UsageRecord.variant, func.count()).where(UsageRecord.variant.in_(variants))
+             .group_by(UsageRecord.variant))
+    async with services_of(request).db.session() as session:
+        rows = (await session.execute(query)).all()
+    return {variant.split("/", 1)[1]: count for variant, count in rows}
+
+
+@router.post("/{name}/{action}")
+async def experiment_action(name: str, action: str, request: Request, body: dict | None = Body(None)):
+    """pause (the split stays, nothing moves automatically), resume, promote (`{"arm": ...}`, default
+    the first challenger: every request to it), rollback (every request to the champion). Checked
+    against the stored experiment as the transition applies, so racing calls cannot both succeed."""
+    if action not in ("pause", "resume", "promote", "rollback"):
+        raise APIError(404, f"No action '{action}': pause, resume, promote or rollback.", code="not_found")
+    wanted = (body or {}).get("arm")
+    if wanted is not None and not isinstance(wanted, str):
+        raise APIError(400, "'arm' is an arm's name.", param="arm", code="invalid_value")
+    detail: dict = {}
+
+    def change(spec: ExperimentSpec) -> ExperimentSpec:
+        if spec.status in ("promoted", "rolled_back"):
+            raise ExperimentError(409, f"'{spec.name}' has ended ({spec.status}); create a new experiment.",
+                                  "conflict")
+        if action == "pause" and spec.status == "paused" or action == "resume" and spec.status == "running":
+            raise ExperimentError(409, f"'{spec.name}' is {spec.status} already.", "conflict")
+        if action == "promote":
+            arm = wanted or spec.arms[1].name
+            if arm not in [a.name for a in spec.arms]:
+                raise ExperimentError(400, f"'{spec.name}' has no arm '{arm}'.", "invalid_value")
+            detail["arm"] = arm
+            return spec.model_copy(update={"status": "promoted", "promoted_arm": arm})
+        status = {"pause": "paused", "resume": "running", "rollback": "rolled_back"}[action]
+        return spec.model_copy(update={"status": status})
+
+    try:
+        updated = await _registry(request).transition(name, action, _actor(request), change, detail)
+    except ExperimentError as exc:
+        raise _failed(exc) from None
+    return _view(_registry(request), updated)

@@ -1,0 +1,41 @@
+"""`POST /v1/feedback`: a user's verdict on a response, into the score store (experiments read it
+there). Any key that may call the models may send it, for its own tenant's responses only."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from shipyard.api.authorization import caller_of
+from shipyard.api.errors import APIError
+from shipyard.api.openai_routes import services_of
+from shipyard.experiments.feedback import FeedbackIn, InvalidFeedback, to_score
+from shipyard.monitor.scores import ScoreStore, UnknownRequest
+
+router = APIRouter(tags=["feedback"])
+
+
+@router.post("/v1/feedback")
+async def feedback(body: FeedbackIn, request: Request):
+    services = services_of(request)
+    if services.db is None:
+        raise APIError(409, "This server keeps no responses to give feedback on.", code="feedback_off")
+    try:
+        score = to_score(body, request.app.state.config.feedback)
+    except InvalidFeedback as exc:
+        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
+    tenant = caller_of(request).principal.tenant_id
+    store = ScoreStore(services.db)
+    try:
+        try:
+            row = (await store.add([score], tenant, source="feedback", tags=body.tags))[0]
+        except UnknownRequest:  # answered a moment ago: its usage row may still be in this process's buffer
+            meter = services.gateway.meter
+            if meter is None:
+                raise
+            await meter.flush()
+            row = (await store.add([score], tenant, source="feedback", tags=body.tags))[0]
+    except UnknownRequest:
+        raise APIError(404, f"No response '{body.response_id}' is known.", param="response_id",
+                       code="response_not_found") from None
+    return {"object": "feedback", "id": f"fb-{row['id']}", "response_id": body.response_id, "metric": body.metric,
+            "value": row["value"], "deployment": row["deployment"], "created_at": row["created_at"]}

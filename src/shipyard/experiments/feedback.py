@@ -1,0 +1,88 @@
+"""Feedback on responses: the metrics a deployment collects, and what a client sends.
+
+`POST /v1/feedback` {response_id, metric, value, comment, tags}: the response must be one the
+caller's tenant received (another tenant's is as unknown as a missing one: 404). Metrics are
+declared in config with a type and a direction; a boolean `thumbs` (higher is better) always
+exists. Each piece of feedback lands in the score store as `feedback.<metric>` (source
+`feedback`), next to the monitors' and evaluators' scores of the same request, where experiments
+read it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+from shipyard.monitor.scores import NAME_PATTERN, ScoreIn
+
+MAX_TEXT = 20_000  # a comment or a demonstration (the answer the user wanted)
+
+
+class FeedbackMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["boolean", "float", "comment", "demonstration"]
+    direction: Literal["higher", "lower"] = Field("higher", description="which way is better (boolean: true)")
+    minimum: float | None = Field(None, description="float: the lowest value accepted")
+    maximum: float | None = Field(None, description="float: the highest value accepted")
+
+
+class FeedbackConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metrics: dict[str, FeedbackMetric] = Field(default_factory=dict, description="besides thumbs (boolean)")
+
+    @model_validator(mode="after")
+    def _thumbs(self) -> FeedbackConfig:
+        self.metrics.setdefault("thumbs", FeedbackMetric(type="boolean"))
+        return self
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(min_length=1, max_length=160, description="the id of a chat or completion response")
+    metric: str = Field(pattern=NAME_PATTERN)
+    value: StrictBool | StrictInt | StrictFloat | StrictStr | None = None
+    comment: str | None = Field(None, max_length=MAX_TEXT)
+    tags: list[str] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _tags(self) -> FeedbackIn:
+        if any(not 1 <= len(tag) <= 64 for tag in self.tags):
+            raise ValueError("a tag is 1 to 64 characters")
+        return self
+
+
+class InvalidFeedback(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def to_score(body: FeedbackIn, config: FeedbackConfig) -> ScoreIn:
+    """The score this feedback becomes, its value checked against the metric's declared type."""
+    metric = config.metrics.get(body.metric)
+    if metric is None:
+        raise InvalidFeedback(f"Unknown feedback metric '{body.metric}'; this server collects: "
+                              f"{', '.join(sorted(config.metrics))}.", "metric")
+    value, comment = body.value, body.comment
+    if metric.type == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidFeedback(f"'{body.metric}' takes true or false.", "value")
+    elif metric.type == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidFeedback(f"'{body.metric}' takes a finite number.", "value")
+        if (metric.minimum is not None and value < metric.minimum) or \
+                (metric.maximum is not None and value > metric.maximum):
+            raise InvalidFeedback(f"'{body.metric}' takes a number from {metric.minimum} to {metric.maximum}.",
+                                  "value")
+        value = float(value)
+    else:  # comment, demonstration: the text is the feedback
+        text = value if isinstance(value, str) else comment
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidFeedback(f"'{body.metric}' takes a text.", "value")
+        if len(text) > MAX_TEXT:
+            raise InvalidFeedback(f"'{body.metric}' is at most {MAX_TEXT} characters.", "value")
+        value, comment = metric.type, text
+    return ScoreIn(request_id=body.response_id, name=f"feedback.{body.metric}", value=value, source="api",
+                   comment=comment[:MAX_TEXT] if comment else None)

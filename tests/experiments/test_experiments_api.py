@@ -1,0 +1,154 @@
+"""Experiments through a real server: every inference response names what served it
+(`x-shipyard-variant`), assignment is sticky per user, usage records carry the arm, feedback lands
+in the score store for the caller's own tenant only, and the transitions are refused when they
+cannot apply, racing calls included, with each one audited exactly once."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from conftest import ServerProcess, deployment
+from gateway_support import ADMIN_KEY, AdminClient, call
+
+ARMS = [{"name": "champion", "deployment": "tiny", "weight": 1},
+        {"name": "challenger", "deployment": "tiny-v2", "weight": 1}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    config = {"deployments": {"tiny": deployment(tiny_model), "tiny-v2": deployment(tiny_model),
+                              "solo": deployment(tiny_model)},
+              "gateway": {"usage_flush_interval_s": 0.1}, "cache": {"exact": {"enabled": False}},
+              "experiments": [{"name": "rollout", "model": "tiny", "mode": "ab", "unit": "user", "arms": ARMS}]}
+    with ServerProcess(config, tmp_path_factory.mktemp("experiments"), env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY}) as proc:
+        proc.wait_for("/ready", 200)
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def keys(server):
+    admin = AdminClient(server.base_url)
+    mine, theirs = admin.tenant("mine"), admin.tenant("theirs")
+    return {"mine": admin.key(mine)["key"], "theirs": admin.key(theirs)["key"]}
+
+
+def _chat(server, key: str, user: str, model: str = "tiny", stream: bool = False):
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, user=user, max_tokens=3, stream=stream, messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        chunks = list(raw.parse())
+        return raw.headers, chunks[0].id
+    return raw.headers, raw.parse().id
+
+
+def test_every_response_names_what_served_it_and_a_user_stays_on_one_arm(server, keys):
+    arms = set()
+    for user in (f"user-{i}" for i in range(24)):
+        first, _ = _chat(server, keys["mine"], user)
+        again, _ = _chat(server, keys["mine"], user, stream=True)
+        assert first["x-shipyard-variant"] == again["x-shipyard-variant"]  # sticky, streamed or not
+        deployment_name, experiment, arm = first["x-shipyard-variant"].split("; ")
+        assert experiment == "experiment=rollout" and deployment_name == {"arm=champion": "tiny",
+                                                                          "arm=challenger": "tiny-v2"}[arm]
+        arms.add(arm)
+    assert arms == {"arm=champion", "arm=challenger"}
+    solo, _ = _chat(server, keys["mine"], "user-0", model="solo")
+    assert solo["x-shipyard-variant"] == "solo"  # no experiment: the deployment alone
+    completion = httpx.post(f"{server.base_url}/v1/completions", headers={"authorization": f"Bearer {keys['mine']}"},
+                            json={"model": "tiny", "prompt": "hi", "max_tokens": 2, "user": "user-1"}, timeout=60)
+    user_1, _ = _chat(server, keys["mine"], "user-1")
+    assert completion.headers["x-shipyard-variant"] == user_1["x-shipyard-variant"]  # the same user, the same arm
+    status = AdminClient(server.base_url).get("/admin/experiments/rollout").json()
+    assert sum(status["requests"].values()) >= 48 and set(status["requests"]) == {"champion", "challenger"}
+    assert status["sample_ratio"]["mismatch"] is False
+    assert [e["kind"] for e in status["events"]] == ["created"] and status["events"][0]["actor"] == "shipyard.yaml"
+
+
+def test_feedback_lands_in_the_score_store_for_the_callers_own_tenant(server, keys):
+    _, response_id = _chat(server, keys["mine"], "user-feedback")
+    thumbs = call(server.base_url, keys["mine"], "POST", "/v1/feedback",
+                  json={"response_id": response_id, "metric": "thumbs", "value": True, "tags": ["helpful"]})
+    assert thumbs.status_code == 200, thumbs.text
+    assert thumbs.json()["value"] is True and thumbs.json()["deployment"] in ("tiny", "tiny-v2")
+    scores = AdminClient(server.base_url).get("/admin/scores", params={"name": "feedback.thumbs"}).json()["data"]
+    assert scores[0]["source"] == "feedback" and scores[0]["tags"] == ["helpful"]
+    unknown = call(server.base_url, keys["mine"], "POST", "/v1/feedback",
+                   json={"response_id": "chatcmpl-nope", "metric": "thumbs", "value": True})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "response_not_found"
+    stolen = call(server.base_url, keys["theirs"], "POST", "/v1/feedback",
+                  json={"response_id": response_id, "metric": "thumbs", "value": False})
+    assert stolen.status_code == 404  # another tenant's response is as unknown as a missing one
+    for body, param in (({"metric": "thumbs", "value": "yes"}, "value"), ({"metric": "stars", "value": 4}, "metric"),
+                        ({"metric": "thumbs"}, "value")):
+        bad = call(server.base_url, keys["mine"], "POST", "/v1/feedback", json={"response_id": response_id, **body})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    assert call(server.base_url, keys["mine"], "POST", "/v1/feedback", json={"metric": "thumbs"}).status_code == 400
+    assert call(server.base_url, None, "POST", "/v1/feedback",
+                json={"response_id": response_id, "metric": "thumbs", "value": True}).status_code == 401
+
+
+def test_transitions_apply_once_and_are_refused_when_they_cannot(server, keys):
+    admin = AdminClient(server.base_url)
+    clash = admin.post("/admin/experiments", json={"name": "second", "model": "tiny", "arms": ARMS})
+    assert clash.status_code == 409  # one live experiment per model
+    missing = admin.post("/admin/experiments", json={"name": "ghost", "model": "tiny", "arms": [
+        ARMS[0], {"name": "b", "deployment": "nowhere"}]})
+    assert missing.status_code == 400 and "nowhere" in missing.json()["error"]["message"]
+    assert call(server.base_url, keys["mine"], "GET", "/admin/experiments").status_code == 403  # admins only
+    assert admin.post("/admin/experiments/rollout/pause").status_code == 200
+    assert admin.post("/admin/experiments/rollout/pause").status_code == 409
+    assert admin.post("/admin/experiments/rollout/promote", json={"arm": "nobody"}).status_code == 400
+    assert admin.post("/admin/experiments/rollout/promote").json()["serving_weights"] == {"champion": 0.0,
+                                                                                         "challenger": 1.0}
+    for user in (f"after-{i}" for i in range(8)):  # every user now goes to the promoted arm
+        assert _chat(server, keys["mine"], user)[0]["x-shipyard-variant"].startswith("tiny-v2;")
+    assert admin.post("/admin/experiments/rollout/rollback").status_code == 409  # it has ended
+    kinds = [e["kind"] for e in admin.get("/admin/experiments/rollout").json()["events"]]
+    assert kinds == ["created", "pause", "promote"]
+
+    created = admin.post("/admin/experiments", json={"name": "race", "model": "solo", "arms": [
+        {"name": "champion", "deployment": "solo"}, {"name": "b", "deployment": "tiny"}]})
+    assert created.status_code == 201, created.text
+    statuses: list[int] = []
+
+    def rollback() -> None:
+        statuses.append(AdminClient(server.base_url).post("/admin/experiments/race/rollback").status_code)
+
+    threads = [threading.Thread(target=rollback) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(statuses) == [200, 409, 409, 409]
+    events = admin.get("/admin/experiments/race").json()["events"]
+    assert [e["kind"] for e in events] == ["created", "rollback"]
+    assert _chat(server, keys["mine"], "anyone", model="solo")[0]["x-shipyard-variant"] == "solo"
+
+
+def test_the_cli_creates_and_shows_experiments(server, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    spec = tmp_path / "canary.yaml"
+    spec.write_text("name: cli-made\nmodel: tiny-v2\nmode: canary\narms:\n"
+                    "  - {name: champion, deployment: tiny-v2}\n  - {name: canary, deployment: solo, weight: 0.05}\n")
+
+    def shipyard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shipyard", "experiments", *args, "--url", server.base_url,
+                               "--key", ADMIN_KEY, "--json"], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "SHIPYARD_ADMIN_KEY": ""})
+
+    created = shipyard("create", str(spec))
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["serving_weights"] == {"champion": 0.95, "canary": 0.05}
+    shown = json.loads(shipyard("status", "cli-made").stdout)
+    assert shown["mode"] == "canary" and [e["kind"] for e in shown["events"]] == ["created"]
+    again = shipyard("create", str(spec))
+    assert again.returncode == 1 and "exists" in again.stdout + again.stderr
