@@ -25,6 +25,7 @@ from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
 from shipyard.experiments.registry import ExperimentRegistry
+from shipyard.experiments.shadow import ShadowRunner
 from shipyard.config import Replica as ReplicaSpec
 from shipyard.config import (
     BreakerConfig,
@@ -198,6 +199,10 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     if autoscalers:
         metrics.gauge_sources.append(lambda: autoscaler_families(autoscalers))
     experiments = ExperimentRegistry(db, config.experiments, lambda: set(router.engines()))
+    shadow = ShadowRunner(router.engines, experiments, score_writer, db,
+                          lambda name, prompt, completion, compute_s: gateway.cost_of(name, prompt, completion, 0,
+                                                                                      None, compute_s))
+    metrics.gauge_sources.append(shadow.families)
     monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
                else None)
 
@@ -208,6 +213,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await meter.start()
         await score_writer.start()
         await experiments.start()
+        await shadow.start()
         if monitor is not None:
             await monitor.start()
         try:
@@ -222,6 +228,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         finally:
             if monitor is not None:
                 await monitor.stop()
+            await shadow.stop()
             await experiments.stop()
             await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
@@ -232,7 +239,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=monitor.observers if monitor else [], monitor=monitor,
+                        observers=[*(monitor.observers if monitor else []), shadow], monitor=monitor,
                         text_deployments=monitor.text_deployments if monitor else frozenset(),
                         autoscalers=autoscalers, experiments=experiments)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,

@@ -1,19 +1,21 @@
 """Admin routes over experiments: create, list, read (with the arms' traffic and its sample-ratio
-check, and the audit log), and the transitions: pause, resume, promote, roll back. Admins only:
+check, the shadow copies, and the audit log), and the transitions: pause, resume, promote, roll back. Admins only:
 experiments move every tenant's traffic."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter, Body, Request
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
-from shipyard.experiments.registry import ExperimentError, ExperimentRegistry
+from shipyard.experiments.registry import ExperimentError, ExperimentRegistry, utc_today
 from shipyard.experiments.spec import ExperimentSpec
 from shipyard.experiments.statistics import sample_ratio
 from shipyard.gateway.auth import Principal
-from shipyard.store.models import UsageRecord
+from shipyard.store.models import ShadowRecord, UsageRecord
 
 router = APIRouter(prefix="/admin/experiments", tags=["admin"])
 
@@ -67,7 +69,23 @@ async def experiment_status(name: str, request: Request):
     ratio = sample_ratio([counts.get(a.name, 0) for a in spec.arms], spec.serving_weights())
     return {**_view(registry, spec), "requests": counts,
             "sample_ratio": {"p_value": ratio.p_value, "mismatch": ratio.mismatch},
-            "events": await registry.events(name)}
+            "shadow": await _shadow_summary(request, spec), "events": await registry.events(name)}
+
+
+async def _shadow_summary(request: Request, spec: ExperimentSpec) -> dict:
+    """The copies sent to the challenger: all of them and today's (UTC), from every process."""
+    midnight = datetime.fromisoformat(utc_today()).replace(tzinfo=timezone.utc)
+    tokens = ShadowRecord.prompt_tokens + ShadowRecord.completion_tokens
+    ok = func.sum(case((ShadowRecord.status == 200, 1), else_=0))
+    query = select(func.count(), ok, func.sum(tokens), func.sum(ShadowRecord.cost_usd),
+                   func.sum(case((ShadowRecord.created_at >= midnight, tokens), else_=0)),
+                   func.sum(case((ShadowRecord.created_at >= midnight, ShadowRecord.cost_usd), else_=0.0))
+                   ).where(ShadowRecord.experiment == spec.name)
+    async with services_of(request).db.session() as session:
+        copies, answered, total, cost, today_tokens, today_cost = (await session.execute(query)).one()
+    return {"copies": copies, "answered": int(answered or 0), "failed": copies - int(answered or 0),
+            "tokens": int(total or 0), "cost_usd": float(cost or 0.0), "tokens_today": int(today_tokens or 0),
+            "cost_usd_today": float(today_cost or 0.0), "capped_day": spec.shadow_capped_day}
 
 
 async def _arm_counts(request: Request, spec: ExperimentSpec) -> dict[str, int]:

@@ -49,6 +49,8 @@ class RequestRecord:
     variant: str | None = None  # "<experiment>/<arm>" when an experiment assigned it
     variant_header: str | None = None  # x-shipyard-variant: the deployment, with the experiment and arm
     response_id: str | None = None  # chatcmpl-… / cmpl-…
+    mirror: str | None = None  # the deployment a shadow copy goes to, once this is answered
+    mirror_arm: str | None = None
     error_type: str | None = None
     status: int = 0
     client_supplied_id: bool = False
@@ -196,7 +198,8 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
                             record.ttft_ms / 1000 if record.ttft_ms is not None else None, latency_ms / 1000)
     if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
         return  # probes would drown the log; and a line nobody logs is not worth formatting
-    hidden = ("arrival", "client_supplied_id", "rate_limit_headers", "reference_context", "variant_header")  # no client text in logs
+    hidden = ("arrival", "client_supplied_id", "rate_limit_headers", "reference_context", "variant_header",
+              "mirror_arm")  # no client text in logs
     fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
     fields["latency_ms"] = round(latency_ms, 2)
     if record.ttft_ms is not None:

@@ -60,6 +60,11 @@ class FinishedRequest:
     engine_request: object = None  # the first GenerationRequest (consistency checks sample it again)
     evaluate: str | None = None  # checks an admin asked for on this request (x-shipyard-evaluate)
     reference_context: str | None = None
+    variant: str | None = None  # "<experiment>/<arm>"
+    mirror: str | None = None  # a shadow copy's deployment (experiments/shadow.py)
+    mirror_arm: str | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
 
 
 @dataclass
@@ -134,6 +139,8 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
             finished.engine_request = gen.requests[0]
             finished.evaluate = record.evaluate if principal.role == "admin" else None
             finished.reference_context = record.reference_context
+            finished.variant, finished.mirror, finished.mirror_arm = record.variant, record.mirror, record.mirror_arm
+            finished.ttft_ms, finished.latency_ms = record.ttft_ms, monotonic_ms(record.arrival)
             for observe in services.observers:
                 try:
                     observe(finished)
@@ -167,7 +174,7 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
                                   priority=principal.tier, scope=principal.tenant_id, cache_control=control)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
-    if record.deployment in services.text_deployments or record.evaluate or record.reference_context:
+    if record.deployment in services.text_deployments or record.evaluate or record.reference_context or record.mirror:
         gen.output_text = []
     gen.on_finish = on_finish
     try:
@@ -193,6 +200,7 @@ def _route(services: Services, caller: Caller, record: RequestRecord, body) -> E
         if assignment is not None:
             record.deployment, record.variant = assignment.deployment, assignment.variant
             record.variant_header = assignment.header()
+            record.mirror, record.mirror_arm = assignment.mirror, assignment.mirror_arm
     return services.router.resolve(record.deployment)
 
 

@@ -74,6 +74,7 @@ class GenerationRequest:
     priority: int = 0  # the caller's tier: routing may keep replica pools by it
     scope: str = ""  # an opaque partition (the tenant): anything remembered is never shared across it
     cache_control: str | None = None  # "no-cache": do not reuse a stored answer; "no-store": nor keep this one
+    max_retries: int | None = None  # routing's retries on other replicas (None: the deployment's policy)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -23,6 +24,7 @@ from shipyard.store.models import ExperimentEvent, ExperimentRow
 
 log = logging.getLogger("shipyard.experiments")
 LIVE = ("running", "paused")
+MIRRORED = ("shadow", "champion_challenger")  # the challenger gets copies of the champion's requests
 
 
 class ExperimentError(Exception):
@@ -36,6 +38,10 @@ class ExperimentError(Exception):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def utc_today() -> str:
+    return _now().date().isoformat()
 
 
 class ExperimentRegistry:
@@ -67,6 +73,10 @@ class ExperimentRegistry:
         else:
             unit = f"key:{key_id}"
         arm = pick(spec, weights, unit)
+        if spec.mode in MIRRORED and spec.status == "running" and spec.shadow_capped_day != utc_today() and \
+                random.random() < spec.shadow.sample:
+            shadow = spec.arms[1]
+            return Assignment(spec.name, arm.name, arm.deployment, shadow.deployment, shadow.name)
         return Assignment(spec.name, arm.name, arm.deployment)
 
     def _reindex(self) -> None:

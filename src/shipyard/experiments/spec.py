@@ -50,6 +50,17 @@ class Arm(BaseModel):
     weight: float = Field(1.0, ge=0, description="share of the traffic (ab; canary: set by its steps)")
 
 
+class ShadowSettings(BaseModel):
+    """How a shadow (or champion-challenger) experiment copies requests to the challenger."""
+
+    model_config = ConfigDict(extra="forbid")
+    sample: float = Field(1.0, ge=0, le=1, description="share of the champion's requests copied")
+    max_concurrent: int = Field(4, ge=1, le=1024, description="copies in flight at once; more are shed")
+    max_tokens: int | None = Field(None, ge=1, description="a copy's completion length at most")
+    daily_tokens: int | None = Field(None, ge=1, description="copies stop for the day (UTC) past this many tokens")
+    daily_cost_usd: float | None = Field(None, gt=0, description="copies stop for the day past this cost")
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
@@ -63,6 +74,8 @@ class ExperimentSpec(BaseModel):
     status: Status = "running"
     promoted_arm: str | None = None
     tenant_id: str | None = Field(None, description="only this tenant's requests take part (default: all)")
+    shadow: ShadowSettings = ShadowSettings()
+    shadow_capped_day: str | None = Field(None, description="set when copies hit a daily cap (UTC date)")
 
     @model_validator(mode="after")
     def _arms(self) -> ExperimentSpec:
@@ -105,6 +118,8 @@ class Assignment:
     experiment: str
     arm: str
     deployment: str
+    mirror: str | None = None  # the deployment a copy of this request goes to (shadow, champion-challenger)
+    mirror_arm: str | None = None
 
     @property
     def variant(self) -> str:

@@ -69,7 +69,7 @@ class ConsistencyMonitor:
                                      max_tokens=min(request.params.max_tokens or self.settings.max_tokens,
                                                     self.settings.max_tokens))
         extra = GenerationRequest(new_engine_request_id(), request.prompt, params, 0.0, request.prompt_ids,
-                                  priority=-1, scope=request.scope)
+                                  priority=0, scope=request.scope)
         text = []
         async for chunk in engine.generate(extra):
             if chunk.index == 0:

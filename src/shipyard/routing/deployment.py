@@ -273,7 +273,8 @@ class _RoutedStream:
                     return
                 raise
             deadline = time.monotonic() + policy.first_token_timeout_s
-        for attempt in range(policy.retries + 1):
+        retries = policy.retries if request.max_retries is None else request.max_retries
+        for attempt in range(retries + 1):
             replica = deployment.choose(request.priority, tried, request)
             if replica is None:
                 break
@@ -286,7 +287,7 @@ class _RoutedStream:
             except RETRIABLE as exc:
                 last_error = exc
                 log.warning("%s: replica %s failed (%s: %s)%s", deployment.name, replica.name, type(exc).__name__,
-                            exc, "; retrying" if attempt < policy.retries else "")
+                            exc, "; retrying" if attempt < retries else "")
                 if time.monotonic() >= deadline:
                     break
                 retry_after = getattr(exc, "retry_after_s", 0.0) or 0.0

@@ -180,3 +180,25 @@ class ExperimentEvent(Base):
     actor: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ShadowRecord(Base):
+    """One copy a shadow experiment sent: its own table, so no tenant is ever billed or limited for it."""
+
+    __tablename__ = "shadow_records"
+    __table_args__ = (Index("ix_shadow_records_experiment_time", "experiment", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    experiment: Mapped[str] = mapped_column(String(64))
+    arm: Mapped[str] = mapped_column(String(64))
+    deployment: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(160))  # the primary request's usage id
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

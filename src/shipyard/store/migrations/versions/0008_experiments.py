@@ -1,4 +1,5 @@
-"""experiments (the admin API's experiments), experiment_events (their audit log), and on
+"""experiments (the admin API's experiments), experiment_events (their audit log), shadow_records
+(the copies shadow experiments sent: never in usage_records, so never billed), and on
 usage_records the response id (feedback names it) and the experiment arm that served; scores' tags
 
 Revision ID: 0008
@@ -35,6 +36,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("experiment", "version", name="uq_experiment_events_version"),
     )
     op.create_index("ix_experiment_events_experiment", "experiment_events", ["experiment", "created_at"])
+    op.create_table(
+        "shadow_records",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("experiment", sa.String(64), nullable=False),
+        sa.Column("arm", sa.String(64), nullable=False),
+        sa.Column("deployment", sa.String(200), nullable=False),
+        sa.Column("request_id", sa.String(160), nullable=False),
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+        sa.Column("completion_tokens", sa.Integer(), nullable=False),
+        sa.Column("latency_ms", sa.Float(), nullable=False),
+        sa.Column("ttft_ms", sa.Float(), nullable=True),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_shadow_records_experiment_time", "shadow_records", ["experiment", "created_at"])
     with op.batch_alter_table("usage_records") as batch:
         batch.add_column(sa.Column("response_id", sa.String(80), nullable=True))
         batch.add_column(sa.Column("variant", sa.String(200), nullable=True))
@@ -50,6 +68,8 @@ def downgrade() -> None:
     with op.batch_alter_table("usage_records") as batch:
         batch.drop_column("variant")
         batch.drop_column("response_id")
+    op.drop_index("ix_shadow_records_experiment_time", "shadow_records")
+    op.drop_table("shadow_records")
     op.drop_index("ix_experiment_events_experiment", "experiment_events")
     op.drop_table("experiment_events")
     op.drop_table("experiments")

@@ -1,0 +1,241 @@
+"""Shadow copies: the challenger processes real requests unseen.
+
+An observer of the request path. When a request the experiment sampled for mirroring has been
+answered (so the user's answer and latency never wait on it), a copy goes straight to the
+challenger deployment's own engine (past the caches and the gateway: no tenant is billed or
+limited for it), at the lowest priority, fire-and-forget, never retried:
+
+- at most `shadow.max_concurrent` copies in flight; past that a copy is shed (counted);
+- a failure or a timeout is counted and logged, never shown to anyone;
+- each copy is a row of `shadow_records` (tokens, latency, TTFT, status, cost), never a usage row;
+- when the day's (UTC) copies pass `daily_tokens` or `daily_cost_usd`, copies stop for the rest of
+  the day: the experiment's `shadow_capped_day` is set by one audited transition saying why;
+- each answered pair is compared — exact match, length ratio, MiniLM cosine, TTFT and latency
+  deltas — and the comparison stored as `shadow.*` scores of the primary request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import func, select
+
+from shipyard.aio import cancel_and_wait
+from shipyard.engines.base import GenerationRequest
+from shipyard.experiments.registry import ExperimentError, utc_today
+from shipyard.store.models import ShadowRecord
+
+log = logging.getLogger("shipyard.experiments")
+COPY_TIMEOUT_S = 600.0
+OUTCOMES = ("sent", "ok", "failed", "shed", "capped")
+
+
+def compare(primary: str, shadow: str, embed) -> dict[str, float]:
+    """The pair's agreement: exact match, length ratio (shadow ÷ primary) and embedding cosine."""
+    scores = {"shadow.exact_match": float(primary.strip() == shadow.strip()),
+              "shadow.length_ratio": len(shadow) / max(1, len(primary))}
+    if embed is not None:
+        vectors = embed([primary or " ", shadow or " "])
+        scores["shadow.cosine"] = float(np.dot(vectors[0], vectors[1]))
+    return scores
+
+
+class ShadowRunner:
+    def __init__(self, engines, registry, writer, db, cost_of, embedder_factory=None, refresh_s: float = 5.0):
+        self.engines = engines  # () -> {deployment: its own engine, not the cache front}
+        self.registry = registry
+        self.writer = writer  # monitor.scores.ScoreWriter
+        self.db = db
+        self.cost_of = cost_of  # (deployment, prompt tokens, completion tokens, compute s) -> USD
+        self.embedder_factory = embedder_factory
+        self.refresh_s = refresh_s
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self._stored: dict[str, tuple[int, float]] = {}  # today's spend per experiment, as the store had it
+        self._since: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # added here since that read
+        self._day = utc_today()
+        self._tasks: set[asyncio.Task] = set()
+        self._capping: set[str] = set()
+        self._refresher: asyncio.Task | None = None
+
+    # ---------------------------------------------------------------- the observer
+    def __call__(self, finished) -> None:
+        if finished.mirror is None or finished.status != 200 or finished.engine_request is None:
+            return
+        name = finished.variant.split("/", 1)[0]
+        spec = self.registry.specs.get(name)
+        if spec is None or finished.output is None:
+            return
+        counts = self.counts[name]
+        if self._over_cap(name, spec):
+            counts["capped"] += 1
+            return
+        if sum(1 for t in self._tasks if t.get_name() == name) >= spec.shadow.max_concurrent:
+            counts["shed"] += 1  # the lowest priority: shed first
+            return
+        counts["sent"] += 1
+        task = asyncio.create_task(self._mirror(finished, spec), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spent(self, name: str) -> tuple[int, float]:
+        tokens, cost = self._stored.get(name, (0, 0.0))
+        extra = self._since[name]
+        return tokens + int(extra[0]), cost + extra[1]
+
+    def _over_cap(self, name: str, spec) -> bool:
+        if spec.shadow_capped_day == utc_today():
+            return True
+        tokens, cost = self._spent(name)
+        cap = spec.shadow
+        reason = None
+        if cap.daily_tokens is not None and tokens >= cap.daily_tokens:
+            reason = f"{tokens} shadow tokens today, the cap is {cap.daily_tokens}"
+        elif cap.daily_cost_usd is not None and cost >= cap.daily_cost_usd:
+            reason = f"${cost:.4f} of shadow copies today, the cap is ${cap.daily_cost_usd:g}"
+        if reason is None:
+            return False
+        if name not in self._capping:
+            self._capping.add(name)
+            task = asyncio.create_task(self._cap(name, reason, tokens, cost))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _cap(self, name: str, reason: str, tokens: int, cost: float) -> None:
+        day = utc_today()
+
+        def change(spec):
+            if spec.shadow_capped_day == day:
+                raise ExperimentError(409, "capped already", "conflict")
+            return spec.model_copy(update={"shadow_capped_day": day})
+
+        try:
+            await self.registry.transition(name, "shadow_capped", "shadow", change,
+                                           {"reason": reason, "tokens": tokens, "cost_usd": round(cost, 6), "day": day})
+            log.warning("experiment %s: shadow copies stopped for %s: %s", name, day, reason)
+        except ExperimentError:  # another process capped it first
+            pass
+        finally:
+            self._capping.discard(name)
+
+    # ---------------------------------------------------------------- one copy
+    async def _mirror(self, finished, spec) -> None:
+        name, counts = spec.name, self.counts[spec.name]
+        engine = self.engines().get(finished.mirror)
+        original = finished.engine_request
+        params = dataclasses.replace(original.params, n=1, logprobs=False, top_logprobs=0, prompt_logprobs=None)
+        if spec.shadow.max_tokens is not None:
+            params = dataclasses.replace(params, max_tokens=min(params.max_tokens or spec.shadow.max_tokens,
+                                                                spec.shadow.max_tokens))
+        # The prompt's token ids are the champion's tokenizer's: the challenger tokenizes again.
+        copy = GenerationRequest(f"shadow-{original.request_id}", original.prompt, params, time.monotonic(),
+                                 None, priority=0, scope=original.scope, cache_control="no-store",
+                                 max_retries=0)  # never retried: a failed copy is counted, not repeated
+        start, ttft, texts, usage, status = time.monotonic(), None, [], None, 200
+        try:
+            if engine is None:
+                raise LookupError(f"no deployment '{finished.mirror}'")
+            async with asyncio.timeout(COPY_TIMEOUT_S):
+                async for chunk in engine.generate(copy):
+                    if ttft is None and chunk.text:
+                        ttft = time.monotonic() - start
+                    if chunk.index == 0:
+                        texts.append(chunk.text)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if chunk.finish_reason == "error":
+                        raise RuntimeError("the engine ended the copy with an error")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # counted, never shown to a user
+            status = 504 if isinstance(exc, TimeoutError) else 502
+            counts["failed"] += 1
+            log.info("experiment %s: shadow copy of %s failed: %s", name, finished.request_id, exc)
+        latency = time.monotonic() - start
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        cost = self.cost_of(finished.mirror, prompt_tokens, completion_tokens, getattr(usage, "compute_s", 0.0))
+        spent = self._since[name]
+        spent[0] += prompt_tokens + completion_tokens
+        spent[1] += cost
+        await self._store(ShadowRecord(
+            experiment=name, arm=finished.mirror_arm or "", deployment=finished.mirror,
+            request_id=finished.request_id, tenant_id=finished.tenant_id, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, latency_ms=latency * 1000, ttft_ms=ttft * 1000 if ttft else None,
+            status=status, cost_usd=cost, created_at=datetime.now(timezone.utc)))
+        if status != 200:
+            return
+        counts["ok"] += 1
+        try:
+            scores = await asyncio.to_thread(compare, finished.output, "".join(texts), self._embedder())
+        except Exception as exc:  # no embedder here: the other comparisons still count
+            log.warning("shadow comparison without embeddings: %s", exc)
+            scores = compare(finished.output, "".join(texts), None)
+        scores["shadow.latency_delta_ms"] = (latency * 1000) - (finished.latency_ms or 0.0)
+        if ttft is not None and finished.ttft_ms is not None:
+            scores["shadow.ttft_delta_ms"] = ttft * 1000 - finished.ttft_ms
+        self.writer.record(finished.request_id, finished.tenant_id, finished.mirror, scores)
+
+    async def _store(self, row: ShadowRecord) -> None:
+        try:
+            async with self.db.session() as session:
+                session.add(row)
+                await session.commit()
+        except Exception as exc:  # the store is away: the copy is counted here, not kept
+            log.warning("shadow record not stored: %s", exc)
+
+    def _embedder(self):
+        if self.embedder_factory is not None:
+            return self.embedder_factory()
+        from shipyard.embeddings import shared_embedder
+
+        return shared_embedder()
+
+    # ---------------------------------------------------------------- today's spend, from the store
+    async def start(self) -> None:
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep counting locally meanwhile
+                log.warning("shadow spend not read: %s", exc)
+            await asyncio.sleep(self.refresh_s)
+
+    async def refresh(self) -> None:
+        """Today's tokens and cost per experiment from every process's records."""
+        day = utc_today()
+        midnight = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+        query = (select(ShadowRecord.experiment,
+                        func.sum(ShadowRecord.prompt_tokens + ShadowRecord.completion_tokens),
+                        func.sum(ShadowRecord.cost_usd))
+                 .where(ShadowRecord.created_at >= midnight).group_by(ShadowRecord.experiment))
+        async with self.db.session() as session:
+            rows = (await session.execute(query)).all()
+        self._stored = {name: (int(tokens or 0), float(cost or 0.0)) for name, tokens, cost in rows}
+        self._since.clear()
+        self._day = day
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._refresher)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def families(self):
+        """`shipyard:shadow_requests_total{experiment, outcome}`: sent, ok, failed, shed, capped."""
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("shipyard:shadow_requests", "Shadow copies by outcome",
+                                     labels=["experiment", "outcome"])
+        for name, counts in self.counts.items():
+            for outcome in OUTCOMES:
+                family.add_metric([name, outcome], counts[outcome])
+        yield family
