@@ -72,7 +72,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/scaling_runtime.py
-	$(BIN)/python bench/experiments.py
+	$(BIN)/python bench/experiments.py --shadow
 
 clean:
 	rm -rf $(VENV) .pytest_cache

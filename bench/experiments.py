@@ -7,6 +7,10 @@
    without an experiment (the lookup every request pays).
 2. The statistics engine: an mSPRT comparison fed 100,000 observations (50,000 per arm), asked for
    a decision after every one; decisions per second.
+3. Shadow's cost to the user (`--shadow`, a real server with the demo model): primary P50/P99
+   latency of 4 closed-loop users on a model without an experiment and on one whose every request
+   is copied to a challenger 5× slower than the primary (a stand-in upstream), measured in turns
+   (plain, shadowed, plain, shadowed), side by side.
 
 Prints a table; writes bench/results/experiments.json.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +30,9 @@ from shipyard.experiments.statistics import SequentialTest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from gateway_overhead import ADMIN  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,14 +74,140 @@ def decisions(observations: int = 100_000) -> dict:
             "final_decision": test.result().decision}
 
 
+def serve_slow_upstream(port: int) -> None:
+    """The challenger: an OpenAI-compatible server that answers after a delay (POST /delay sets it)."""
+    import asyncio
+
+    from aiohttp import web
+
+    state = {"delay_s": 0.0}
+
+    async def chat(request):
+        payload = await request.json()
+        await asyncio.sleep(state["delay_s"])
+        words = int(payload.get("max_tokens") or 16)
+        base = {"id": "chatcmpl-slow", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": " ".join(["slow"] * words)},
+                                        "finish_reason": None}]},
+                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+                  {**base, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": words,
+                                                    "total_tokens": 8 + words}}]
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return web.Response(body=body.encode(), content_type="text/event-stream")
+
+    async def set_delay(request):
+        state["delay_s"] = float((await request.json())["delay_s"])
+        return web.json_response(state)
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "x"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/delay", set_delay)
+    app.router.add_get("/v1/models", models)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def closed_loop(url: str, model: str, users: int, duration: float) -> dict:
+    """`users` closed-loop chat users for `duration` seconds after a 3 s warm-up: latency p50/p99 (ms)."""
+    import asyncio
+    import time as clock
+
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    latencies: list[float] = []
+    stop_at = 0.0
+
+    async def user(session, index: int) -> None:
+        while clock.monotonic() < stop_at:
+            body = {"model": model, "user": f"user-{index}", "max_tokens": 16, "ignore_eos": True,
+                    "messages": [{"role": "user", "content": f"What is a list in Python? ({index})"}]}
+            start = clock.perf_counter()
+            async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+                await response.read()
+            if response.status == 200:
+                latencies.append((clock.perf_counter() - start) * 1000)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        stop_at = clock.monotonic() + 3
+        await asyncio.gather(*(user(session, i) for i in range(users)))
+        latencies.clear()
+        stop_at = clock.monotonic() + duration
+        await asyncio.gather(*(user(session, i) for i in range(users)))
+    return {"latency_p50_ms": percentile(latencies, 50), "latency_p99_ms": percentile(latencies, 99),
+            "requests": len(latencies)}
+
+
+def shadow_cost(turn_s: float = 10.0) -> dict:
+    """Primary latency with and without a 100%-sampled shadow 5x slower, in alternating turns."""
+    import asyncio
+    import multiprocessing
+    import tempfile
+
+    import httpx
+
+    from gateway_overhead import free_port
+    from harness import serve_config
+
+    from shipyard.demo.build import default_demo_path
+
+    port = free_port()
+    upstream = multiprocessing.Process(target=serve_slow_upstream, args=(port,), daemon=True)
+    upstream.start()
+    engine = {"engine": "transformers", "model": str(default_demo_path()), "num_threads": 1, "max_num_seqs": 8}
+    config = {"deployments": {"plain": engine, "shadowed": engine, "challenger": {
+                  "engine": "openai_http", "url": f"http://127.0.0.1:{port}", "flavor": "openai", "upstream_model": "m"}},
+              "cache": {"exact": {"enabled": False}}, "server": {"log_level": "warning"},
+              "experiments": [{"name": "shadow-bench", "model": "shadowed", "mode": "shadow",
+                               "shadow": {"sample": 1.0, "max_concurrent": 64},
+                               "arms": [{"name": "champion", "deployment": "shadowed"},
+                                        {"name": "shadow", "deployment": "challenger"}]}]}
+    turns: dict[str, list[dict]] = {"plain": [], "shadowed": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = serve_config(config, Path(tmp), "shadow")
+        try:
+            probe = asyncio.run(closed_loop(url, "plain", 4, 5.0))
+            delay = 5 * probe["latency_p50_ms"] / 1000  # the challenger: five times the primary's latency
+            httpx.post(f"http://127.0.0.1:{port}/delay", json={"delay_s": delay}, timeout=10)
+            for name in ("plain", "shadowed", "plain", "shadowed"):
+                turns[name].append(asyncio.run(closed_loop(url, name, 4, turn_s)))
+            copies = httpx.get(f"{url}/admin/experiments/shadow-bench", headers={"authorization": f"Bearer {ADMIN}"},
+                               timeout=30).json()["shadow"]["copies"]
+        finally:
+            proc.terminate()
+            proc.wait(60)
+            upstream.terminate()
+    keys = ("latency_p50_ms", "latency_p99_ms")
+    plain = {k: round(statistics.median(t[k] for t in turns["plain"]), 1) for k in keys}
+    shadowed = {k: round(statistics.median(t[k] for t in turns["shadowed"]), 1) for k in keys}
+    return {"challenger_delay_s": round(delay, 3), "copies": copies, "plain": plain, "shadowed": shadowed,
+            "p50_ratio": round(shadowed["latency_p50_ms"] / plain["latency_p50_ms"], 3),
+            "p99_ratio": round(shadowed["latency_p99_ms"] / plain["latency_p99_ms"], 3)}
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shadow", action="store_true", help="also measure shadow's cost on a real server")
+    args = parser.parse_args()
     result = {"assignment": assignment(), "statistics": decisions()}
+    if args.shadow:
+        result["shadow"] = shadow_cost()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "experiments.json").write_text(json.dumps(result, indent=2) + "\n")
     a, s = result["assignment"], result["statistics"]
     print(f"{'assignment p50 / p99':40}{a['assign_p50_us']:>8} / {a['assign_p99_us']} µs")
     print(f"{'lookup without an experiment p50':40}{a['no_experiment_p50_us']:>8} µs")
     print(f"{'mSPRT decisions per second (100k obs)':40}{s['decisions_per_s']:>8}")
+    if "shadow" in result:
+        sh = result["shadow"]
+        print(f"{'primary p50 / p99, no shadow':40}{sh['plain']['latency_p50_ms']:>8.1f} / "
+              f"{sh['plain']['latency_p99_ms']:.1f} ms")
+        print(f"{'primary p50 / p99, 100% shadow (5x slower)':40}{sh['shadowed']['latency_p50_ms']:>8.1f} / "
+              f"{sh['shadowed']['latency_p99_ms']:.1f} ms  (x{sh['p50_ratio']} / x{sh['p99_ratio']})")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
 from shipyard.experiments.registry import ExperimentRegistry
+from shipyard.experiments.implicit import ImplicitFeedback
 from shipyard.experiments.shadow import ShadowRunner
 from shipyard.config import Replica as ReplicaSpec
 from shipyard.config import (
@@ -239,7 +240,9 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=[*(monitor.observers if monitor else []), shadow], monitor=monitor,
+                        observers=[*(monitor.observers if monitor else []), shadow,
+                                   ImplicitFeedback(score_writer, config.feedback.implicit_window_s)],
+                        monitor=monitor,
                         text_deployments=monitor.text_deployments if monitor else frozenset(),
                         autoscalers=autoscalers, experiments=experiments)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from conftest import ServerProcess, deployment
+from conftest import ServerProcess, deployment, until
 from gateway_support import ADMIN_KEY, AdminClient, call
 
 ARMS = [{"name": "champion", "deployment": "tiny", "weight": 1},
@@ -152,3 +152,37 @@ def test_the_cli_creates_and_shows_experiments(server, tmp_path):
     assert shown["mode"] == "canary" and [e["kind"] for e in shown["events"]] == ["created"]
     again = shipyard("create", str(spec))
     assert again.returncode == 1 and "exists" in again.stdout + again.stderr
+
+
+def test_feedback_by_episode_and_implicit_signals(server, keys):
+    auth = {"authorization": f"Bearer {keys['mine']}"}
+
+    def ask(content: str, user: str, episode: str | None = None) -> str:
+        headers = {**auth, **({"x-shipyard-episode-id": episode} if episode else {})}
+        answer = httpx.post(f"{server.base_url}/v1/chat/completions", headers=headers, timeout=60, json={
+            "model": "solo", "user": user, "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["id"]
+
+    ask("first turn", "episodic", episode="ep-7")
+    ask("second turn", "episodic", episode="ep-7")
+    liked = call(server.base_url, keys["mine"], "POST", "/v1/feedback",
+                 json={"episode_id": "ep-7", "metric": "thumbs", "value": True})
+    assert liked.status_code == 200, liked.text
+    assert call(server.base_url, keys["theirs"], "POST", "/v1/feedback",
+                json={"episode_id": "ep-7", "metric": "thumbs", "value": True}).status_code == 404
+    both = call(server.base_url, keys["mine"], "POST", "/v1/feedback",
+                json={"episode_id": "ep-7", "response_id": "chatcmpl-x", "metric": "thumbs", "value": True})
+    assert both.status_code == 400
+
+    admin = AdminClient(server.base_url)
+    regenerated = ask("the same question", "implicit-user")
+    ask("the same question", "implicit-user")  # asked again at once: the first answer was regenerated
+    followed = ask("the same question", "implicit-user")
+    ask("a different question", "implicit-user")  # a new question: the previous answer was followed up
+
+    def names_of(response_id: str) -> set[str]:
+        return {s["name"] for s in admin.get("/admin/scores", params={"request_id": response_id}).json()["data"]}
+
+    until(lambda: "implicit.regenerate" in names_of(regenerated), 30, "no regenerate signal")
+    until(lambda: "implicit.follow_up" in names_of(followed), 30, "no follow-up signal")

@@ -25,17 +25,27 @@ async def feedback(body: FeedbackIn, request: Request):
         raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
     tenant = caller_of(request).principal.tenant_id
     store = ScoreStore(services.db)
+
+    async def save() -> dict:
+        if body.episode_id is not None:
+            score.request_id = await store.episode_latest(body.episode_id, tenant)
+        return (await store.add([score], tenant, source="feedback", tags=body.tags))[0]
+
     try:
         try:
-            row = (await store.add([score], tenant, source="feedback", tags=body.tags))[0]
+            row = await save()
         except UnknownRequest:  # answered a moment ago: its usage row may still be in this process's buffer
             meter = services.gateway.meter
             if meter is None:
                 raise
             await meter.flush()
-            row = (await store.add([score], tenant, source="feedback", tags=body.tags))[0]
+            row = await save()
     except UnknownRequest:
+        if body.episode_id is not None:
+            raise APIError(404, f"No episode '{body.episode_id}' is known.", param="episode_id",
+                           code="episode_not_found") from None
         raise APIError(404, f"No response '{body.response_id}' is known.", param="response_id",
                        code="response_not_found") from None
-    return {"object": "feedback", "id": f"fb-{row['id']}", "response_id": body.response_id, "metric": body.metric,
+    return {"object": "feedback", "id": f"fb-{row['id']}", "response_id": body.response_id,
+            "episode_id": body.episode_id, "request_id": row["request_id"], "metric": body.metric,
             "value": row["value"], "deployment": row["deployment"], "created_at": row["created_at"]}

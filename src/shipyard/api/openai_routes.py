@@ -65,6 +65,7 @@ class FinishedRequest:
     mirror_arm: str | None = None
     ttft_ms: float | None = None
     latency_ms: float | None = None
+    user: str | None = None  # the body's `user`
 
 
 @dataclass
@@ -130,7 +131,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     async def on_finish(gen: Generation, status: int) -> None:
         await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
                              gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache,
-                             gen.usage.compute_s, record.response_id, record.variant)
+                             gen.usage.compute_s, record.response_id, record.variant, record.episode)
         if services.observers:
             finished = FinishedRequest(usage_id, principal.tenant_id, principal.key_id, record.deployment, status,
                                        gen.usage, record.cache, gen.confidence, record.finish_reason)
@@ -141,6 +142,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
             finished.reference_context = record.reference_context
             finished.variant, finished.mirror, finished.mirror_arm = record.variant, record.mirror, record.mirror_arm
             finished.ttft_ms, finished.latency_ms = record.ttft_ms, monotonic_ms(record.arrival)
+            finished.user = record.user
             for observe in services.observers:
                 try:
                     observe(finished)
@@ -149,7 +151,8 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
 
     async def on_error(exc: BaseException) -> None:
         await gateway.finish(ticket, usage_id, from_exception(exc).status, prompt_tokens, 0, 0,
-                             monotonic_ms(record.arrival), None, response_id=record.response_id, variant=record.variant)
+                             monotonic_ms(record.arrival), None, response_id=record.response_id, variant=record.variant,
+                             episode=record.episode)
 
     return on_finish, on_error
 

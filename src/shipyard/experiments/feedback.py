@@ -31,6 +31,8 @@ class FeedbackMetric(BaseModel):
 class FeedbackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metrics: dict[str, FeedbackMetric] = Field(default_factory=dict, description="besides thumbs (boolean)")
+    implicit_window_s: float = Field(120.0, ge=0, description="a user's next request within this marks the "
+                                     "previous answer regenerated (same prompt) or followed up (0: off)")
 
     @model_validator(mode="after")
     def _thumbs(self) -> FeedbackConfig:
@@ -40,7 +42,10 @@ class FeedbackConfig(BaseModel):
 
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    response_id: str = Field(min_length=1, max_length=160, description="the id of a chat or completion response")
+    response_id: str | None = Field(None, min_length=1, max_length=160,
+                                    description="the id of a chat or completion response")
+    episode_id: str | None = Field(None, min_length=1, max_length=200,
+                                   description="instead: the episode (x-shipyard-episode-id); its latest response")
     metric: str = Field(pattern=NAME_PATTERN)
     value: StrictBool | StrictInt | StrictFloat | StrictStr | None = None
     comment: str | None = Field(None, max_length=MAX_TEXT)
@@ -50,6 +55,8 @@ class FeedbackIn(BaseModel):
     def _tags(self) -> FeedbackIn:
         if any(not 1 <= len(tag) <= 64 for tag in self.tags):
             raise ValueError("a tag is 1 to 64 characters")
+        if (self.response_id is None) == (self.episode_id is None):
+            raise ValueError("give one of response_id and episode_id")
         return self
 
 
@@ -84,5 +91,5 @@ def to_score(body: FeedbackIn, config: FeedbackConfig) -> ScoreIn:
         if len(text) > MAX_TEXT:
             raise InvalidFeedback(f"'{body.metric}' is at most {MAX_TEXT} characters.", "value")
         value, comment = metric.type, text
-    return ScoreIn(request_id=body.response_id, name=f"feedback.{body.metric}", value=value, source="api",
+    return ScoreIn(request_id=body.response_id or "episode", name=f"feedback.{body.metric}", value=value, source="api",
                    comment=comment[:MAX_TEXT] if comment else None)

@@ -131,7 +131,7 @@ class Gateway:
     async def finish(self, ticket: Ticket, request_id: str, status: int, prompt_tokens: int,
                      completion_tokens: int, cached_tokens: int, latency_ms: float, ttft_ms: float | None,
                      cache: str | None = None, compute_s: float = 0.0, response_id: str | None = None,
-                     variant: str | None = None) -> None:
+                     variant: str | None = None, episode: str | None = None) -> None:
         if ticket.finished:
             return
         ticket.finished = True
@@ -145,7 +145,7 @@ class Gateway:
         # Otherwise whatever was generated counts, however the request ended (client gone, shutdown, error).
         await self.limiter.settle(ticket.reservation, actual)
         self.record(ticket.principal, request_id, ticket.model, status, prompt_tokens, completion_tokens,
-                    cached_tokens, latency_ms, ttft_ms, cost, cache, ticket.user, response_id, variant)
+                    cached_tokens, latency_ms, ttft_ms, cost, cache, ticket.user, response_id, variant, episode)
 
     def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
                 cache: str | None, compute_s: float) -> float:
@@ -159,14 +159,15 @@ class Gateway:
     def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
                completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,
                ttft_ms: float | None = None, cost: float = 0.0, cache: str | None = None,
-               user: str | None = None, response_id: str | None = None, variant: str | None = None) -> None:
+               user: str | None = None, response_id: str | None = None, variant: str | None = None,
+               episode: str | None = None) -> None:
         if self.meter is None:
             return
         self.meter.record(Usage(request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id,
                                 model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                 cached_tokens=cached_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, status=status,
                                 cost_usd=cost, created_at=now_iso(), cache=cache, user=user,
-                                response_id=response_id, variant=variant))
+                                response_id=response_id, variant=variant, episode=episode))
 
 
 def monotonic_ms(since: float) -> float:

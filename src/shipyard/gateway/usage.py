@@ -43,6 +43,7 @@ class Usage:
     user: str | None = None  # the request's `user` field (the caller's end user)
     response_id: str | None = None  # the response's id (chatcmpl-…): what feedback names
     variant: str | None = None  # "<experiment>/<arm>" when an experiment assigned the request
+    episode: str | None = None  # the x-shipyard-episode-id header (feedback may name the episode)
 
 
 CACHE_HITS = ("hit", "semantic")  # answered from the exact or the semantic cache

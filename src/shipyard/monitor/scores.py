@@ -93,6 +93,17 @@ class ScoreStore:
             raise UnknownRequest(f"No request '{request_id}' is known (its usage may take a second to be written).")
         return row[0], row[1], row[2]
 
+    async def episode_latest(self, episode: str, tenant_id: str) -> str:
+        """The usage id of an episode's latest response within the tenant."""
+        query = (select(UsageRecord.request_id).where(UsageRecord.tenant_id == tenant_id,
+                                                      UsageRecord.episode == episode)
+                 .order_by(UsageRecord.created_at.desc(), UsageRecord.id.desc()).limit(1))
+        async with self.db.session() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            raise UnknownRequest(f"No episode '{episode}' is known.")
+        return row[0]
+
     async def add(self, scores: list[ScoreIn], tenant_id: str | None, source: str | None = None,
                   tags: list[str] | None = None) -> list[dict]:
         """Store scores of requests the caller's tenant made (`tenant_id` None: any tenant)."""
@@ -119,8 +130,9 @@ class ScoreStore:
                               (Score.source, source)):
             if value is not None:
                 query = query.where(column == value)
-        if request_id is not None:
-            query = query.where(or_(Score.request_id == request_id,
+        if request_id is not None:  # the server's id, a client's x-request-id, or the response's id
+            by_response = select(UsageRecord.request_id).where(UsageRecord.response_id == request_id)
+            query = query.where(or_(Score.request_id == request_id, Score.request_id.in_(by_response),
                                     Score.request_id.like(_id_prefix(request_id), escape="\\")))
         if start is not None:
             query = query.where(Score.created_at >= start)

@@ -76,7 +76,8 @@ class UsageRecord(Base):
     __tablename__ = "usage_records"
     __table_args__ = (Index("ix_usage_tenant_time", "tenant_id", "created_at"),
                       Index("ix_usage_tenant_user_time", "tenant_id", "user", "created_at"),
-                      Index("ix_usage_response_id", "response_id"))
+                      Index("ix_usage_response_id", "response_id"),
+                      Index("ix_usage_tenant_episode", "tenant_id", "episode"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)
@@ -91,6 +92,7 @@ class UsageRecord(Base):
     user: Mapped[str | None] = mapped_column(String(256))  # the request's `user` field
     response_id: Mapped[str | None] = mapped_column(String(80))  # chatcmpl-… / cmpl-…: feedback names it
     variant: Mapped[str | None] = mapped_column(String(200))  # "<experiment>/<arm>" when an experiment assigned it
+    episode: Mapped[str | None] = mapped_column(String(200))  # the x-shipyard-episode-id header
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)

@@ -56,7 +56,9 @@ def upgrade() -> None:
     with op.batch_alter_table("usage_records") as batch:
         batch.add_column(sa.Column("response_id", sa.String(80), nullable=True))
         batch.add_column(sa.Column("variant", sa.String(200), nullable=True))
+        batch.add_column(sa.Column("episode", sa.String(200), nullable=True))
     op.create_index("ix_usage_response_id", "usage_records", ["response_id"])
+    op.create_index("ix_usage_tenant_episode", "usage_records", ["tenant_id", "episode"])
     with op.batch_alter_table("scores") as batch:
         batch.add_column(sa.Column("tags", sa.JSON(), nullable=True))
 
@@ -64,8 +66,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("scores") as batch:
         batch.drop_column("tags")
+    op.drop_index("ix_usage_tenant_episode", "usage_records")
     op.drop_index("ix_usage_response_id", "usage_records")
     with op.batch_alter_table("usage_records") as batch:
+        batch.drop_column("episode")
         batch.drop_column("variant")
         batch.drop_column("response_id")
     op.drop_index("ix_shadow_records_experiment_time", "shadow_records")
