@@ -41,6 +41,7 @@ class FakeVLLM:
         self.tokens = tokens
         self.mode = "ok"  # ok | error500 | overloaded | bad_request | hang | die_mid_stream | slow
         self.delay_s = 0.0  # before the first token ("slow")
+        self.fail_every = 0  # in "ok" mode too: every n-th request is a 500 (0: never)
         self.served = 0  # requests answered 200
         self.requests: list[dict] = []
         self.running = 0
@@ -136,7 +137,7 @@ class FakeVLLM:
         body = await request.json()
         self.requests.append(body)
         chat = request.path.endswith("chat/completions")
-        if self.mode == "error500":
+        if self.mode == "error500" or self.fail_every and len(self.requests) % self.fail_every == 0:
             return self._error(500, "EngineCore encountered an issue.", "InternalServerError")
         if self.mode == "overloaded":
             response = self._error(503, "The server is overloaded.", "ServiceUnavailableError")

@@ -25,6 +25,7 @@ from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
 from shipyard.experiments.registry import ExperimentRegistry
+from shipyard.experiments.canary import CanaryController
 from shipyard.experiments.implicit import ImplicitFeedback
 from shipyard.experiments.shadow import ShadowRunner
 from shipyard.config import Replica as ReplicaSpec
@@ -206,6 +207,12 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     metrics.gauge_sources.append(shadow.families)
     monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
                else None)
+    canary = CanaryController(experiments, db, config.canary_interval_s)
+    if monitor is not None:
+        experiments.listeners.append(lambda name, kind, actor, detail: monitor.announce(
+            "ExperimentTransition", {"experiment": name, "transition": kind},
+            f"experiment {name}: {kind} by {actor}" + (f" ({detail['reason']})" if detail.get("reason") else ""),
+            "critical" if kind == "rollback" else "info"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -215,6 +222,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await score_writer.start()
         await experiments.start()
         await shadow.start()
+        await canary.start()
         if monitor is not None:
             await monitor.start()
         try:
@@ -229,6 +237,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         finally:
             if monitor is not None:
                 await monitor.stop()
+            await canary.stop()
             await shadow.stop()
             await experiments.stop()
             await limiter.close()  # queued limit corrections
@@ -244,7 +253,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                                    ImplicitFeedback(score_writer, config.feedback.implicit_window_s)],
                         monitor=monitor,
                         text_deployments=monitor.text_deployments if monitor else frozenset(),
-                        autoscalers=autoscalers, experiments=experiments)
+                        autoscalers=autoscalers, experiments=experiments, canary=canary)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
                                                  deployment_routes, cache_routes, monitor_routes, alert_routes,
                                                  dashboard_routes, feedback_routes, experiment_routes))

@@ -275,6 +275,7 @@ class ShipyardConfig(BaseModel):
                                               "champion-challenger over deployments (docs/experiments.md); "
                                               "seeded into the store at start")
     feedback: FeedbackConfig = FeedbackConfig()
+    canary_interval_s: float = Field(5.0, gt=0, description="how often running canaries are analysed")
 
     @classmethod
     def load(cls, path: str | Path | None) -> ShipyardConfig:

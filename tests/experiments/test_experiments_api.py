@@ -137,8 +137,8 @@ def test_the_cli_creates_and_shows_experiments(server, tmp_path):
     import sys
 
     spec = tmp_path / "canary.yaml"
-    spec.write_text("name: cli-made\nmodel: tiny-v2\nmode: canary\narms:\n"
-                    "  - {name: champion, deployment: tiny-v2}\n  - {name: canary, deployment: solo, weight: 0.05}\n")
+    spec.write_text("name: cli-made\nmodel: tiny-v2\nmode: canary\ncanary: {steps: [0.05, 0.5, 1.0], min_requests: 1000}\n"
+                    "arms:\n  - {name: champion, deployment: tiny-v2}\n  - {name: canary, deployment: solo}\n")
 
     def shipyard(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "shipyard", "experiments", *args, "--url", server.base_url,

@@ -69,7 +69,15 @@ async def experiment_status(name: str, request: Request):
     ratio = sample_ratio([counts.get(a.name, 0) for a in spec.arms], spec.serving_weights())
     return {**_view(registry, spec), "requests": counts,
             "sample_ratio": {"p_value": ratio.p_value, "mismatch": ratio.mismatch},
-            "shadow": await _shadow_summary(request, spec), "events": await registry.events(name)}
+            "shadow": await _shadow_summary(request, spec), "canary": _canary_analysis(request, spec),
+            "events": await registry.events(name)}
+
+
+def _canary_analysis(request: Request, spec: ExperimentSpec) -> dict | None:
+    controller = services_of(request).canary
+    if spec.mode != "canary" or controller is None:
+        return None
+    return {"steps": spec.canary.steps, "share": spec.serving_weights()[1], "last_analysis": controller.last.get(spec.name)}
 
 
 async def _shadow_summary(request: Request, spec: ExperimentSpec) -> dict:

@@ -83,6 +83,7 @@ class Services:
     text_deployments: frozenset = frozenset()  # deployments whose observers read prompt and answer text
     autoscalers: dict = field(default_factory=dict)  # deployment → scaling.local.LocalAutoscaler
     experiments: object = None  # experiments.registry.ExperimentRegistry: which arm serves a request
+    canary: object = None  # experiments.canary.CanaryController: the canaries' latest analyses
 
 
 EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evaluate; admins only)

@@ -55,6 +55,7 @@ class ExperimentRegistry:
         self.versions: dict[str, int] = {}
         self._routing: dict[str, tuple[ExperimentSpec, list[float]]] = {}  # model → its experiment, weights
         self._task: asyncio.Task | None = None
+        self.listeners: list[Callable[[str, str, str, dict], None]] = []  # (name, kind, actor, detail)
 
     # ---------------------------------------------------------------- the request path
     def assign(self, model: str, tenant_id: str, key_id: str, user: str | None,
@@ -132,6 +133,9 @@ class ExperimentRegistry:
 
     async def create(self, spec: ExperimentSpec, actor: str, seeding: bool = False) -> ExperimentSpec:
         await self.refresh()
+        if spec.mode == "canary" and len(spec.arms) == 2:  # a canary starts at its first step
+            canary = spec.arms[1].model_copy(update={"weight": spec.canary.steps[0]})
+            spec = spec.model_copy(update={"arms": [spec.arms[0], canary]})
         if spec.name in self.specs:
             raise ExperimentError(409, f"An experiment named '{spec.name}' exists.", "exists")
         self._check(spec)
@@ -147,6 +151,7 @@ class ExperimentRegistry:
                 raise ExperimentError(409, f"An experiment named '{spec.name}' exists.", "exists") from None
         log.info("experiment %s created by %s%s", spec.name, actor, " (from shipyard.yaml)" if seeding else "")
         await self.refresh()
+        self._announce(spec.name, "created", actor, {"mode": spec.mode})
         return spec
 
     async def transition(self, name: str, kind: str, actor: str, change: Callable[[ExperimentSpec], ExperimentSpec],
@@ -175,7 +180,15 @@ class ExperimentRegistry:
                 raise ExperimentError(409, f"Experiment '{name}' changed meanwhile; read it again.", "conflict") from None
         log.info("experiment %s: %s by %s", name, kind, actor)
         await self.refresh()
+        self._announce(name, kind, actor, detail or {})
         return updated
+
+    def _announce(self, name: str, kind: str, actor: str, detail: dict) -> None:
+        for listener in self.listeners:  # the alert webhooks: every transition, once
+            try:
+                listener(name, kind, actor, detail)
+            except Exception:
+                log.exception("experiment transition listener failed")
 
     async def events(self, name: str) -> list[dict]:
         async with self.db.session() as session:

@@ -61,6 +61,21 @@ class ShadowSettings(BaseModel):
     daily_cost_usd: float | None = Field(None, gt=0, description="copies stop for the day past this cost")
 
 
+class CanarySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.25, 0.5, 1.0], min_length=1,
+                               description="the canary's share at each step; after the last it is promoted")
+    min_requests: int = Field(100, ge=1, description="per arm at a step before any decision")
+    step_min_s: float = Field(60.0, ge=0, description="time at a step before it may advance")
+    max_error_rate_delta: float = Field(0.02, ge=0, le=1)
+    max_latency_ratio: float = Field(1.5, gt=0, description="canary P95 latency and TTFT ÷ the champion's")
+    max_cost_ratio: float = Field(2.0, gt=0)
+    max_thumbs_drop: float = Field(0.1, ge=0, le=1)
+    min_feedback: int = Field(20, ge=1)
+    failure_limit: int = Field(1, ge=1, description="failed analyses before the rollback")
+    inconclusive_after_s: float = Field(3600.0, gt=0, description="a step short of the sample this long: pause")
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
@@ -75,6 +90,7 @@ class ExperimentSpec(BaseModel):
     promoted_arm: str | None = None
     tenant_id: str | None = Field(None, description="only this tenant's requests take part (default: all)")
     shadow: ShadowSettings = ShadowSettings()
+    canary: CanarySettings = CanarySettings()
     shadow_capped_day: str | None = Field(None, description="set when copies hit a daily cap (UTC date)")
 
     @model_validator(mode="after")

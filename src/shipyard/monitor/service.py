@@ -82,6 +82,7 @@ class MonitorService:
         self.book = AlertBook(settings.alerts.repeat_interval_s)
         self.anomaly = AnomalyDetector(settings.alerts.anomaly) if settings.alerts.anomaly.enabled else None
         self.notifier = Notifier(settings.alerts.webhooks, settings.alerts.external_url, self._delivered)
+        self._announcing: set[asyncio.Task] = set()
         self._leader = _Leader(data_dir / "monitor-leader.lock")
         self._task: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
@@ -242,6 +243,15 @@ class MonitorService:
                 events += self.book.update(labels, row["severity"] if row["alerting"] else None,
                                            row["long_burn_rate"], now, 0.0, {"summary": summary})
         return events
+
+    def announce(self, alertname: str, labels: dict[str, str], summary: str, severity: str = "info") -> None:
+        """A one-off notification (an experiment's transition): kept in the alert history and sent to
+        the webhooks like an alert, from whichever process made it."""
+        event = AlertEvent("firing", {"alertname": alertname, "severity": severity, **labels}, {"summary": summary},
+                           None, time.time())
+        task = asyncio.create_task(self._publish([event]))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
 
     async def _publish(self, events: list[AlertEvent]) -> None:
         ids = await self.store.record(events)
