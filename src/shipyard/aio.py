@@ -13,3 +13,13 @@ async def cancel_and_wait(task: asyncio.Task | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def every(interval_s: float, step, what: str, logger) -> None:
+    """Await `step()` every `interval_s` until cancelled; a failed step is logged, and the next runs."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await step()
+        except Exception as exc:
+            logger.warning("%s failed: %s", what, exc, exc_info=not isinstance(exc, OSError))

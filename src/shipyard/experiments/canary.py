@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import and_, select
 
-from shipyard.aio import cancel_and_wait
+from shipyard.aio import cancel_and_wait, every
 from shipyard.experiments.registry import ExperimentError
 from shipyard.experiments.spec import CanarySettings
 from shipyard.experiments.statistics import SequentialTest
@@ -87,19 +87,11 @@ class CanaryController:
         self.last: dict[str, dict] = {}  # each canary's latest analysis, for the status route
         self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+    async def start(self) -> None:  # a failed look moves nothing; the next one runs
+        self._task = asyncio.create_task(every(self.interval_s, self.step, "canary analysis", log))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.step()
-            except Exception:  # the next look runs; a canary is never moved on a failed read
-                log.exception("canary analysis failed")
 
     async def step(self) -> None:
         for spec in list(self.registry.specs.values()):

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from shipyard.aio import cancel_and_wait
+from shipyard.aio import cancel_and_wait, every
 from shipyard.experiments.spec import Assignment, ExperimentSpec, pick
 from shipyard.store.models import ExperimentEvent, ExperimentRow
 
@@ -97,19 +97,11 @@ class ExperimentRegistry:
             except ExperimentError as exc:
                 if exc.code != "exists":
                     log.error("experiment %s from shipyard.yaml not started: %s", spec.name, exc)
-        await self.refresh()
-        self._task = asyncio.create_task(self._refresh_forever())
+        await self.refresh()  # the store away later: routing stays as last read
+        self._task = asyncio.create_task(every(self.refresh_s, self.refresh, "refreshing experiments", log))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # the store is away: keep routing as last read
-                log.warning("experiments not refreshed: %s", exc)
 
     async def refresh(self) -> None:
         async with self.db.session() as session:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import func, select
 
-from shipyard.aio import cancel_and_wait
+from shipyard.aio import cancel_and_wait, every
 from shipyard.engines.base import GenerationRequest
 from shipyard.experiments.registry import ExperimentError, utc_today
 from shipyard.store.models import ShadowRecord
@@ -198,16 +198,12 @@ class ShadowRunner:
         return shared_embedder()
 
     # ---------------------------------------------------------------- today's spend, from the store
-    async def start(self) -> None:
-        self._refresher = asyncio.create_task(self._refresh_forever())
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep counting locally meanwhile
-                log.warning("shadow spend not read: %s", exc)
-            await asyncio.sleep(self.refresh_s)
+    async def start(self) -> None:  # the store away: copies are counted here meanwhile
+        try:
+            await self.refresh()
+        except Exception as exc:
+            log.warning("shadow spend not read: %s", exc)
+        self._refresher = asyncio.create_task(every(self.refresh_s, self.refresh, "reading shadow spend", log))
 
     async def refresh(self) -> None:
         """Today's tokens and cost per experiment from every process's records."""
