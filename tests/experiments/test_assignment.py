@@ -65,3 +65,16 @@ def test_what_each_mode_and_status_serves():
 def test_the_spec_refuses_what_cannot_run(fields, message):
     with pytest.raises(ValidationError, match=message):
         spec(**fields)
+
+
+def test_an_experiment_whose_deployments_are_gone_routes_nothing():
+    from shipyard.experiments.registry import ExperimentRegistry
+
+    served = {"chat", "chat-v2"}
+    registry = ExperimentRegistry(None, [], lambda: served)
+    registry.specs, registry.versions = {"rollout": spec()}, {"rollout": 1}
+    registry._reindex()
+    assert registry.assign("chat", "t", "k", "alice", None) is not None
+    served.discard("chat-v2")  # the challenger left the config
+    registry._reindex()
+    assert registry.assign("chat", "t", "k", "alice", None) is None

@@ -56,6 +56,7 @@ class ExperimentRegistry:
         self._routing: dict[str, tuple[ExperimentSpec, list[float]]] = {}  # model → its experiment, weights
         self._task: asyncio.Task | None = None
         self.listeners: list[Callable[[str, str, str, dict], None]] = []  # (name, kind, actor, detail)
+        self._orphans: set[str] = set()
 
     # ---------------------------------------------------------------- the request path
     def assign(self, model: str, tenant_id: str, key_id: str, user: str | None,
@@ -81,10 +82,18 @@ class ExperimentRegistry:
         return Assignment(spec.name, arm.name, arm.deployment)
 
     def _reindex(self) -> None:
-        """Per model: its live experiment, else its latest promoted one (which keeps routing)."""
+        """Per model: its live experiment, else its latest promoted one (which keeps routing). One whose
+        deployments this server no longer has routes nothing (the model is served as if it had none)."""
         routing: dict[str, tuple[ExperimentSpec, list[float]]] = {}
+        served = self.deployments()
         for spec in sorted(self.specs.values(), key=lambda s: (s.status in LIVE, self.versions.get(s.name, 0))):
             if spec.status == "rolled_back":
+                continue
+            missing = [a.deployment for a in spec.arms if a.deployment not in served]
+            if missing:
+                if spec.name not in self._orphans:  # once, not at every refresh
+                    self._orphans.add(spec.name)
+                    log.warning("experiment %s routes nothing: no deployment %s here", spec.name, ", ".join(missing))
                 continue
             routing[spec.model] = (spec, spec.serving_weights())
         self._routing = routing
