@@ -38,8 +38,9 @@ def status(name: Optional[str] = typer.Argument(None, help="one experiment (defa
         typer.echo(json.dumps(view, indent=2))
         return
     _show(view, COLUMNS, False)
-    console.print(f"requests per arm: {view['requests']}  sample ratio p={view['sample_ratio']['p_value']:.3g}"
-                  f"{'  [red]MISMATCH[/red]' if view['sample_ratio']['mismatch'] else ''}")
+    ratio = view["sample_ratio"]
+    console.print(f"requests per arm: {view['requests']}" + ("" if ratio is None else
+                  f"  sample ratio p={ratio['p_value']:.3g}{'  [red]MISMATCH[/red]' if ratio['mismatch'] else ''}"))
     _show(view["events"], ["version", "kind", "actor", "created_at", "detail"], False)
 
 

@@ -30,6 +30,9 @@ def test_the_analysis_on_made_up_rows():
     assert verdict["verdict"] == "fail" and not verdict["checks"]["error_rate"]["ok"]
     slow = [(200, 400.0, 20.0, 0.001)] * 40
     assert not analyse(settings, good, slow, ([], []))["checks"]["latency_p95_ms"]["ok"]
+    jittery = [(200, 33.0, 20.0, 0.001)] * 40  # twice the champion's 17 ms, but 16 ms is jitter
+    champion = [(200, 17.0, 20.0, 0.001)] * 40
+    assert analyse(settings, champion, jittery, ([], []))["checks"]["latency_p95_ms"]["ok"]
     disliked = analyse(settings, good, good, ([True] * 30, [False] * 30))
     assert disliked["verdict"] == "fail" and not disliked["checks"]["thumbs_up_rate"]["ok"]
 

@@ -66,9 +66,11 @@ async def experiment_status(name: str, request: Request):
     if spec is None:
         raise APIError(404, f"No experiment named '{name}'.", code="not_found")
     counts = await _arm_counts(request, spec)
-    ratio = sample_ratio([counts.get(a.name, 0) for a in spec.arms], spec.serving_weights())
-    return {**_view(registry, spec), "requests": counts,
-            "sample_ratio": {"p_value": ratio.p_value, "mismatch": ratio.mismatch},
+    srm = None
+    if spec.mode == "ab" and spec.status in ("running", "paused"):  # fixed weights: the split must match them
+        ratio = sample_ratio([counts.get(a.name, 0) for a in spec.arms], spec.serving_weights())
+        srm = {"p_value": ratio.p_value, "mismatch": ratio.mismatch}
+    return {**_view(registry, spec), "requests": counts, "sample_ratio": srm,
             "shadow": await _shadow_summary(request, spec), "canary": _canary_analysis(request, spec),
             "events": await registry.events(name)}
 

@@ -7,7 +7,8 @@ began (their usage rows, from every process) are compared:
 - error rate (5xx): mSPRT on the two binary streams; the canary fails when it is worse with
   always-valid significance, or when its rate is above the champion's by more than
   `max_error_rate_delta` once the minimum sample is in;
-- P95 latency and P95 TTFT: the canary fails past `max_latency_ratio` × the champion's;
+- P95 latency and P95 TTFT: the canary fails past `max_latency_ratio` × the champion's (and more
+  than `latency_slack_ms` above it: a few milliseconds of jitter on a small sample is no signal);
 - cost per request: past `max_cost_ratio` × the champion's;
 - thumbs (feedback.thumbs): the canary fails when its up-rate is below the champion's by more
   than `max_thumbs_drop` (only with `min_feedback` votes on each side).
@@ -63,7 +64,8 @@ def analyse(settings: CanarySettings, champion: list[tuple], canary: list[tuple]
     for name, column in (("latency_p95_ms", 1), ("ttft_p95_ms", 2)):
         ours = _p95([r[column] for r in canary if r[0] < 500 and r[column] is not None])
         theirs = _p95([r[column] for r in champion if r[0] < 500 and r[column] is not None])
-        ok = ours is None or theirs is None or ours <= settings.max_latency_ratio * max(theirs, 1.0)
+        ok = ours is None or theirs is None or ours <= settings.max_latency_ratio * theirs or \
+            ours - theirs <= settings.latency_slack_ms
         checks[name] = {"champion": theirs, "canary": ours, "ok": ok}
     cost = [sum(r[3] for r in rows) / len(rows) for rows in (champion, canary)]
     checks["cost_per_request"] = {"champion": cost[0], "canary": cost[1],

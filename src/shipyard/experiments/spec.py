@@ -69,6 +69,7 @@ class CanarySettings(BaseModel):
     step_min_s: float = Field(60.0, ge=0, description="time at a step before it may advance")
     max_error_rate_delta: float = Field(0.02, ge=0, le=1)
     max_latency_ratio: float = Field(1.5, gt=0, description="canary P95 latency and TTFT ÷ the champion's")
+    latency_slack_ms: float = Field(50.0, ge=0, description="a P95 difference below this never fails (jitter)")
     max_cost_ratio: float = Field(2.0, gt=0)
     max_thumbs_drop: float = Field(0.1, ge=0, le=1)
     min_feedback: int = Field(20, ge=1)
