@@ -145,6 +145,7 @@ def shadow_cost(turn_s: float = 10.0) -> dict:
     import asyncio
     import multiprocessing
     import tempfile
+    import time as clock
 
     import httpx
 
@@ -171,6 +172,9 @@ def shadow_cost(turn_s: float = 10.0) -> dict:
             probe = asyncio.run(closed_loop(url, "plain", 4, 5.0))
             delay = 5 * probe["latency_p50_ms"] / 1000  # the challenger: five times the primary's latency
             httpx.post(f"http://127.0.0.1:{port}/delay", json={"delay_s": delay}, timeout=10)
+            # warm the shadow path first: the comparison's embedding model loads on the first pair
+            asyncio.run(closed_loop(url, "shadowed", 2, 2.0))
+            clock.sleep(delay + 5)
             for name in ("plain", "shadowed", "plain", "shadowed"):
                 turns[name].append(asyncio.run(closed_loop(url, name, 4, turn_s)))
             copies = httpx.get(f"{url}/admin/experiments/shadow-bench", headers={"authorization": f"Bearer {ADMIN}"},
