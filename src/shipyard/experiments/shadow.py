@@ -58,7 +58,6 @@ class ShadowRunner:
         self.counts: dict[str, Counter] = defaultdict(Counter)
         self._stored: dict[str, tuple[int, float]] = {}  # today's spend per experiment, as the store had it
         self._since: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # added here since that read
-        self._day = utc_today()
         self._tasks: set[asyncio.Task] = set()
         self._capping: set[str] = set()
         self._refresher: asyncio.Task | None = None
@@ -217,7 +216,6 @@ class ShadowRunner:
             rows = (await session.execute(query)).all()
         self._stored = {name: (int(tokens or 0), float(cost or 0.0)) for name, tokens, cost in rows}
         self._since.clear()
-        self._day = day
 
     async def stop(self) -> None:
         await cancel_and_wait(self._refresher)

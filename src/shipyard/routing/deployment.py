@@ -41,7 +41,7 @@ from shipyard.routing.affinity import PrefixAffinity, prefix_blocks
 from shipyard.routing.balancer import Balancer
 from shipyard.routing.replica import Replica
 from shipyard.routing.resilience import Backoff
-from shipyard.routing.response_store import ResponseStore, answer_key
+from shipyard.routing.response_store import ResponseStore, answer_key, replay
 
 log = logging.getLogger("shipyard.routing")
 
@@ -352,7 +352,7 @@ class _RoutedStream:
             answer = deployment.store.recall(answer_key(deployment.name, self.request))
             if answer is not None:
                 deployment.counters.store_answers += 1
-                self._inner = _stored(self.request, answer)
+                self._inner = replay(self.request, answer)
                 self._first = await anext(self._inner)
                 self._first.served_by = "response-store"
                 log.warning("%s: answered from the response store", deployment.name)
@@ -394,9 +394,3 @@ class _RoutedStream:
         if self._inner is not None:
             await self._inner.aclose()
 
-
-async def _stored(request: GenerationRequest, answer: list[tuple[str, str]]) -> AsyncIterator[GenerationChunk]:
-    for index, (text, finish) in enumerate(answer):
-        last = index == len(answer) - 1
-        yield GenerationChunk(request.request_id, index, text, [], finish_reason=finish,  # type: ignore[arg-type]
-                              usage=Usage(estimate_prompt_tokens(request.prompt), 0) if last else None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 
-from shipyard.engines.base import GenerationRequest
+from shipyard.engines.base import GenerationChunk, GenerationRequest, Usage, estimate_prompt_tokens
 
 
 def answer_key(deployment: str, request: GenerationRequest) -> str:
@@ -42,3 +43,11 @@ class ResponseStore:
         if found is not None:
             self._answers.move_to_end(key)
         return found
+
+
+async def replay(request: GenerationRequest, answer: list[tuple[str, str]]) -> AsyncIterator[GenerationChunk]:
+    """A remembered answer as the chunks of a response (its usage estimated: no engine ran)."""
+    for index, (text, finish) in enumerate(answer):
+        last = index == len(answer) - 1
+        yield GenerationChunk(request.request_id, index, text, [], finish_reason=finish,  # type: ignore[arg-type]
+                              usage=Usage(estimate_prompt_tokens(request.prompt), 0) if last else None)
