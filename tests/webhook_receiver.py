@@ -13,6 +13,7 @@ class WebhookReceiver:
     def __init__(self, fail_first: int = 0):
         self.accepted: list[tuple[dict, bytes]] = []  # (headers, body) answered 200
         self.refused = 0
+        self.refused_headers: list[dict] = []  # the headers of each delivery answered 503
         self._fail_left = fail_first
         self._lock = threading.Lock()
         receiver = self
@@ -24,6 +25,7 @@ class WebhookReceiver:
                     if receiver._fail_left > 0:
                         receiver._fail_left -= 1
                         receiver.refused += 1
+                        receiver.refused_headers.append({k.lower(): v for k, v in self.headers.items()})
                         status = 503
                     else:
                         receiver.accepted.append(({k.lower(): v for k, v in self.headers.items()}, body))

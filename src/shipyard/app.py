@@ -15,7 +15,8 @@ from pydantic import TypeAdapter
 
 from shipyard import __version__
 from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, experiment_routes,
-                          feedback_routes, monitor_routes, openai_routes, ops_routes, tokenize_routes, websocket)
+                          feedback_routes, monitor_routes, openai_routes, ops_routes, review_routes, tokenize_routes,
+                          trigger_routes, websocket)
 from shipyard.api.errors import install_error_handlers
 from shipyard.dashboard import routes as dashboard_routes
 from shipyard.dashboard.routes import Refused, refused
@@ -24,10 +25,7 @@ from shipyard.api.guard import RequestGuard
 from shipyard.api.openapi import install_openapi
 from shipyard.api.middleware import RequestContextMiddleware
 from shipyard.api.openai_routes import Services
-from shipyard.experiments.registry import ExperimentRegistry
-from shipyard.experiments.canary import CanaryController
-from shipyard.experiments.implicit import ImplicitFeedback
-from shipyard.experiments.shadow import ShadowRunner
+from shipyard.experiments.assembly import build_improvement, review_text_deployments
 from shipyard.config import Replica as ReplicaSpec
 from shipyard.config import (
     BreakerConfig,
@@ -200,19 +198,10 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                    if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None}
     if autoscalers:
         metrics.gauge_sources.append(lambda: autoscaler_families(autoscalers))
-    experiments = ExperimentRegistry(db, config.experiments, lambda: set(router.engines()))
-    shadow = ShadowRunner(router.engines, experiments, score_writer, db,
-                          lambda name, prompt, completion, compute_s: gateway.cost_of(name, prompt, completion, 0,
-                                                                                      None, compute_s))
-    metrics.gauge_sources.append(shadow.families)
     monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
                else None)
-    canary = CanaryController(experiments, db, config.canary_interval_s)
-    if monitor is not None:
-        experiments.listeners.append(lambda name, kind, actor, detail: monitor.announce(
-            "ExperimentTransition", {"experiment": name, "transition": kind},
-            f"experiment {name}: {kind} by {actor}" + (f" ({detail['reason']})" if detail.get("reason") else ""),
-            "critical" if kind == "rollback" else "info"))
+    improvement = build_improvement(config, db, router, gateway, score_writer, monitor)
+    metrics.gauge_sources.append(improvement.shadow.families)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -220,13 +209,10 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
         await score_writer.start()
-        await experiments.start()
-        await shadow.start()
-        await canary.start()
         if monitor is not None:
             await monitor.start()
         try:
-            async with _engines_running(router, caches):
+            async with improvement.running(), _engines_running(router, caches):
                 for autoscaler in autoscalers.values():
                     await autoscaler.start()
                 try:
@@ -237,9 +223,6 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
         finally:
             if monitor is not None:
                 await monitor.stop()
-            await canary.stop()
-            await shadow.stop()
-            await experiments.stop()
             await limiter.close()  # queued limit corrections
             await meter.stop()  # flush every usage record (to the database or the spool)
             await score_writer.stop()
@@ -249,14 +232,16 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=[*(monitor.observers if monitor else []), shadow,
-                                   ImplicitFeedback(score_writer, config.feedback.implicit_window_s)],
+                        observers=[*(monitor.observers if monitor else []), *improvement.observers],
                         monitor=monitor,
-                        text_deployments=monitor.text_deployments if monitor else frozenset(),
-                        autoscalers=autoscalers, experiments=experiments, canary=canary)
+                        text_deployments=(monitor.text_deployments if monitor else frozenset())
+                        | review_text_deployments(config),
+                        autoscalers=autoscalers, experiments=improvement.experiments, canary=improvement.canary,
+                        triggers=improvement.triggers)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
                                                  deployment_routes, cache_routes, monitor_routes, alert_routes,
-                                                 dashboard_routes, feedback_routes, experiment_routes))
+                                                 dashboard_routes, feedback_routes, experiment_routes, review_routes,
+                                                 trigger_routes))
     app.state.dashboard_sessions = Sessions(pepper, keystore)
     app.add_exception_handler(Refused, refused)
     return app

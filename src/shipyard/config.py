@@ -25,7 +25,9 @@ from shipyard.engines.launch import LaunchConfig
 from shipyard.engines.settings import LlamaCppEngineConfig, TransformersEngineConfig
 from shipyard.engines.upstream import OpenAIHTTPEngineConfig, TritonEngineConfig
 from shipyard.experiments.feedback import FeedbackConfig
+from shipyard.experiments.review import ReviewConfig
 from shipyard.experiments.spec import ExperimentSpec
+from shipyard.experiments.trigger_spec import RetrainingConfig
 from shipyard.monitor.settings import MonitorConfig
 from shipyard.scaling.policy import ScalingConfig
 
@@ -276,6 +278,8 @@ class ShipyardConfig(BaseModel):
                                               "seeded into the store at start")
     feedback: FeedbackConfig = FeedbackConfig()
     canary_interval_s: float = Field(5.0, gt=0, description="how often running canaries are analysed")
+    review: ReviewConfig = Field(ReviewConfig(), description="the human review queue (docs/experiments.md)")
+    retraining: RetrainingConfig = Field(RetrainingConfig(), description="retraining triggers (docs/experiments.md)")
 
     @classmethod
     def load(cls, path: str | Path | None) -> ShipyardConfig:

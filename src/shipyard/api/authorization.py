@@ -55,6 +55,14 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("POST", "/admin/experiments"): Permission.DEPLOYMENTS_MANAGE,
     ("GET", "/admin/experiments/{name}"): Permission.DEPLOYMENTS_MANAGE,
     ("POST", "/admin/experiments/{name}/{action}"): Permission.DEPLOYMENTS_MANAGE,
+    ("GET", "/admin/review"): Permission.REVIEW,
+    ("GET", "/admin/review/export"): Permission.REVIEW,
+    ("GET", "/admin/review/{item_id}"): Permission.REVIEW,
+    ("POST", "/admin/review/{item_id}/label"): Permission.REVIEW,
+    ("POST", "/admin/review/{item_id}/{action}"): Permission.REVIEW,
+    # Retraining triggers watch every tenant's scores: global, like alert rules.
+    ("GET", "/admin/triggers"): Permission.MONITOR_MANAGE,
+    ("GET", "/admin/triggers/{name}/evaluations"): Permission.MONITOR_MANAGE,
     ("DELETE", "/admin/cache"): Permission.CACHE_MANAGE,
     ("GET", "/admin/monitor/health"): Permission.METRICS_READ,
     ("POST", "/admin/scores"): Permission.SCORES_WRITE,
@@ -82,6 +90,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("GET", "/dashboard/quality"): PUBLIC,
     ("GET", "/dashboard/drift"): PUBLIC,
     ("GET", "/dashboard/alerts"): PUBLIC,
+    ("GET", "/dashboard/review"): PUBLIC,
+    ("POST", "/dashboard/review/{item_id}"): PUBLIC,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)
 }
 AUTHENTICATED_ONLY = {("GET", "/admin/whoami")}

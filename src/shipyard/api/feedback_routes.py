@@ -47,5 +47,5 @@ async def feedback(body: FeedbackIn, request: Request):
         raise APIError(404, f"No response '{body.response_id}' is known.", param="response_id",
                        code="response_not_found") from None
     return {"object": "feedback", "id": f"fb-{row['id']}", "response_id": body.response_id,
-            "episode_id": body.episode_id, "request_id": row["request_id"], "metric": body.metric,
+            "episode_id": body.episode_id, "request_id": row["request_id"], "metric": body.metric or row["name"],
             "value": row["value"], "deployment": row["deployment"], "created_at": row["created_at"]}

@@ -66,6 +66,7 @@ class FinishedRequest:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     user: str | None = None  # the body's `user`
+    response_id: str | None = None  # chatcmpl-…, cmpl-…
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Services:
     autoscalers: dict = field(default_factory=dict)  # deployment → scaling.local.LocalAutoscaler
     experiments: object = None  # experiments.registry.ExperimentRegistry: which arm serves a request
     canary: object = None  # experiments.canary.CanaryController: the canaries' latest analyses
+    triggers: object = None  # experiments.triggers.RetrainingTriggers
 
 
 EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evaluate; admins only)
@@ -143,7 +145,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
             finished.reference_context = record.reference_context
             finished.variant, finished.mirror, finished.mirror_arm = record.variant, record.mirror, record.mirror_arm
             finished.ttft_ms, finished.latency_ms = record.ttft_ms, monotonic_ms(record.arrival)
-            finished.user = record.user
+            finished.user, finished.response_id = record.user, record.response_id
             for observe in services.observers:
                 try:
                     observe(finished)

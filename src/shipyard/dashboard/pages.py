@@ -9,7 +9,8 @@ from shipyard.dashboard.data import Viewer
 
 REFRESH_S = 30
 NAV = (("Overview", "/dashboard"), ("Cost", "/dashboard/cost"), ("SLA", "/dashboard/sla"),
-       ("Quality", "/dashboard/quality"), ("Drift", "/dashboard/drift"), ("Alerts", "/dashboard/alerts"))
+       ("Quality", "/dashboard/quality"), ("Drift", "/dashboard/drift"), ("Alerts", "/dashboard/alerts"),
+       ("Review", "/dashboard/review"))
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#111827;background:#f3f4f6}
 header{background:#111827;color:#fff;padding:10px 20px;display:flex;gap:18px;align-items:center;flex-wrap:wrap}

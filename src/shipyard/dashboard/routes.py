@@ -18,7 +18,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from shipyard.api.authorization import bearer_token
 from shipyard.api.openai_routes import services_of
 from shipyard.dashboard import data, pages
+from shipyard.dashboard.review_page import review_page
 from shipyard.dashboard.session import COOKIE, SESSION_S, VIEW_ROLES
+from shipyard.experiments.review_items import LabelIn, ReviewError, ReviewItems, item_view
 from shipyard.gateway.errors import GatewayError
 from shipyard.gateway.usage_report import usage_totals
 from shipyard.monitor.gpu import gpu_stats
@@ -182,3 +184,47 @@ async def alerts(request: Request, viewer: data.Viewer = Depends(viewer_of)):
         active = await monitor.store.active(viewer.scope, only)
         history = await monitor.store.history(viewer.scope, only, limit=200)
     return _html(pages.layout("Alerts", pages.alerts_page(active, history), viewer, "/dashboard/alerts"))
+
+
+def _review_items(request: Request) -> ReviewItems:
+    return ReviewItems(services_of(request).db, request.app.state.config.review.claim_ttl_s)
+
+
+async def _review_html(request: Request, viewer: data.Viewer, error: str | None = None, status: int = 200):
+    items = []
+    if viewer.role in ("admin", "tenant-admin"):
+        store = _review_items(request)
+        rows = await store.list(viewer.scope, "pending", limit=25) + await store.list(viewer.scope, "claimed", limit=25)
+        now = datetime.now(timezone.utc)
+        items = [(item_view(r), r.status == "claimed" and store.claim_lapsed(r, now)) for r in rows]
+    page = pages.layout("Review queue", review_page(items, viewer, error), viewer, "/dashboard/review", refresh=False)
+    return _html(page, status)
+
+
+@router.get("/review")
+async def review(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    return await _review_html(request, viewer)
+
+
+@router.post("/review/{item_id}")
+async def review_action(request: Request, item_id: int, viewer: data.Viewer = Depends(viewer_of)):
+    """The page's forms: claim, release, skip, label. Same rules as the admin API (review_items.py)."""
+    if viewer.role not in ("admin", "tenant-admin"):
+        return await _review_html(request, viewer, status=403)
+    form = {k: v[0] for k, v in parse_qs((await request.body())[:100_000].decode("utf-8", "replace")).items()}
+    action, store = form.get("action"), _review_items(request)
+    try:
+        if action == "label":
+            body = LabelIn(verdict=form.get("verdict", ""), correction=form.get("correction", "").strip() or None,
+                           comment=form.get("comment", "").strip() or None)
+            await store.label(item_id, viewer.scope, viewer.key_id, body)
+        elif action in ("claim", "release", "skip"):
+            await getattr(store, action)(item_id, viewer.scope, viewer.key_id)
+        else:
+            return await _review_html(request, viewer, "Unknown action.", 400)
+    except ReviewError as exc:
+        return await _review_html(request, viewer, str(exc), exc.status)
+    except ValueError:  # the form's verdict or texts out of bounds
+        return await _review_html(request, viewer, "Choose a verdict (good or bad); texts are at most 20,000 "
+                                  "characters.", 400)
+    return RedirectResponse(f"/dashboard/review#item-{item_id}", status_code=303, headers=HEADERS)

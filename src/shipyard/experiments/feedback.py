@@ -46,7 +46,9 @@ class FeedbackIn(BaseModel):
                                     description="the id of a chat or completion response")
     episode_id: str | None = Field(None, min_length=1, max_length=200,
                                    description="instead: the episode (x-shipyard-episode-id); its latest response")
-    metric: str = Field(pattern=NAME_PATTERN)
+    metric: str | None = Field(None, pattern=NAME_PATTERN)
+    event: Literal["accepted"] | None = Field(None, description="instead of a metric: an implicit signal "
+                                              "(accepted: the user kept or used the answer)")
     value: StrictBool | StrictInt | StrictFloat | StrictStr | None = None
     comment: str | None = Field(None, max_length=MAX_TEXT)
     tags: list[str] = Field(default_factory=list, max_length=20)
@@ -57,6 +59,8 @@ class FeedbackIn(BaseModel):
             raise ValueError("a tag is 1 to 64 characters")
         if (self.response_id is None) == (self.episode_id is None):
             raise ValueError("give one of response_id and episode_id")
+        if (self.metric is None) == (self.event is None):
+            raise ValueError("give one of metric and event")
         return self
 
 
@@ -68,6 +72,9 @@ class InvalidFeedback(ValueError):
 
 def to_score(body: FeedbackIn, config: FeedbackConfig) -> ScoreIn:
     """The score this feedback becomes, its value checked against the metric's declared type."""
+    if body.event is not None:  # an implicit signal, beside regenerate and follow-up (implicit.py)
+        return ScoreIn(request_id=body.response_id or "episode", name=f"implicit.{body.event}", value=1.0,
+                       source="api", comment=body.comment)
     metric = config.metrics.get(body.metric)
     if metric is None:
         raise InvalidFeedback(f"Unknown feedback metric '{body.metric}'; this server collects: "

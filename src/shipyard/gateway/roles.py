@@ -26,6 +26,7 @@ class Permission(str, enum.Enum):
     SCORES_WRITE = "scores:write"  # score requests of one's own tenant (feedback, labels)
     CACHE_MANAGE = "cache:manage"  # forget cached answers (own tenant; admin: any, or a whole deployment)
     MONITOR_MANAGE = "monitor:manage"  # alert rules, drift references (global: admins)
+    REVIEW = "review"  # the human review queue: read, claim and label responses (own tenant; admin: any)
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -33,7 +34,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     # /metrics is global (every tenant's traffic), so no tenant-scoped role reads it.
     Role.TENANT_ADMIN: frozenset({Permission.KEYS_MANAGE, Permission.KEYS_READ, Permission.USAGE_READ,
                                   Permission.TENANTS_READ, Permission.MODELS_READ, Permission.CACHE_MANAGE,
-                                  Permission.SCORES_WRITE}),
+                                  Permission.SCORES_WRITE, Permission.REVIEW}),
     Role.DEVELOPER: frozenset({Permission.INFERENCE, Permission.MODELS_READ, Permission.SCORES_WRITE}),
     Role.VIEWER: frozenset({Permission.USAGE_READ, Permission.TENANTS_READ, Permission.MODELS_READ}),
     Role.METRICS: frozenset({Permission.METRICS_READ}),

@@ -85,7 +85,7 @@ def payload(event: AlertEvent, receiver: str, external_url: str) -> dict:
     }
 
 
-def _secret_of(hook: Webhook) -> bytes | None:
+def secret_of(hook: Webhook) -> bytes | None:
     value = os.environ.get(hook.secret_env) if hook.secret_env else hook.secret
     return value.encode() if value else None
 
@@ -94,7 +94,7 @@ class _Sender:
     def __init__(self, hook: Webhook, external_url: str, on_result):
         self.hook = hook
         self.external_url = external_url
-        self.secret = _secret_of(hook)
+        self.secret = secret_of(hook)
         self.queue: asyncio.Queue[AlertEvent] = asyncio.Queue(maxsize=10_000)
         self.on_result = on_result
         self.task: asyncio.Task | None = None
@@ -107,25 +107,32 @@ class _Sender:
 
     async def _deliver(self, client: httpx.AsyncClient, event: AlertEvent) -> tuple[bool, int]:
         body = json.dumps(payload(event, self.hook.receiver, self.external_url)).encode()
-        for attempt in range(1, self.hook.max_attempts + 1):
-            headers = {"content-type": "application/json"}
-            if self.secret is not None:
-                headers[SIGNATURE_HEADER] = sign(self.secret, int(time.time()), body)
-            try:
-                response = await client.post(self.hook.url, content=body, headers=headers,
-                                             timeout=self.hook.timeout_s)
-                if response.status_code < 300:
-                    return True, attempt
-                if response.status_code < 500 and response.status_code != 429:
-                    log.warning("alert webhook %s refused the notification: HTTP %s", self.hook.receiver,
-                                response.status_code)
-                    return False, attempt
-            except httpx.HTTPError as exc:
-                log.warning("alert webhook %s unreachable (attempt %d): %s", self.hook.receiver, attempt,
-                            type(exc).__name__)
-            if attempt < self.hook.max_attempts:
-                await asyncio.sleep(min(self.hook.backoff_s * 2 ** (attempt - 1), 300.0))
-        return False, self.hook.max_attempts
+        delivered, attempts, _ = await post_signed(client, self.hook, self.secret, body, "alert webhook")
+        return delivered, attempts
+
+
+async def post_signed(client: httpx.AsyncClient, hook: Webhook, secret: bytes | None, body: bytes, what: str,
+                      headers: dict[str, str] | None = None) -> tuple[bool, int, int | None]:
+    """POST the body, signed afresh at each attempt, retrying network errors, 5xx and 429 with
+    exponential backoff. (delivered, attempts, the last HTTP status or None)."""
+    status = None
+    for attempt in range(1, hook.max_attempts + 1):
+        sent = {"content-type": "application/json", **(headers or {})}
+        if secret is not None:
+            sent[SIGNATURE_HEADER] = sign(secret, int(time.time()), body)
+        try:
+            response = await client.post(hook.url, content=body, headers=sent, timeout=hook.timeout_s)
+            status = response.status_code
+            if status < 300:
+                return True, attempt, status
+            if status < 500 and status != 429:
+                log.warning("%s %s refused the delivery: HTTP %s", what, hook.receiver, status)
+                return False, attempt, status
+        except httpx.HTTPError as exc:
+            log.warning("%s %s unreachable (attempt %d): %s", what, hook.receiver, attempt, type(exc).__name__)
+        if attempt < hook.max_attempts:
+            await asyncio.sleep(min(hook.backoff_s * 2 ** (attempt - 1), 300.0))
+    return False, hook.max_attempts, status
 
 
 class Notifier:

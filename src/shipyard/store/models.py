@@ -204,3 +204,54 @@ class ShadowRecord(Base):
     status: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewItem(Base):
+    """A response queued for a human: its prompt and answer (kept only for queued items), why it was
+    queued, who claimed it and the labels it got (they also become annotation scores)."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (UniqueConstraint("request_id", name="uq_review_items_request"),
+                      Index("ix_review_items_tenant_status", "tenant_id", "status", "id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(160))  # the usage id
+    response_id: Mapped[str | None] = mapped_column(String(80))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    deployment: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(64))  # sample | thumbs_down | low_score:<name> | shadow_disagreement
+    messages: Mapped[list] = mapped_column(JSON)  # the prompt as chat messages ({"role", "content"})
+    answer: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | claimed | labelled | skipped
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    labels: Mapped[dict | None] = mapped_column(JSON)
+    correction: Mapped[str | None] = mapped_column(Text)  # the answer the reviewer would have wanted
+    labelled_by: Mapped[str | None] = mapped_column(String(64))
+    labelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer)  # every change +1: two reviewers cannot both claim
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TriggerEvaluation(Base):
+    """The retraining triggers' audit: every evaluation (fired or suppressed, and why) and every
+    action's outcome. Append-only: the database refuses updates and deletes (migration 0009). One
+    evaluation per trigger and slot, so of several processes exactly one evaluates each."""
+
+    __tablename__ = "trigger_evaluations"
+    __table_args__ = (UniqueConstraint("trigger", "slot", "kind", name="uq_trigger_evaluations_slot"),
+                      Index("ix_trigger_evaluations_trigger", "trigger", "id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[int] = mapped_column(BigInteger)  # evaluation time ÷ the interval
+    kind: Mapped[str] = mapped_column(String(16))  # evaluation | action
+    condition: Mapped[bool | None] = mapped_column(Boolean)  # this evaluation's raw condition (None: no data)
+    met: Mapped[bool | None] = mapped_column(Boolean)  # M of the last N conditions held
+    observed: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))  # fired | suppressed | delivered | failed
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
