@@ -1,14 +1,21 @@
-"""Migrations build exactly the schema the models describe, on SQLite and PostgreSQL."""
+"""Migrations build exactly the schema the models describe, on SQLite and PostgreSQL, and both
+stores refuse to rewrite the retraining triggers' audit (append-only)."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
+
+import pytest
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from shipyard.store.db import Database
-from shipyard.store.models import Base
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from shipyard.store.models import Base, TriggerEvaluation
 
 
 async def _diff(url: str) -> list:
@@ -16,11 +23,23 @@ async def _diff(url: str) -> list:
     try:
         await db.migrate()
         await db.migrate()  # idempotent
+        await _audit_is_append_only(db)
         async with db.engine.connect() as connection:
             return await connection.run_sync(
                 lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata))
     finally:
         await db.close()
+
+
+async def _audit_is_append_only(db: Database) -> None:
+    async with db.session() as session:
+        session.add(TriggerEvaluation(trigger="t", slot=1, kind="evaluation", outcome="suppressed", reason="r",
+                                      detail={}, created_at=datetime.now(timezone.utc)))
+        await session.commit()
+    for statement in ("UPDATE trigger_evaluations SET outcome = 'fired'", "DELETE FROM trigger_evaluations"):
+        async with db.session() as session:
+            with pytest.raises(DBAPIError, match="append-only"):
+                await session.execute(text(statement))
 
 
 def test_sqlite_migrations_match_models(tmp_path):
