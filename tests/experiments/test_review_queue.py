@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from shipyard.api.openai_routes import FinishedRequest
 from shipyard.engines.base import ChatMessage, GenerationRequest, Prompt, SamplingParams
-from experiments_support import Clock
+from experiments_support import Clock, db  # noqa: F401 (db: a fixture)
 from shipyard.experiments.review import ReviewConfig, ReviewQueue
 from shipyard.experiments.review_items import ReviewError, ReviewItems
 from shipyard.store.models import ReviewItem, Score

@@ -18,7 +18,7 @@ from shipyard.experiments.trigger_spec import RetrainingConfig
 from shipyard.experiments.triggers import RetrainingTriggers
 from shipyard.monitor.notify import verify
 from shipyard.store.models import Score, TriggerEvaluation
-from experiments_support import Clock
+from experiments_support import Clock, db  # noqa: F401 (db: a fixture)
 from webhook_receiver import WebhookReceiver
 
 SECRET = "retrain-secret-0123456789"

@@ -10,40 +10,28 @@ limited for it), at the lowest priority, fire-and-forget, never retried:
 - each copy is a row of `shadow_records` (tokens, latency, TTFT, status, cost), never a usage row;
 - when the day's (UTC) copies pass `daily_tokens` or `daily_cost_usd`, copies stop for the rest of
   the day: the experiment's `shadow_capped_day` is set by one audited transition saying why;
-- each answered pair is compared — exact match, length ratio, MiniLM cosine, TTFT and latency
-  deltas — and the comparison stored as `shadow.*` scores of the primary request.
+- each answered pair is compared — exact match, length ratio, MiniLM cosine (embedded in batches
+  on a low-priority thread: experiments/comparison.py), TTFT and latency deltas — and the
+  comparison stored as `shadow.*` scores of the primary request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
-import numpy as np
 from sqlalchemy import func, select
 
 from shipyard.aio import cancel_and_wait, every
-from shipyard.engines.base import GenerationRequest
+from shipyard.experiments.comparison import PairComparer
+from shipyard.experiments.copies import copy_request, run_copy
 from shipyard.experiments.registry import ExperimentError, utc_today
 from shipyard.store.models import ShadowRecord
 
 log = logging.getLogger("shipyard.experiments")
-COPY_TIMEOUT_S = 600.0
 OUTCOMES = ("sent", "ok", "failed", "shed", "capped")
-
-
-def compare(primary: str, shadow: str, embed) -> dict[str, float]:
-    """The pair's agreement: exact match, length ratio (shadow ÷ primary) and embedding cosine."""
-    scores = {"shadow.exact_match": float(primary.strip() == shadow.strip()),
-              "shadow.length_ratio": len(shadow) / max(1, len(primary))}
-    if embed is not None:
-        vectors = embed([primary or " ", shadow or " "])
-        scores["shadow.cosine"] = float(np.dot(vectors[0], vectors[1]))
-    return scores
 
 
 class ShadowRunner:
@@ -53,7 +41,7 @@ class ShadowRunner:
         self.writer = writer  # monitor.scores.ScoreWriter
         self.db = db
         self.cost_of = cost_of  # (deployment, prompt tokens, completion tokens, compute s) -> USD
-        self.embedder_factory = embedder_factory
+        self.comparer = PairComparer(embedder_factory)
         self.refresh_s = refresh_s
         self.counts: dict[str, Counter] = defaultdict(Counter)
         self._stored: dict[str, tuple[int, float]] = {}  # today's spend per experiment, as the store had it
@@ -126,59 +114,30 @@ class ShadowRunner:
     # ---------------------------------------------------------------- one copy
     async def _mirror(self, finished, spec) -> None:
         name, counts = spec.name, self.counts[spec.name]
-        engine = self.engines().get(finished.mirror)
         original = finished.engine_request
-        params = dataclasses.replace(original.params, n=1, logprobs=False, top_logprobs=0, prompt_logprobs=None)
-        if spec.shadow.max_tokens is not None:
-            params = dataclasses.replace(params, max_tokens=min(params.max_tokens or spec.shadow.max_tokens,
-                                                                spec.shadow.max_tokens))
-        # The prompt's token ids are the champion's tokenizer's: the challenger tokenizes again.
-        copy = GenerationRequest(f"shadow-{original.request_id}", original.prompt, params, time.monotonic(),
-                                 None, priority=0, scope=original.scope, cache_control="no-store",
-                                 max_retries=0)  # never retried: a failed copy is counted, not repeated
-        start, ttft, texts, usage, status = time.monotonic(), None, [], None, 200
-        try:
-            if engine is None:
-                raise LookupError(f"no deployment '{finished.mirror}'")
-            async with asyncio.timeout(COPY_TIMEOUT_S):
-                async for chunk in engine.generate(copy):
-                    if ttft is None and chunk.text:
-                        ttft = time.monotonic() - start
-                    if chunk.index == 0:
-                        texts.append(chunk.text)
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    if chunk.finish_reason == "error":
-                        raise RuntimeError("the engine ended the copy with an error")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # counted, never shown to a user
-            status = 504 if isinstance(exc, TimeoutError) else 502
+        copy = copy_request(f"shadow-{original.request_id}", original.prompt, original.params, original.scope,
+                            spec.shadow.max_tokens)
+        result = await run_copy(self.engines().get(finished.mirror), copy)
+        if result.status != 200:  # counted, never shown to a user
             counts["failed"] += 1
-            log.info("experiment %s: shadow copy of %s failed: %s", name, finished.request_id, exc)
-        latency = time.monotonic() - start
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        cost = self.cost_of(finished.mirror, prompt_tokens, completion_tokens, getattr(usage, "compute_s", 0.0))
+            log.info("experiment %s: shadow copy of %s failed: %s", name, finished.request_id, result.error)
+        cost = self.cost_of(finished.mirror, result.prompt_tokens, result.completion_tokens, result.compute_s)
         spent = self._since[name]
-        spent[0] += prompt_tokens + completion_tokens
+        spent[0] += result.prompt_tokens + result.completion_tokens
         spent[1] += cost
         await self._store(ShadowRecord(
             experiment=name, arm=finished.mirror_arm or "", deployment=finished.mirror,
-            request_id=finished.request_id, tenant_id=finished.tenant_id, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, latency_ms=latency * 1000, ttft_ms=ttft * 1000 if ttft else None,
-            status=status, cost_usd=cost, created_at=datetime.now(timezone.utc)))
-        if status != 200:
+            request_id=finished.request_id, tenant_id=finished.tenant_id, prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens, latency_ms=result.latency_s * 1000,
+            ttft_ms=result.ttft_s * 1000 if result.ttft_s else None, status=result.status, cost_usd=cost,
+            created_at=datetime.now(timezone.utc)))
+        if result.status != 200:
             return
         counts["ok"] += 1
-        try:
-            scores = await asyncio.to_thread(compare, finished.output, "".join(texts), self._embedder())
-        except Exception as exc:  # no embedder here: the other comparisons still count
-            log.warning("shadow comparison without embeddings: %s", exc)
-            scores = compare(finished.output, "".join(texts), None)
-        scores["shadow.latency_delta_ms"] = (latency * 1000) - (finished.latency_ms or 0.0)
-        if ttft is not None and finished.ttft_ms is not None:
-            scores["shadow.ttft_delta_ms"] = ttft * 1000 - finished.ttft_ms
+        scores = await self.comparer.compare(finished.output, result.text)
+        scores["shadow.latency_delta_ms"] = result.latency_s * 1000 - (finished.latency_ms or 0.0)
+        if result.ttft_s is not None and finished.ttft_ms is not None:
+            scores["shadow.ttft_delta_ms"] = result.ttft_s * 1000 - finished.ttft_ms
         self.writer.record(finished.request_id, finished.tenant_id, finished.mirror, scores)
 
     async def _store(self, row: ShadowRecord) -> None:
@@ -188,13 +147,6 @@ class ShadowRunner:
                 await session.commit()
         except Exception as exc:  # the store is away: the copy is counted here, not kept
             log.warning("shadow record not stored: %s", exc)
-
-    def _embedder(self):
-        if self.embedder_factory is not None:
-            return self.embedder_factory()
-        from shipyard.embeddings import shared_embedder
-
-        return shared_embedder()
 
     # ---------------------------------------------------------------- today's spend, from the store
     async def start(self) -> None:  # the store away: copies are counted here meanwhile
@@ -222,6 +174,7 @@ class ShadowRunner:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.comparer.stop()
 
     def families(self):
         """`shipyard:shadow_requests_total{experiment, outcome}`: sent, ok, failed, shed, capped."""

@@ -194,3 +194,61 @@ def sample_ratio(counts: list[int], weights: list[float], threshold: float = 0.0
     expected = [s * sum(observed) for _, s in live]
     p_value = float(chisquare(observed, expected).pvalue)
     return SampleRatio(list(counts), shares, p_value, p_value < threshold)
+
+
+# ---------------------------------------------------------------- a whole history at once
+def sequential_history(arms, values, higher_is_better: bool = True, paired: bool = False, metric: str = "",
+                       alpha: float = DEFAULT_ALPHA, mixing_sd: float = DEFAULT_MIXING_SD,
+                       min_samples: int = DEFAULT_MIN_SAMPLES) -> SequentialResult:
+    """The mSPRT result after a whole history, as if it had been looked at after every observation
+    (the always-valid p-value is the minimum over every look): what `SequentialTest` gives when fed
+    one at a time, in one vectorized pass. Two streams: `arms` (0 champion, 1 challenger) and
+    `values` in arrival order. Paired: `values` are the differences (challenger − champion) and
+    `arms` the champion's values (for its mean)."""
+    values = np.asarray(values, dtype=float)
+    if paired:
+        n = np.arange(1, len(values) + 1, dtype=float)
+        mean = np.cumsum(values) / n
+        m2 = np.cumsum(values ** 2) - n * mean ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var = np.where(n > 1, m2 / (n - 1), 0.0)
+            variance, scale2 = var / n, var
+        effect, counts = mean, (n, n)
+        base = np.asarray(arms, dtype=float)
+        means = (float(base.mean()) if len(base) else 0.0, float(base.mean() + mean[-1]) if len(base) else 0.0)
+    else:
+        arms = np.asarray(arms, dtype=int)
+        stats = []
+        for arm in (0, 1):
+            mask = arms == arm
+            n = np.cumsum(mask).astype(float)
+            total = np.cumsum(np.where(mask, values, 0.0))
+            squares = np.cumsum(np.where(mask, values ** 2, 0.0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean = np.where(n > 0, total / n, 0.0)
+                var = np.where(n > 1, (squares - n * mean ** 2) / (n - 1), 0.0)
+            stats.append((n, mean, np.maximum(var, 0.0)))
+        (na, ma, va), (nb, mb, vb) = stats
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance = va / na + vb / nb
+        scale2, effect, counts = (va + vb) / 2, mb - ma, (na, nb)
+        means = (float(ma[-1]) if len(ma) else 0.0, float(mb[-1]) if len(mb) else 0.0)
+    if len(values) == 0 or min(counts[0][-1], counts[1][-1]) < 2:
+        n_final = (int(counts[0][-1]), int(counts[1][-1])) if len(values) else (0, 0)
+        return SequentialResult(metric, n_final, means, means[1] - means[0], None, None, 1.0, "too_few")
+    degenerate = variance <= 0
+    variance = np.where(degenerate, 1e-12, variance)
+    tau2 = (mixing_sd ** 2) * np.maximum(np.where(degenerate, 1e-12, scale2), 1e-12)
+    ratio = mixture_lr(effect, variance, tau2)
+    looks = (counts[0] >= max(2, min_samples)) & (counts[1] >= max(2, min_samples))
+    p_value = float(min(1.0, np.min(1.0 / ratio[looks]))) if looks.any() else 1.0
+    final_effect, final_variance, final_tau2 = float(effect[-1]), float(variance[-1]), float(tau2[-1])
+    half = interval_half_width(final_variance, final_tau2, alpha)
+    n_final = (int(counts[0][-1]), int(counts[1][-1]))
+    decision = "too_few" if min(n_final) < min_samples else "inconclusive"
+    if decision == "inconclusive" and p_value <= alpha:
+        better = final_effect > 0 if higher_is_better else final_effect < 0
+        decision = "challenger_better" if better else "challenger_worse"
+    relative = final_effect / means[0] if means[0] else None
+    return SequentialResult(metric, n_final, means, final_effect, relative,
+                            (final_effect - half, final_effect + half), p_value, decision)
