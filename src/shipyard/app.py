@@ -237,7 +237,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                         text_deployments=(monitor.text_deployments if monitor else frozenset())
                         | review_text_deployments(config),
                         autoscalers=autoscalers, experiments=improvement.experiments, canary=improvement.canary,
-                        triggers=improvement.triggers)
+                        triggers=improvement.triggers, replays=improvement.replays)
     app = _assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
                                                  deployment_routes, cache_routes, monitor_routes, alert_routes,
                                                  dashboard_routes, feedback_routes, experiment_routes, review_routes,

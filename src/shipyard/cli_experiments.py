@@ -1,14 +1,16 @@
-"""`shipyard experiments create|status|pause|resume|promote|rollback`: the experiments admin API
-from the command line (a running server, `--url`, and an admin key, `--key`)."""
+"""`shipyard experiments create|status|pause|resume|promote|rollback|report|replay`: the
+experiments admin API from the command line (a running server, `--url`, and an admin key, `--key`)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 import yaml
+from rich.table import Table
 
 from shipyard.cli_admin import AS_JSON, KEY, URL, _call, _client, _show, console
 
@@ -71,3 +73,61 @@ def promote(name: str, arm: Optional[str] = typer.Option(None, help="default: th
 def rollback(name: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """Send every request back to the champion."""
     _action("rollback", name, url, key, as_json)
+
+
+@experiments_app.command("report")
+def report(name: str, alpha: float = typer.Option(0.05, help="the tests' error rate"),
+           min_samples: int = typer.Option(100, help="per arm (or pairs) before any decision"),
+           url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+    """The decision report: each metric's always-valid test, effect sizes and intervals, thumbs, and a
+    recommendation (promote, keep_champion, continue, investigate)."""
+    with _client(url, key) as client:
+        view = _call(client, "GET", f"/admin/experiments/{name}/report",
+                     params={"alpha": alpha, "min_samples": min_samples}).json()
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    table = Table(title=f"{view['experiment']} ({view['mode']}, {view['status']}): "
+                        f"{view['arms'][1]['name']} against {view['arms'][0]['name']}, α={view['alpha']}")
+    for column in ("evidence", "metric", "n", "champion", "challenger", "effect", "relative", "d",
+                   "interval", "p", "decision"):
+        table.add_column(column)
+    for section, data in view["sections"].items():
+        for m in data["metrics"]:
+            interval = "—" if m["interval"] is None else f"[{m['interval'][0]:.4g}, {m['interval'][1]:.4g}]"
+            table.add_row(section, m["metric"], "/".join(map(str, m["n"])), f"{m['means'][0]:.4g}",
+                          f"{m['means'][1]:.4g}", f"{m['effect']:+.4g}",
+                          "—" if m["relative"] is None else f"{m['relative']:+.1%}",
+                          "—" if m["effect_size"] is None else f"{m['effect_size']:+.2f}", interval,
+                          f"{m['p_value']:.3g}", m["decision"])
+    console.print(table)
+    if view["thumbs"]:
+        thumbs = view["thumbs"]
+        console.print(f"thumbs up/down: {thumbs['ups']} / {thumbs['downs']}; probability best "
+                      f"{[round(p, 3) for p in thumbs['probability_best']]}; expected loss "
+                      f"{[round(x, 4) for x in thumbs['expected_loss']]}")
+    for score, summary in view["agreement"].items():
+        console.print(f"{score}: mean {summary['mean']:.3f} over {summary['n']} pairs")
+    if view["sample_ratio"]:
+        console.print(f"sample ratio p={view['sample_ratio']['p_value']:.3g}")
+    recommendation = view["recommendation"]
+    console.print(f"[bold]recommendation: {recommendation['action']}[/bold]")
+    for reason in recommendation["reasons"]:
+        console.print(f"  - {reason}")
+
+
+@experiments_app.command("replay")
+def replay(name: str, dataset: Path = typer.Option(..., exists=True, dir_okay=False,
+                                                   help="JSONL: {messages} (fine-tuning format) or {prompt, ideal}"),
+           max_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0),
+           concurrency: int = typer.Option(2), wait: bool = typer.Option(True, help="follow it to the end"),
+           url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+    """Send a stored dataset to both arms; the report then holds the paired results."""
+    rows = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
+    body = {"dataset": rows, "max_tokens": max_tokens, "temperature": temperature, "concurrency": concurrency}
+    with _client(url, key) as client:
+        job = _call(client, "POST", f"/admin/experiments/{name}/replay", json=body).json()
+        while wait and job["status"] == "running":
+            time.sleep(1.0)
+            job = _call(client, "GET", f"/admin/experiments/{name}/replays/{job['id']}").json()
+    _show(job, ["id", "experiment", "total", "done", "failed", "status"], as_json)

@@ -186,3 +186,54 @@ def test_feedback_by_episode_and_implicit_signals(server, keys):
 
     until(lambda: "implicit.regenerate" in names_of(regenerated), 30, "no regenerate signal")
     until(lambda: "implicit.follow_up" in names_of(followed), 30, "no follow-up signal")
+
+
+def test_a_replay_of_a_stored_dataset_feeds_the_decision_report(server, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    admin = AdminClient(server.base_url)
+    created = admin.post("/admin/experiments", json={
+        "name": "offline", "model": "solo", "mode": "champion_challenger", "shadow": {"sample": 0.0},
+        "arms": [{"name": "champion", "deployment": "solo"}, {"name": "challenger", "deployment": "tiny"}]})
+    assert created.status_code == 201, created.text
+    rows = [{"messages": [{"role": "user", "content": f"Tell me about boats {i}"},
+                          {"role": "assistant", "content": "Boats float on water."}]} for i in range(6)]
+    rows += [{"prompt": f"The sea is {i}", "ideal": "blue and deep"} for i in range(6)]
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("\n".join(json.dumps(r) for r in rows))
+
+    def shipyard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shipyard", "experiments", *args, "--url", server.base_url,
+                               "--key", ADMIN_KEY], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "SHIPYARD_ADMIN_KEY": ""})
+
+    try:
+        replayed = shipyard("replay", "offline", "--dataset", str(dataset), "--max-tokens", "4", "--json")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        job = json.loads(replayed.stdout)
+        assert job["status"] == "done" and job["done"] == 12 and job["failed"] == 0
+        until(lambda: "reference_cosine" in json.dumps(admin.get("/admin/experiments/offline/report").json()),
+              30, "the replay's scores written")
+        report = json.loads(shipyard("report", "offline", "--min-samples", "5", "--json").stdout)
+        replay = report["sections"]["replay"]
+        assert replay["pairs"] == 12 and "served" not in report["sections"]
+        metrics = {m["metric"]: m for m in replay["metrics"]}
+        assert set(metrics) == {"error_rate", "latency_ms", "ttft_ms", "cost_usd", "reference_cosine"}
+        same = metrics["reference_cosine"]  # the same model on both arms, greedy: the same answers
+        assert same["paired"] and same["n"] == [12, 12] and same["effect"] == pytest.approx(0, abs=1e-6)
+        assert same["decision"] == "inconclusive" and same["p_value"] == 1.0
+        assert report["agreement"]["shadow.exact_match"] == {"n": 12, "mean": 1.0}
+        assert report["recommendation"]["action"] == "continue"
+        shown = shipyard("report", "offline")
+        assert shown.returncode == 0 and "recommendation: continue" in shown.stdout
+        assert call(server.base_url, ADMIN_KEY, "GET", "/admin/experiments/offline/replays/nope").status_code == 404
+        bad = call(server.base_url, ADMIN_KEY, "POST", "/admin/experiments/offline/replay",
+                   json={"dataset": [{"messages": [{"role": "assistant", "content": "no prompt"}]}]})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        usage = admin.get("/admin/usage", params={"group_by": "model"}).json()
+        assert "offline" not in json.dumps(usage)  # replays bill no tenant
+    finally:
+        admin.post("/admin/experiments/offline/rollback")

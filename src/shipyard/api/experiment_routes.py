@@ -1,19 +1,22 @@
 """Admin routes over experiments: create, list, read (with the arms' traffic and its sample-ratio
-check, the shadow copies, and the audit log), and the transitions: pause, resume, promote, roll back. Admins only:
-experiments move every tenant's traffic."""
+check, the shadow copies, and the audit log), the decision report, replays of a stored dataset, and
+the transitions: pause, resume, promote, roll back. Admins only: experiments move every tenant's
+traffic."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from sqlalchemy import case, func, select
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
 from shipyard.experiments.registry import ExperimentError, ExperimentRegistry, utc_today
+from shipyard.experiments.replay import ReplayIn
+from shipyard.experiments.report import decision_report
 from shipyard.experiments.spec import ExperimentSpec
-from shipyard.experiments.statistics import sample_ratio
+from shipyard.experiments.statistics import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, sample_ratio
 from shipyard.gateway.auth import Principal
 from shipyard.store.models import ShadowRecord, UsageRecord
 
@@ -61,10 +64,7 @@ async def create_experiment(request: Request, spec: ExperimentSpec = Body(...)):
 @router.get("/{name}")
 async def experiment_status(name: str, request: Request):
     registry = _registry(request)
-    await registry.refresh()
-    spec = registry.specs.get(name)
-    if spec is None:
-        raise APIError(404, f"No experiment named '{name}'.", code="not_found")
+    spec = await _spec(request, name)
     counts = await _arm_counts(request, spec)
     srm = None
     if spec.mode == "ab" and spec.status in ("running", "paused"):  # fixed weights: the split must match them
@@ -105,6 +105,43 @@ async def _arm_counts(request: Request, spec: ExperimentSpec) -> dict[str, int]:
     async with services_of(request).db.session() as session:
         rows = (await session.execute(query)).all()
     return {variant.split("/", 1)[1]: count for variant, count in rows}
+
+
+@router.get("/{name}/report")
+async def report(name: str, request: Request, alpha: float = Query(DEFAULT_ALPHA, gt=0, lt=0.5),
+                 min_samples: int = Query(DEFAULT_MIN_SAMPLES, ge=2, le=1_000_000)):
+    """The decision report: each metric's always-valid test with effect sizes and intervals, thumbs'
+    probability to be best, the shadow pairs' agreement, and a recommendation."""
+    spec = await _spec(request, name)
+    return await decision_report(services_of(request).db, spec, alpha, min_samples)
+
+
+@router.post("/{name}/replay", status_code=202)
+async def replay(name: str, body: ReplayIn, request: Request):
+    """Send a stored dataset to both arms (champion-challenger offline); runs in the background."""
+    spec = await _spec(request, name)
+    served = set(services_of(request).router.engines())
+    missing = [a.deployment for a in spec.arms[:2] if a.deployment not in served]
+    if missing:
+        raise APIError(409, f"No deployment {', '.join(missing)} here to replay on.", code="conflict")
+    return services_of(request).replays.start(spec, body).view()
+
+
+@router.get("/{name}/replays/{job_id}")
+async def replay_status(name: str, job_id: str, request: Request):
+    job = services_of(request).replays.jobs.get(job_id)
+    if job is None or job.experiment != name:  # another process's job: its records are in the report
+        raise APIError(404, f"No replay '{job_id}' of '{name}' in this server process.", code="not_found")
+    return job.view()
+
+
+async def _spec(request: Request, name: str) -> ExperimentSpec:
+    registry = _registry(request)
+    await registry.refresh()
+    spec = registry.specs.get(name)
+    if spec is None:
+        raise APIError(404, f"No experiment named '{name}'.", code="not_found")
+    return spec
 
 
 @router.post("/{name}/{action}")

@@ -86,6 +86,7 @@ class Services:
     experiments: object = None  # experiments.registry.ExperimentRegistry: which arm serves a request
     canary: object = None  # experiments.canary.CanaryController: the canaries' latest analyses
     triggers: object = None  # experiments.triggers.RetrainingTriggers
+    replays: object = None  # experiments.replay.Replayer: champion-challenger on stored datasets
 
 
 EVALUATIONS = ("consistency",)  # checks a request may ask for (x-shipyard-evaluate; admins only)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from shipyard.experiments.canary import CanaryController
 from shipyard.experiments.implicit import ImplicitFeedback
 from shipyard.experiments.registry import ExperimentRegistry
+from shipyard.experiments.replay import Replayer
 from shipyard.experiments.review import ReviewQueue
 from shipyard.experiments.shadow import ShadowRunner
 from shipyard.experiments.triggers import RetrainingTriggers
@@ -23,6 +24,7 @@ class Improvement:
     canary: CanaryController
     review: ReviewQueue
     triggers: RetrainingTriggers
+    replays: Replayer
     observers: list = field(default_factory=list)
 
     @contextlib.asynccontextmanager
@@ -35,6 +37,7 @@ class Improvement:
         try:
             yield
         finally:
+            await self.replays.stop()
             await self.triggers.stop()
             await self.review.stop()
             await self.canary.stop()
@@ -44,9 +47,11 @@ class Improvement:
 
 def build_improvement(config, db, router, gateway, score_writer, monitor) -> Improvement:
     experiments = ExperimentRegistry(db, config.experiments, lambda: set(router.engines()))
-    shadow = ShadowRunner(router.engines, experiments, score_writer, db,
-                          lambda name, prompt, completion, compute_s: gateway.cost_of(name, prompt, completion, 0,
-                                                                                      None, compute_s))
+    def cost_of(name, prompt, completion, compute_s):
+        return gateway.cost_of(name, prompt, completion, 0, None, compute_s)
+
+    shadow = ShadowRunner(router.engines, experiments, score_writer, db, cost_of)
+    replays = Replayer(router.engines, score_writer, db, cost_of, shadow.comparer)
     canary = CanaryController(experiments, db, config.canary_interval_s)
     review = ReviewQueue(config.review, db)
     drift = monitor.drift if monitor is not None else None
@@ -60,7 +65,7 @@ def build_improvement(config, db, router, gateway, score_writer, monitor) -> Imp
     observers = [shadow, ImplicitFeedback(score_writer, config.feedback.implicit_window_s)]
     if config.review.enabled:
         observers.append(review)
-    return Improvement(experiments, shadow, canary, review, triggers, observers)
+    return Improvement(experiments, shadow, canary, review, triggers, replays, observers)
 
 
 def review_text_deployments(config) -> frozenset:

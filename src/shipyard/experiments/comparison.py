@@ -45,8 +45,7 @@ class PairComparer:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((primary or " ", other or " ", future))
         self._ensure_running()
-        if len(self._pending) >= self.batch_size:
-            self._wake.set()
+        self._wake.set()  # the runner waits for the first pair, then for a full batch or max_wait_s
         try:
             scores["shadow.cosine"] = await future
         except Exception as exc:  # no embedder here: the other comparisons still count
