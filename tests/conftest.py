@@ -13,6 +13,8 @@ import httpx
 import pytest
 import yaml
 
+import zygote
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -47,11 +49,12 @@ class ServerProcess:
         data_dir = workdir / f"data-{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "SHIPYARD_DATA_DIR": str(data_dir),
                **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shipyard", "serve", "--config", str(self.config_path),
-             "--port", str(self.port), *(extra_args or [])],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
-        )
+        argv = ["serve", "--config", str(self.config_path), "--port", str(self.port), *(extra_args or [])]
+        if zygote.ENABLED:  # forked from a process that imported Shipyard once (tests/zygote.py)
+            self.proc = zygote.ForkedProcess(argv, env, self.log_path)
+        else:
+            self.proc = subprocess.Popen([sys.executable, "-m", "shipyard", *argv], stdout=self._log,
+                                         stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         self.wait_for("/ready", 200, timeout)
