@@ -1,7 +1,8 @@
 """The dashboard in a real browser, as one scenario run inside a loopback-only network namespace
 (Chromium phones home otherwise): start a server on the tiny model, make two tenants' traffic, then
 sign in through the form as an admin and as each tenant's viewer and visit every page, collecting
-console errors, dialogs, the charts on each page, its text, and a screenshot.
+console errors, dialogs, the charts on each page, its text, and a screenshot; then, as a tenant's
+reviewer (tenant-admin), claim and label an item of the review queue through its page's forms.
 
     unshare -n sh -c 'ip link set lo up && exec python tests/dashboard/browse.py MODEL OUT_DIR'
 
@@ -24,7 +25,7 @@ from conftest import MODEL_NAME, ServerProcess, deployment  # noqa: E402
 from gateway_support import ADMIN_KEY, AdminClient  # noqa: E402
 
 PAGES = ("/dashboard", f"/dashboard/deployments/{MODEL_NAME}", "/dashboard/cost", "/dashboard/sla",
-         "/dashboard/quality", "/dashboard/drift", "/dashboard/alerts")
+         "/dashboard/quality", "/dashboard/drift", "/dashboard/alerts", "/dashboard/review")
 XSS_USER = "<img src=x onerror=alert(1)>"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
@@ -67,6 +68,33 @@ def visit(browser, base: str, key: str | None, out: Path, role: str) -> dict:
     return result
 
 
+def review(browser, base: str, key: str, out: Path) -> dict:
+    """Sign in as a reviewer, claim the first item on the review page, label it through the form."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(f"{base}/dashboard")
+    page.fill("input[name=api_key]", key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/dashboard")
+    page.goto(f"{base}/dashboard/review")
+    before = {"text": page.inner_text("body"), "html": page.content(), "items": page.locator(".item").count(),
+              "ids": [int(i.split("-")[1]) for i in page.locator(".item").evaluate_all("(els) => els.map(e => e.id)")]}
+    item = page.locator(".item").first.get_attribute("id")
+    page.click(f"#{item} button:has-text('Claim')")
+    page.wait_for_selector(f"#{item} form.label")
+    page.check(f"#{item} input[name=verdict][value=good]")
+    page.fill(f"#{item} textarea[name=correction]", "A corrected answer <b>bold</b>")
+    page.screenshot(path=str(out / "reviewer-review.png"), full_page=True)
+    page.click(f"#{item} button:has-text('Save label')")
+    page.wait_for_load_state()
+    after = {"text": page.inner_text("body"), "items": page.locator(".item").count(),
+             "labelled_still_listed": page.locator(f"#{item}").count()}
+    context.close()
+    return {"before": before, "after": after, "item": int(item.split("-")[1]), "console_errors": errors}
+
+
 def main(model: str, out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,12 +106,14 @@ def main(model: str, out_dir: str) -> None:
                           "alerts": {"rules": [{"name": "traffic-seen", "metric": "requests_per_s", "warning": 0.0,
                                                 "window_s": 600}]},
                           "drift": {"deployments": [MODEL_NAME], "reference_size": 50, "current_size": 50,
-                                    "min_current": 10, "evaluation_interval_s": 0.2}}}
+                                    "min_current": 10, "evaluation_interval_s": 0.2}},
+              "review": {"enabled": True, "sample": 1.0}}
     with ServerProcess(config, out, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY}) as server:
         admin = AdminClient(server.base_url)
         tenants = {name: admin.tenant(name) for name in ("acme", "globex")}
         developers = {name: admin.key(t)["key"] for name, t in tenants.items()}
         viewers = {name: admin.key(t, role="viewer")["key"] for name, t in tenants.items()}
+        reviewer = admin.key(tenants["acme"], role="tenant-admin")["key"]
         traffic(server.base_url, developers["acme"], ["alice-acme"] * 40 + [XSS_USER] * 2)
         traffic(server.base_url, developers["globex"], ["bob-globex"] * 30)
         time.sleep(2.0)  # usage flushed, rules and drift evaluated
@@ -93,6 +123,11 @@ def main(model: str, out_dir: str) -> None:
             for role, key in (("admin", ADMIN_KEY), ("viewer-acme", viewers["acme"]),
                               ("viewer-globex", viewers["globex"]), ("anonymous", None)):
                 report["roles"][role] = visit(browser, server.base_url, key, out, role)
+            report["review"] = review(browser, server.base_url, reviewer, out)
+            labelled = admin.get(f"/admin/review/{report['review']['item']}").json()
+            report["review"]["stored"] = {k: labelled[k] for k in ("status", "labels", "correction", "tenant_id")}
+            report["review"]["globex_ids"] = [i["id"] for i in admin.get(
+                "/admin/review", params={"tenant_id": tenants["globex"], "limit": 500}).json()["data"]]
             browser.close()
     (out / "report.json").write_text(json.dumps(report, indent=1))
 

@@ -194,7 +194,9 @@ async def _review_html(request: Request, viewer: data.Viewer, error: str | None 
     items = []
     if viewer.role in ("admin", "tenant-admin"):
         store = _review_items(request)
-        rows = await store.list(viewer.scope, "pending", limit=25) + await store.list(viewer.scope, "claimed", limit=25)
+        claimed = await store.list(viewer.scope, "claimed", limit=25)
+        mine = [r for r in claimed if r.claimed_by == viewer.key_id]  # the reviewer's own work first
+        rows = mine + await store.list(viewer.scope, "pending", limit=25) + [r for r in claimed if r not in mine]
         now = datetime.now(timezone.utc)
         items = [(item_view(r), r.status == "claimed" and store.claim_lapsed(r, now)) for r in rows]
     page = pages.layout("Review queue", review_page(items, viewer, error), viewer, "/dashboard/review", refresh=False)
@@ -211,7 +213,10 @@ async def review_action(request: Request, item_id: int, viewer: data.Viewer = De
     """The page's forms: claim, release, skip, label. Same rules as the admin API (review_items.py)."""
     if viewer.role not in ("admin", "tenant-admin"):
         return await _review_html(request, viewer, status=403)
-    form = {k: v[0] for k, v in parse_qs((await request.body())[:100_000].decode("utf-8", "replace")).items()}
+    raw = await request.body()
+    if len(raw) > 100_000:
+        return await _review_html(request, viewer, "That form is too large: texts are at most 20,000 characters.", 413)
+    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
     action, store = form.get("action"), _review_items(request)
     try:
         if action == "label":
