@@ -9,9 +9,10 @@
    a decision after every one; decisions per second, one at a time (the canary's way) and over the
    whole history in one vectorized pass (the decision report's way).
 3. Shadow's cost to the user (`--shadow`, a real server with the demo model): primary P50/P99
-   latency of 4 closed-loop users on a model without an experiment and on one whose every request
-   is copied to a challenger 5× slower than the primary (a stand-in upstream), measured in turns
-   (plain, shadowed, plain, shadowed), side by side.
+   latency of 4 closed-loop users on a model without an experiment, on one whose every request is
+   copied to a challenger 5× slower than the primary (a stand-in upstream) with the default 10% of
+   pairs embedded for the cosine, and on one with every pair embedded; nine alternating 10 s turns
+   on one server, medians of the turns.
 
 Prints a table; writes bench/results/experiments.json.
 """
@@ -83,7 +84,8 @@ def decisions(observations: int = 100_000) -> dict:
 
 
 def serve_slow_upstream(port: int) -> None:
-    """The challenger: an OpenAI-compatible server that answers after a delay (POST /delay sets it)."""
+    """The challenger: a vLLM-shaped server that answers after a delay (POST /delay sets it). vLLM's
+    flavor, because the load sends vLLM's `ignore_eos`, which a copy must be able to carry."""
     import asyncio
 
     from aiohttp import web
@@ -114,6 +116,8 @@ def serve_slow_upstream(port: int) -> None:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/delay", set_delay)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", lambda request: web.Response(text=""))  # vLLM's liveness
+    app.router.add_get("/metrics", lambda request: web.Response(text=""))
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -149,7 +153,8 @@ async def closed_loop(url: str, model: str, users: int, duration: float) -> dict
 
 
 def shadow_cost(turn_s: float = 10.0) -> dict:
-    """Primary latency with and without a 100%-sampled shadow 5x slower, in alternating turns."""
+    """Primary latency without a shadow, with a 100%-sampled shadow 5x slower (its pairs embedded at
+    the default 10%), and with every pair embedded too: alternating turns on one server."""
     import asyncio
     import multiprocessing
     import tempfile
@@ -166,37 +171,58 @@ def shadow_cost(turn_s: float = 10.0) -> dict:
     upstream = multiprocessing.Process(target=serve_slow_upstream, args=(port,), daemon=True)
     upstream.start()
     engine = {"engine": "transformers", "model": str(default_demo_path()), "num_threads": 1, "max_num_seqs": 8}
-    config = {"deployments": {"plain": engine, "shadowed": engine, "challenger": {
-                  "engine": "openai_http", "url": f"http://127.0.0.1:{port}", "flavor": "openai", "upstream_model": "m"}},
+    challenger = {"engine": "openai_http", "url": f"http://127.0.0.1:{port}", "flavor": "vllm", "upstream_model": "m"}
+    samples = {"shadowed": 0.1, "shadowed_all_embedded": 1.0}
+    config = {"deployments": {"plain": engine, **{name: engine for name in samples}, "challenger": challenger},
               "cache": {"exact": {"enabled": False}}, "server": {"log_level": "warning"},
-              "experiments": [{"name": "shadow-bench", "model": "shadowed", "mode": "shadow",
-                               "shadow": {"sample": 1.0, "max_concurrent": 64},
-                               "arms": [{"name": "champion", "deployment": "shadowed"},
-                                        {"name": "shadow", "deployment": "challenger"}]}]}
-    turns: dict[str, list[dict]] = {"plain": [], "shadowed": []}
+              "experiments": [{"name": f"bench-{name}".replace("_", "-"), "model": name, "mode": "shadow",
+                               "shadow": {"sample": 1.0, "max_concurrent": 64, "compare_sample": sample},
+                               "arms": [{"name": "champion", "deployment": name},
+                                        {"name": "shadow", "deployment": "challenger"}]}
+                              for name, sample in samples.items()]}
+    names = ("plain", *samples)
+    turns: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = serve_config(config, Path(tmp), "shadow")
         try:
             probe = asyncio.run(closed_loop(url, "plain", 4, 5.0))
             delay = 5 * probe["latency_p50_ms"] / 1000  # the challenger: five times the primary's latency
             httpx.post(f"http://127.0.0.1:{port}/delay", json={"delay_s": delay}, timeout=10)
-            # warm the shadow path first: the comparison's embedding model loads on the first pair
-            asyncio.run(closed_loop(url, "shadowed", 2, 2.0))
-            clock.sleep(delay + 5)
-            for name in ("plain", "shadowed", "plain", "shadowed"):
+            # warm the shadow path first: the comparison's embedding helper starts on the first pair
+            asyncio.run(closed_loop(url, "shadowed_all_embedded", 2, 2.0))
+            clock.sleep(delay + 15)
+            auth = {"authorization": f"Bearer {ADMIN}"}
+
+            def embedded() -> float:
+                text = httpx.get(f"{url}/metrics", headers=auth, timeout=30).text
+                return sum(float(line.split()[-1]) for line in text.splitlines()
+                           if line.startswith('shipyard:shadow_comparisons_total{outcome="embedded"}'))
+
+            for name in names * 3:
                 turns[name].append(asyncio.run(closed_loop(url, name, 4, turn_s)))
-            copies = httpx.get(f"{url}/admin/experiments/shadow-bench", headers={"authorization": f"Bearer {ADMIN}"},
-                               timeout=30).json()["shadow"]["copies"]
+                clock.sleep(delay + 0.5)  # a turn's copies and comparisons end before the next turn
+                deadline, last = clock.monotonic() + 60, -1.0
+                while clock.monotonic() < deadline and (now := embedded()) != last:
+                    last = now
+                    clock.sleep(1.5)
+            copies = sum(httpx.get(f"{url}/admin/experiments/bench-{name}".replace("_", "-"), headers=auth,
+                                   timeout=30).json()["shadow"]["answered"] for name in samples)
+            metrics = httpx.get(f"{url}/metrics", headers=auth, timeout=30).text
+            comparisons = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+                           if line.startswith("shipyard:shadow_comparisons_total{")}
         finally:
             proc.terminate()
             proc.wait(60)
             upstream.terminate()
     keys = ("latency_p50_ms", "latency_p99_ms")
-    plain = {k: round(statistics.median(t[k] for t in turns["plain"]), 1) for k in keys}
-    shadowed = {k: round(statistics.median(t[k] for t in turns["shadowed"]), 1) for k in keys}
-    return {"challenger_delay_s": round(delay, 3), "copies": copies, "plain": plain, "shadowed": shadowed,
-            "p50_ratio": round(shadowed["latency_p50_ms"] / plain["latency_p50_ms"], 3),
-            "p99_ratio": round(shadowed["latency_p99_ms"] / plain["latency_p99_ms"], 3)}
+    medians = {name: {k: round(statistics.median(t[k] for t in turns[name]), 1) for k in keys} for name in names}
+    result = {"challenger_delay_s": round(delay, 3), "copies_answered": copies, "comparisons": comparisons,
+              **medians, "turns": {name: [{k: round(t[k], 1) for k in keys} for t in runs]
+                                   for name, runs in turns.items()}}
+    for name in samples:
+        for key, label in (("latency_p50_ms", "p50"), ("latency_p99_ms", "p99")):
+            result[f"{name}_{label}_ratio"] = round(medians[name][key] / medians["plain"][key], 3)
+    return result
 
 
 def main() -> None:
@@ -217,10 +243,14 @@ def main() -> None:
     print(f"{'':40}{s['history_decisions_per_s']:>8}  the whole history at once ({s['history_s']} s)")
     if "shadow" in result:
         sh = result["shadow"]
-        print(f"{'primary p50 / p99, no shadow':40}{sh['plain']['latency_p50_ms']:>8.1f} / "
+        print(f"{'primary p50 / p99, no shadow':44}{sh['plain']['latency_p50_ms']:>8.1f} / "
               f"{sh['plain']['latency_p99_ms']:.1f} ms")
-        print(f"{'primary p50 / p99, 100% shadow (5x slower)':40}{sh['shadowed']['latency_p50_ms']:>8.1f} / "
-              f"{sh['shadowed']['latency_p99_ms']:.1f} ms  (x{sh['p50_ratio']} / x{sh['p99_ratio']})")
+        for name, label in (("shadowed", "100% shadow 5x slower, 10% embedded"),
+                            ("shadowed_all_embedded", "100% shadow 5x slower, all embedded")):
+            print(f"{label:44}{sh[name]['latency_p50_ms']:>8.1f} / {sh[name]['latency_p99_ms']:.1f} ms  "
+                  f"(x{sh[name + '_p50_ratio']} / x{sh[name + '_p99_ratio']})")
+        print(f"{'copies answered; pairs embedded / shed':44}{sh['copies_answered']:>8}; "
+              f"{sh['comparisons'].get('embedded', 0):.0f} / {sh['comparisons'].get('shed', 0):.0f}")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,22 @@ async def test_without_an_embedder_the_other_comparisons_still_count():
         assert scores == {"shadow.exact_match": 0.0, "shadow.length_ratio": 3.0}
     finally:
         await comparer.stop()
+
+
+async def test_pairs_past_max_pending_are_shed_not_queued():
+    import time
+
+    embedder = CountingEmbedder()
+
+    def slow():
+        time.sleep(0.3)  # a helper starved of CPU
+        return embedder
+
+    comparer = PairComparer(slow, batch_size=4, max_wait_s=0.01, max_pending=4)
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(comparer.compare("a", "b") for _ in range(20))), 10)
+        embedded = sum("shadow.cosine" in r for r in results)
+        assert embedded == comparer.counts["embedded"] and comparer.counts["shed"] == 20 - embedded
+        assert 4 <= embedded < 20 and all("shadow.exact_match" in r for r in results)
+    finally:
+        await comparer.stop()

@@ -29,7 +29,8 @@ def server(tiny_model, upstream, tmp_path_factory):
     config = {"deployments": {"tiny": deployment(tiny_model), "solo": deployment(tiny_model), "shadow-dep": shadow_dep},
               "gateway": {"usage_flush_interval_s": 0.1}, "cache": {"exact": {"enabled": False}},
               "experiments": [
-                  {"name": "shadowing", "model": "tiny", "mode": "shadow", "shadow": {"sample": 0.5, "max_concurrent": 64},
+                  {"name": "shadowing", "model": "tiny", "mode": "shadow", "shadow": {"sample": 0.5, "max_concurrent": 64,
+                                                                              "compare_sample": 1.0},
                    "arms": [{"name": "champion", "deployment": "tiny"}, {"name": "shadow", "deployment": "shadow-dep"}]},
                   {"name": "capped", "model": "solo", "mode": "shadow", "shadow": {"daily_tokens": 30},
                    "arms": [{"name": "champion", "deployment": "solo"}, {"name": "shadow", "deployment": "shadow-dep"}]}]}

@@ -7,7 +7,8 @@ limited for it), at the lowest priority, fire-and-forget, never retried:
 
 - at most `shadow.max_concurrent` copies in flight; past that a copy is shed (counted);
 - a failure or a timeout is counted and logged, never shown to anyone;
-- each copy is a row of `shadow_records` (tokens, latency, TTFT, status, cost), never a usage row;
+- each copy is a row of `shadow_records` (tokens, latency, TTFT, status, cost), never a usage row,
+  written in batches every `flush_s`;
 - when the day's (UTC) copies pass `daily_tokens` or `daily_cost_usd`, copies stop for the rest of
   the day: the experiment's `shadow_capped_day` is set by one audited transition saying why;
 - each answered pair is compared — exact match, length ratio, MiniLM cosine (embedded in batches
@@ -32,10 +33,12 @@ from shipyard.store.models import ShadowRecord
 
 log = logging.getLogger("shipyard.experiments")
 OUTCOMES = ("sent", "ok", "failed", "shed", "capped")
+MAX_BUFFERED = 1000
 
 
 class ShadowRunner:
-    def __init__(self, engines, registry, writer, db, cost_of, embedder_factory=None, refresh_s: float = 5.0):
+    def __init__(self, engines, registry, writer, db, cost_of, embedder_factory=None, refresh_s: float = 5.0,
+                 flush_s: float = 0.5):
         self.engines = engines  # () -> {deployment: its own engine, not the cache front}
         self.registry = registry
         self.writer = writer  # monitor.scores.ScoreWriter
@@ -43,6 +46,10 @@ class ShadowRunner:
         self.cost_of = cost_of  # (deployment, prompt tokens, completion tokens, compute s) -> USD
         self.comparer = PairComparer(embedder_factory)
         self.refresh_s = refresh_s
+        self.flush_s = flush_s
+        self._rows: list[ShadowRecord] = []
+        self._flusher: asyncio.Task | None = None
+        self._writing = asyncio.Lock()
         self.counts: dict[str, Counter] = defaultdict(Counter)
         self._stored: dict[str, tuple[int, float]] = {}  # today's spend per experiment, as the store had it
         self._since: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # added here since that read
@@ -134,19 +141,29 @@ class ShadowRunner:
         if result.status != 200:
             return
         counts["ok"] += 1
-        scores = await self.comparer.compare(finished.output, result.text)
+        scores = await self.comparer.compare(finished.output, result.text, spec.shadow.compare_sample)
         scores["shadow.latency_delta_ms"] = result.latency_s * 1000 - (finished.latency_ms or 0.0)
         if result.ttft_s is not None and finished.ttft_ms is not None:
             scores["shadow.ttft_delta_ms"] = result.ttft_s * 1000 - finished.ttft_ms
         self.writer.record(finished.request_id, finished.tenant_id, finished.mirror, scores)
 
     async def _store(self, row: ShadowRecord) -> None:
-        try:
-            async with self.db.session() as session:
-                session.add(row)
-                await session.commit()
-        except Exception as exc:  # the store is away: the copy is counted here, not kept
-            log.warning("shadow record not stored: %s", exc)
+        """Buffered: written with the others every `flush_s` (one commit, not one per copy)."""
+        self._rows.append(row)
+        if len(self._rows) >= MAX_BUFFERED:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._writing:  # never while the spend is read (a row would count twice or not at all)
+            rows, self._rows = self._rows, []
+            if not rows:
+                return
+            try:
+                async with self.db.session() as session:
+                    session.add_all(rows)
+                    await session.commit()
+            except Exception as exc:  # the store is away: the copies are counted here, not kept
+                log.warning("%d shadow records not stored: %s", len(rows), exc)
 
     # ---------------------------------------------------------------- today's spend, from the store
     async def start(self) -> None:  # the store away: copies are counted here meanwhile
@@ -155,6 +172,7 @@ class ShadowRunner:
         except Exception as exc:
             log.warning("shadow spend not read: %s", exc)
         self._refresher = asyncio.create_task(every(self.refresh_s, self.refresh, "reading shadow spend", log))
+        self._flusher = asyncio.create_task(every(self.flush_s, self.flush, "writing shadow records", log))
 
     async def refresh(self) -> None:
         """Today's tokens and cost per experiment from every process's records."""
@@ -164,20 +182,28 @@ class ShadowRunner:
                         func.sum(ShadowRecord.prompt_tokens + ShadowRecord.completion_tokens),
                         func.sum(ShadowRecord.cost_usd))
                  .where(ShadowRecord.created_at >= midnight).group_by(ShadowRecord.experiment))
-        async with self.db.session() as session:
-            rows = (await session.execute(query)).all()
-        self._stored = {name: (int(tokens or 0), float(cost or 0.0)) for name, tokens, cost in rows}
-        self._since.clear()
+        async with self._writing:
+            async with self.db.session() as session:
+                rows = (await session.execute(query)).all()
+            self._stored = {name: (int(tokens or 0), float(cost or 0.0)) for name, tokens, cost in rows}
+            self._since.clear()
+            for row in self._rows:  # copies not written yet still count
+                spent = self._since[row.experiment]
+                spent[0] += row.prompt_tokens + row.completion_tokens
+                spent[1] += row.cost_usd
 
     async def stop(self) -> None:
         await cancel_and_wait(self._refresher)
+        await cancel_and_wait(self._flusher)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
         await self.comparer.stop()
 
     def families(self):
-        """`shipyard:shadow_requests_total{experiment, outcome}`: sent, ok, failed, shed, capped."""
+        """`shipyard:shadow_requests_total{experiment, outcome}`: sent, ok, failed, shed, capped; and
+        `shipyard:shadow_comparisons_total{outcome}`: embedded, shed, failed."""
         from prometheus_client.core import CounterMetricFamily
 
         family = CounterMetricFamily("shipyard:shadow_requests", "Shadow copies by outcome",
@@ -186,3 +212,8 @@ class ShadowRunner:
             for outcome in OUTCOMES:
                 family.add_metric([name, outcome], counts[outcome])
         yield family
+        compared = CounterMetricFamily("shipyard:shadow_comparisons", "Shadow pairs' embedding comparisons by outcome",
+                                       labels=["outcome"])
+        for outcome, count in self.comparer.counts.items():
+            compared.add_metric([outcome], count)
+        yield compared

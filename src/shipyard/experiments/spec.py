@@ -57,6 +57,8 @@ class ShadowSettings(BaseModel):
     sample: float = Field(1.0, ge=0, le=1, description="share of the champion's requests copied")
     max_concurrent: int = Field(4, ge=1, le=1024, description="copies in flight at once; more are shed")
     max_tokens: int | None = Field(None, ge=1, description="a copy's completion length at most")
+    compare_sample: float = Field(0.1, ge=0, le=1, description="share of answered pairs also compared by "
+                                  "embedding (MiniLM cosine); exact match and length ratio are always kept")
     daily_tokens: int | None = Field(None, ge=1, description="copies stop for the day (UTC) past this many tokens")
     daily_cost_usd: float | None = Field(None, gt=0, description="copies stop for the day past this cost")
 
