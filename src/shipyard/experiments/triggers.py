@@ -50,6 +50,7 @@ class Past:
     conditions: list[bool | None]  # newest first, up to n - 1
     last_fired_at: float | None = None  # epoch seconds
     rearmed: bool = True  # the debounced condition was false at some evaluation since the last firing
+    first_seen: float | None = None  # the trigger's first evaluation (epoch seconds)
 
 
 def decide(spec: TriggerSpec, observation: Observation, past: Past, now: float) -> tuple[bool, str, str]:
@@ -90,7 +91,6 @@ class RetrainingTriggers:
         self._loop: asyncio.Task | None = None
         self._actions: set[asyncio.Task] = set()
         self._started_at = clock()
-        self._first_seen: float | None = None  # the trigger's first evaluation, from the audit
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -159,8 +159,8 @@ class RetrainingTriggers:
                 rearmed = cleared.scalar_one() > 0
             first = (await session.execute(select(func.min(TriggerEvaluation.created_at)).where(
                 TriggerEvaluation.trigger == spec.name))).scalar_one()
-        self._first_seen = _epoch(first) if first is not None else None
-        return Past([r.condition for r in recent], _epoch(fired.created_at) if fired else None, rearmed)
+        return Past([r.condition for r in recent], _epoch(fired.created_at) if fired else None, rearmed,
+                    _epoch(first) if first is not None else None)
 
     # ---------------------------------------------------------------- observing the condition
     async def _observe(self, spec: TriggerSpec, now: float, past: Past) -> Observation:
@@ -182,7 +182,7 @@ class RetrainingTriggers:
         """Due when a scheduled time has come since the last firing (or since it was first evaluated)."""
         from croniter import croniter
 
-        base = past.last_fired_at or self._first_seen or self._started_at
+        base = past.last_fired_at or past.first_seen or self._started_at
         due = croniter(spec.schedule.cron, _utc(base)).get_next(float)
         return Observation(due <= now, due, None, {"cron": spec.schedule.cron, "due_at": _utc(due).isoformat()})
 
