@@ -100,3 +100,28 @@ async def test_a_claim_lapses_after_its_ttl(db):
     assert claimed.claimed_by == "bob"
     with pytest.raises(ReviewError):  # alice's claim lapsed: she may not label
         await items.release(item.id, None, "alice")
+
+
+async def test_of_two_reviewers_claiming_at_once_exactly_one_wins(db):
+    queue = ReviewQueue(ReviewConfig(enabled=True, sample=1.0), db)
+    for i in range(5):
+        queue(_finished(i))
+    await asyncio.gather(*queue._tasks)
+    items = ReviewItems(db)
+    for item in await items.list(None):  # both read the item at its version, then both try to move it
+        outcomes = await asyncio.gather(items.claim(item.id, None, "alice"), items.claim(item.id, None, "bob"),
+                                        return_exceptions=True)
+        won = [o for o in outcomes if not isinstance(o, Exception)]
+        assert len(won) == 1 and all(isinstance(o, ReviewError) and o.status == 409
+                                     for o in outcomes if o not in won)
+        assert (await items.get(item.id, None)).claimed_by == won[0].claimed_by
+
+
+async def test_held_text_is_bounded_in_size_too(db):
+    queue = ReviewQueue(ReviewConfig(enabled=True, sample=0.0, max_held_chars=100), db)
+    for i in range(20):  # each ~20 characters of prompt and answer
+        queue(_finished(i))
+    queue(_finished(19))  # a reused id is held once
+    assert 0 < queue._held_chars <= 100 and queue._held_chars == sum(
+        len(f["answer"]) + len(f["messages"][0]["content"]) for _, f in queue._held.values())
+    assert list(queue._held)[-1] == "req-19" and "req-0" not in queue._held

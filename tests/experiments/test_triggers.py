@@ -95,13 +95,18 @@ async def test_a_metric_trigger_fires_once_per_condition_with_m_of_n_and_cooldow
     assert [r["outcome"] for r in audit if r["kind"] == "action"] == ["delivered", "delivered"]
 
 
+def _thumbs_down_trigger(name: str, url: str, max_attempts: int) -> RetrainingConfig:
+    """Fires at the first evaluation over ten thumbs-down."""
+    return _config({"name": name, "metric": {"score": "feedback.thumbs", "below": 0.5, "window_s": 600,
+                                             "min_samples": 5},
+                    "cooldown_s": 0, "action": _webhook(url, max_attempts=max_attempts)})
+
+
 async def test_a_retried_webhook_keeps_its_idempotency_key_and_one_of_two_processes_acts(db):
     clock = Clock()
     await _thumbs(db, clock, 0, 10)
     with WebhookReceiver(fail_first=2) as receiver:
-        config = _config({"name": "retry", "metric": {"score": "feedback.thumbs", "below": 0.5, "window_s": 600,
-                                                      "min_samples": 5},
-                          "cooldown_s": 0, "action": _webhook(receiver.url, max_attempts=4)})
+        config = _thumbs_down_trigger("retry", receiver.url, max_attempts=4)
         one, two = RetrainingTriggers(config, db, clock=clock), RetrainingTriggers(config, db, clock=clock)
         clock.now += 1
         rows = await asyncio.gather(one.evaluate(config.triggers[0]), two.evaluate(config.triggers[0]))
@@ -119,9 +124,7 @@ async def test_a_webhook_that_never_answers_well_is_audited_as_failed(db):
     clock = Clock()
     await _thumbs(db, clock, 0, 10)
     with WebhookReceiver(fail_first=10) as receiver:
-        config = _config({"name": "down", "metric": {"score": "feedback.thumbs", "below": 0.5, "window_s": 600,
-                                                     "min_samples": 5},
-                          "action": _webhook(receiver.url, max_attempts=2)})
+        config = _thumbs_down_trigger("down", receiver.url, max_attempts=2)
         triggers = RetrainingTriggers(config, db, clock=clock)
         assert (await _step(triggers, clock, 1)).outcome == "fired"
     actions = [r for r in await triggers.history("down") if r["kind"] == "action"]

@@ -13,7 +13,7 @@ from sqlalchemy import case, func, select
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
 from shipyard.experiments.registry import ExperimentError, ExperimentRegistry, utc_today
-from shipyard.experiments.replay import ReplayIn
+from shipyard.experiments.replay import ReplayBusy, ReplayIn
 from shipyard.experiments.report import decision_report
 from shipyard.experiments.spec import ExperimentSpec
 from shipyard.experiments.statistics import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, sample_ratio
@@ -124,7 +124,10 @@ async def replay(name: str, body: ReplayIn, request: Request):
     missing = [a.deployment for a in spec.arms[:2] if a.deployment not in served]
     if missing:
         raise APIError(409, f"No deployment {', '.join(missing)} here to replay on.", code="conflict")
-    return services_of(request).replays.start(spec, body).view()
+    try:
+        return services_of(request).replays.start(spec, body).view()
+    except ReplayBusy as exc:
+        raise APIError(409, str(exc), code="conflict") from None
 
 
 @router.get("/{name}/replays/{job_id}")

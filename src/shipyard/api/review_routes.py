@@ -74,7 +74,7 @@ async def label_item(item_id: int, body: LabelIn, request: Request):
         return item_view(await _items(request).label(item_id, _scope(request), reviewer, body))
     except ReviewError as exc:
         raise _failed(exc) from None
-    except UnknownRequest:  # its usage row is gone (retention): the label stands, the score cannot
+    except UnknownRequest:  # its usage row is gone (retention): nothing was changed
         raise APIError(404, "The reviewed response's record is gone.", code="response_not_found") from None
 
 

@@ -24,6 +24,7 @@ from shipyard.experiments.review_items import LabelIn, ReviewError, ReviewItems,
 from shipyard.gateway.errors import GatewayError
 from shipyard.gateway.usage_report import usage_totals
 from shipyard.monitor.gpu import gpu_stats
+from shipyard.monitor.scores import UnknownRequest
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -229,6 +230,8 @@ async def review_action(request: Request, item_id: int, viewer: data.Viewer = De
             return await _review_html(request, viewer, "Unknown action.", 400)
     except ReviewError as exc:
         return await _review_html(request, viewer, str(exc), exc.status)
+    except UnknownRequest:
+        return await _review_html(request, viewer, "The reviewed response's record is gone.", 404)
     except ValueError:  # the form's verdict or texts out of bounds
         return await _review_html(request, viewer, "Choose a verdict (good or bad); texts are at most 20,000 "
                                   "characters.", 400)

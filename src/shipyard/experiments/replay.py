@@ -28,6 +28,12 @@ from shipyard.store.models import ShadowRecord
 log = logging.getLogger("shipyard.experiments")
 TENANT = "replay"  # the copies belong to no tenant: nobody is billed for them
 MAX_ROWS = 10_000
+MAX_RUNNING = 4  # jobs at once in one process
+MAX_KEPT = 100  # jobs remembered for GET .../replays/{job}
+
+
+class ReplayBusy(Exception):
+    pass
 
 
 class Turn(BaseModel):
@@ -97,8 +103,14 @@ class Replayer:
         self._tasks: dict[str, asyncio.Task] = {}
 
     def start(self, spec, body: ReplayIn) -> ReplayJob:
+        """A new job, or ReplayBusy when MAX_RUNNING run here already."""
+        if len(self._tasks) >= MAX_RUNNING:
+            raise ReplayBusy(f"{len(self._tasks)} replays are running in this process; wait for one to end.")
         job = ReplayJob(secrets.token_hex(6), spec.name, len(body.dataset))
         self.jobs[job.id] = job
+        while len(self.jobs) > MAX_KEPT:  # the oldest ended jobs are forgotten
+            oldest = next(j for j in self.jobs.values() if j.status != "running")
+            del self.jobs[oldest.id]
         self._tasks[job.id] = asyncio.create_task(self._run(job, spec, body))
         return job
 

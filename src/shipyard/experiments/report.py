@@ -98,18 +98,15 @@ def recommend(sections: dict, ratio: dict | None, thumbs: dict | None) -> dict:
                                                        "so looking again later is safe)"]}
 
 
-async def _served(session, spec: ExperimentSpec) -> tuple[dict[int, list], list[tuple]]:
+async def _served(session, spec: ExperimentSpec) -> list[tuple]:
+    """(arm, status, latency, ttft, cost) of each request the first two arms served, in arrival order."""
     variants = {f"{spec.name}/{arm.name}": i for i, arm in enumerate(spec.arms[:2])}
     rows = (await session.execute(
         select(UsageRecord.variant, UsageRecord.status, UsageRecord.latency_ms, UsageRecord.ttft_ms,
-               UsageRecord.cost_usd, UsageRecord.request_id)
+               UsageRecord.cost_usd)
         .where(UsageRecord.variant.in_(variants)).order_by(UsageRecord.created_at, UsageRecord.id)
         .limit(MAX_ROWS))).all()
-    per_arm: dict[int, list] = defaultdict(list)
-    ordered = [(variants[r[0]], *r[1:]) for r in rows]
-    for row in ordered:
-        per_arm[row[0]].append(row)
-    return per_arm, ordered
+    return [(variants[variant], *rest) for variant, *rest in rows]
 
 
 async def _thumbs(session, spec: ExperimentSpec) -> tuple[list[int], list[int]]:
@@ -123,16 +120,25 @@ async def _thumbs(session, spec: ExperimentSpec) -> tuple[list[int], list[int]]:
     return ups, downs
 
 
+def request_values(status: int, latency: float, ttft: float | None, cost: float) -> dict[str, float]:
+    """What one request contributes to each request metric: every request its error; an answered
+    one its latency, cost and (when measured) TTFT."""
+    values = {"error_rate": float(status >= 500)}
+    if status < 400:
+        values.update(latency_ms=latency, cost_usd=cost)
+        if ttft is not None:
+            values["ttft_ms"] = ttft
+    return values
+
+
 def _request_pairs(rows: list[tuple]) -> dict[str, list[tuple[float, float]]]:
-    """(champion, challenger) per request metric from rows (status, latency, ttft, cost) × 2."""
+    """(champion, challenger) per request metric, from rows (status, latency, ttft, cost) × 2: a pair
+    counts for a metric where both sides have a value."""
     pairs: dict[str, list] = defaultdict(list)
-    for a_status, a_latency, a_ttft, a_cost, b_status, b_latency, b_ttft, b_cost in rows:
-        pairs["error_rate"].append((float(a_status >= 500), float(b_status >= 500)))
-        if a_status < 400 and b_status < 400:
-            pairs["latency_ms"].append((a_latency, b_latency))
-            if a_ttft is not None and b_ttft is not None:
-                pairs["ttft_ms"].append((a_ttft, b_ttft))
-            pairs["cost_usd"].append((a_cost, b_cost))
+    for row in rows:
+        champion, challenger = request_values(*row[:4]), request_values(*row[4:])
+        for metric in champion.keys() & challenger.keys():
+            pairs[metric].append((champion[metric], challenger[metric]))
     return pairs
 
 
@@ -186,27 +192,24 @@ async def decision_report(db, spec: ExperimentSpec, alpha: float = DEFAULT_ALPHA
                           min_samples: int = DEFAULT_MIN_SAMPLES) -> dict:
     sections: dict[str, dict] = {}
     async with db.session() as session:
-        per_arm, ordered = await _served(session, spec)
+        served = await _served(session, spec)
         ups, downs = await _thumbs(session, spec)
         mirrored = await _mirrored(session, spec)
         replayed = await _replayed(session, spec)
         agreement = await _score_means(session, spec, ("shadow.cosine", "shadow.exact_match", "shadow.length_ratio"))
         reference = await _reference_pairs(session, spec)
     ratio = None
-    if per_arm.get(0) and per_arm.get(1):
-        observations = {name: [] for name, _ in REQUEST_METRICS}
-        for arm, status, latency, ttft, cost, _ in ordered:
-            observations["error_rate"].append((arm, float(status >= 500)))
-            if status < 400:
-                observations["latency_ms"].append((arm, latency))
-                observations["cost_usd"].append((arm, cost))
-                if ttft is not None:
-                    observations["ttft_ms"].append((arm, ttft))
-        sections["served"] = {"requests": [len(per_arm[0]), len(per_arm[1])], "metrics": [
+    counts = [sum(1 for row in served if row[0] == arm) for arm in (0, 1)]
+    if min(counts) > 0:
+        observations = defaultdict(list)
+        for arm, *request in served:
+            for metric, value in request_values(*request).items():
+                observations[metric].append((arm, value))
+        sections["served"] = {"requests": counts, "metrics": [
             two_streams(name, higher, observations[name], alpha, min_samples) for name, higher in REQUEST_METRICS]}
         if spec.mode == "ab":
             weights = spec.serving_weights()[:2]
-            check = sample_ratio([len(per_arm[0]), len(per_arm[1])], weights)
+            check = sample_ratio(counts, weights)
             ratio = {"p_value": check.p_value, "mismatch": check.mismatch, "expected_shares": check.expected_shares}
     for name, rows in (("mirrored", mirrored), ("replay", replayed)):
         if rows:
@@ -215,7 +218,7 @@ async def decision_report(db, spec: ExperimentSpec, alpha: float = DEFAULT_ALPHA
                        for metric, higher in REQUEST_METRICS if pairs.get(metric)]
             sections[name] = {"pairs": len(rows), "metrics": metrics}
     if reference:
-        sections["replay"]["metrics"].append(paired("reference_cosine", True, reference, alpha, min_samples))
+        sections.setdefault("replay", {"pairs": 0, "metrics": []})["metrics"].append(paired("reference_cosine", True, reference, alpha, min_samples))
     for section in sections.values():
         for metric in section["metrics"]:
             metric["min_samples"] = min_samples

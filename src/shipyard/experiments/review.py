@@ -37,7 +37,8 @@ from shipyard.store.models import ReviewItem, Score
 
 log = logging.getLogger("shipyard.review")
 SCAN_BATCH = 1000
-LOOKBACK_IDS = 500  # scores committed out of id order (concurrent writers) are still seen
+LOOKBACK_IDS = 500
+MAX_WRITES_IN_FLIGHT = 100  # scores committed out of id order (concurrent writers) are still seen
 
 
 class ScoreRule(BaseModel):
@@ -75,6 +76,7 @@ class ReviewConfig(BaseModel):
     rules: list[ScoreRule] = Field(default_factory=list, description="more score rules")
     hold_s: float = Field(3600.0, gt=0, description="how long a response's text waits for a score to queue it")
     max_held: int = Field(10_000, ge=1, description="responses held per process for the score rules")
+    max_held_chars: int = Field(32_000_000, ge=1, description="and at most this much of their text in all")
     claim_ttl_s: float = Field(1800.0, gt=0, description="a claim not labelled within this lapses")
     scan_interval_s: float = Field(2.0, gt=0)
 
@@ -85,6 +87,10 @@ class ReviewConfig(BaseModel):
         if self.shadow_cosine_below is not None:
             rules.append(("shadow_disagreement", ScoreRule(score="shadow.cosine", below=self.shadow_cosine_below)))
         return rules + [(f"rule:{r.score}", r) for r in self.rules]
+
+
+def _chars(fields: dict) -> int:
+    return len(fields["answer"]) + sum(len(m["content"]) for m in fields["messages"])
 
 
 def prompt_messages(prompt) -> list[dict] | None:
@@ -104,6 +110,7 @@ class ReviewQueue:
         self.db = db
         self.clock = clock
         self._held: OrderedDict[str, tuple[float, dict]] = OrderedDict()  # usage id → (when, item fields)
+        self._held_chars = 0
         self._watermark: int | None = None
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
@@ -126,12 +133,23 @@ class ReviewQueue:
                   "tenant_id": finished.tenant_id, "deployment": finished.deployment, "messages": messages,
                   "answer": finished.output}
         if random.random() < self.config.sample:
-            self._spawn(self._queue(fields, "sample"))
+            if len(self._tasks) < MAX_WRITES_IN_FLIGHT:  # a frozen store: samples are dropped, not piled up
+                self._spawn(self._queue(fields, "sample"))
             return
         if self._rules:
+            self._forget(finished.request_id)  # a reused id: the latest answer counts
             self._held[finished.request_id] = (self.clock(), fields)
-            while len(self._held) > self.config.max_held:
-                self._held.popitem(last=False)
+            self._held_chars += _chars(fields)
+            while self._held and (len(self._held) > self.config.max_held or
+                                  self._held_chars > self.config.max_held_chars):
+                self._forget(next(iter(self._held)))
+
+    def _forget(self, request_id: str) -> dict | None:
+        held = self._held.pop(request_id, None)
+        if held is None:
+            return None
+        self._held_chars -= _chars(held[1])
+        return held[1]
 
     def _spawn(self, work) -> None:
         task = asyncio.create_task(work)
@@ -181,14 +199,12 @@ class ReviewQueue:
             if row.id in self._seen:
                 continue
             self._seen[row.id] = None
-            held = self._held.get(row.request_id)
-            if held is None:
+            if row.request_id not in self._held:
                 continue
             for reason, rule in self._rules:
                 if rule.score == row.name and rule.matches(row):
-                    if await self._queue(held[1], reason):
+                    if await self._queue(self._forget(row.request_id), reason):
                         log.info("review: %s queued (%s)", row.request_id, reason)
-                    self._held.pop(row.request_id, None)
                     break
         while len(self._seen) > 4 * SCAN_BATCH:
             self._seen.popitem(last=False)
@@ -199,4 +215,4 @@ class ReviewQueue:
             key, (at, _) = next(iter(self._held.items()))
             if at >= oldest:
                 break
-            self._held.pop(key)
+            self._forget(key)

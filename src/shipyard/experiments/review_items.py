@@ -143,6 +143,8 @@ class ReviewItems:
         """Label a claimed item; the labels become annotation scores of the response."""
         row = await self.get(item_id, tenant_id)
         self._held_by(row, reviewer)
+        store = ScoreStore(self.db)
+        await store.request_owner(row.request_id, row.tenant_id)  # its record gone: refused before any change
         labels = {"verdict": body.verdict, **body.labels}
         updated = await self._change(row, {"status": "labelled", "labels": labels, "correction": body.correction,
                                            "labelled_by": reviewer, "labelled_at": datetime.now(timezone.utc)})
@@ -150,7 +152,7 @@ class ReviewItems:
                           source="annotation", comment=body.comment)]
         scores += [ScoreIn(request_id=row.request_id, name=f"review.{name}", value=value, source="annotation")
                    for name, value in body.labels.items()]
-        await ScoreStore(self.db).add(scores, row.tenant_id, source="annotation")
+        await store.add(scores, row.tenant_id, source="annotation")
         return updated
 
     async def export(self, tenant_id: str | None, deployment: str | None = None, since: datetime | None = None,
