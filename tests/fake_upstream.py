@@ -178,8 +178,8 @@ class FakeVLLM:
             await send([{**finish, "delta": {}} if chat else {**finish, "text": ""}])
             if (body.get("stream_options") or {}).get("include_usage"):
                 await send([], {"prompt_tokens": 7, "total_tokens": 7 + count, "completion_tokens": count})
+            self.served += 1  # before the last byte: a client that has read it sees the count
             await response.write(b"data: [DONE]\n\n")
-            self.served += 1
         finally:
             self.running -= 1
         return response

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from pydantic import TypeAdapter
@@ -54,7 +55,7 @@ from shipyard.gateway.auth import Authenticator, InternalTokenAuthenticator, Lim
 from shipyard.gateway.keys import load_pepper
 from shipyard.gateway.keystore import SYSTEM_TENANT, KeySpec, KeyStore
 from shipyard.gateway.limits import InProcessLimiter
-from shipyard.gateway.redis_limits import RedisLimiter
+from shipyard.gateway.redis_limits import RedisLimiter, check_keeps_keys
 from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
 from shipyard.gateway.usage import UsageMeter
@@ -129,8 +130,10 @@ def _replica_factory(deployment: str, breaker):
     """A replica spec (as in shipyard.yaml) → a Replica, for replicas added through the admin API."""
     adapter = TypeAdapter(ReplicaSpec)
 
-    def make(raw: dict) -> Replica:
+    def make(raw: dict, check: Callable | None = None) -> Replica:
         spec = adapter.validate_python(raw)
+        if check is not None:
+            check(spec)
         name = spec.name or f"{deployment}-{secrets.token_hex(3)}"
         return Replica(name, _replica_engine(spec, deployment, name), weight=spec.weight, min_tier=spec.min_tier,
                        breaker=CircuitBreaker(breaker.failures, breaker.window_s, breaker.cooldown_s))
@@ -150,8 +153,15 @@ def _replica_engine(spec, deployment: str, replica_name: str) -> Engine:
     return OpenAIHTTPEngine(spec, deployment)
 
 
-def _redis_client(config: ShipyardConfig):
-    url = config.gateway.redis_url or os.environ.get("SHIPYARD_REDIS_URL")
+def _redis_url(config: ShipyardConfig) -> str | None:
+    return config.gateway.redis_url or os.environ.get("SHIPYARD_REDIS_URL")
+
+
+def _cache_redis_url(config: ShipyardConfig) -> str | None:
+    return config.cache.redis_url or os.environ.get("SHIPYARD_CACHE_REDIS_URL")
+
+
+def _redis_client(url: str | None):
     if not url:
         return None
     import redis.asyncio as redis
@@ -168,8 +178,10 @@ WORKER_PROCESS_ENV = "SHIPYARD_SERVER_WORKER"  # set in each of several server p
 
 def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) -> FastAPI:
     engines = engines if engines is not None else build_engines(config)
-    redis = _redis_client(config)
-    caches = build_caches(config, engines, redis)
+    redis = _redis_client(_redis_url(config))
+    cache_url = _cache_redis_url(config)
+    cache_redis = _redis_client(cache_url) if cache_url else redis  # the limits' own, unless one is given
+    caches = build_caches(config, engines, cache_redis)
     router = Router(engines, caches)
     metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled,
                              slice_s=config.monitor.window_slice_s)
@@ -205,6 +217,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if redis is not None:
+            await check_keeps_keys(redis, _redis_url(config))
         await db.migrate()  # a no-op in a worker process: its parent migrated (api/workers.py)
         await _bootstrap_admin(keystore, config, data_dir)
         await meter.start()
@@ -227,8 +241,12 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
             await meter.stop()  # flush every usage record (to the database or the spool)
             await score_writer.stop()
             await db.close()
+            for exact in {id(c.exact): c.exact for c in caches.values() if c.exact is not None}.values():
+                await exact.close()
             if redis is not None:
                 await redis.aclose()
+            if cache_redis is not None and cache_redis is not redis:
+                await cache_redis.aclose()
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import httpx
@@ -23,6 +24,19 @@ console = Console()
 URL = typer.Option(None, "--url", help="Server URL (env SHIPYARD_URL, default http://127.0.0.1:8000)")
 KEY = typer.Option(None, "--key", help="API key (env SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY)")
 AS_JSON = typer.Option(False, "--json", help="Print JSON")
+CONFIG = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                      help="shipyard.yaml: talk to the server it describes (server.host, server.port)")
+
+
+def url_of(url: str | None, config: Path | None) -> str | None:
+    """--url, else the server a --config describes (else SHIPYARD_URL, read later)."""
+    if url or config is None:
+        return url
+    from shipyard.config import ShipyardConfig
+
+    server = ShipyardConfig.load(config).server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{server.port}"
 
 
 def server_of(url: str | None, key: str | None) -> tuple[str, dict[str, str]]:
@@ -77,16 +91,20 @@ def tenants_create(name: str, rpm: Optional[int] = None, tpm: Optional[int] = No
                    max_concurrent: Optional[int] = None, budget_usd: Optional[float] = None,
                    budget_period: Optional[str] = None,
                    max_tier: int = typer.Option(0, help="Highest key tier a tenant-admin may give"),
-                   url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+                   url: Optional[str] = URL,
+                   config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Create a tenant (admin only)."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         body = {"name": name, "max_tier": max_tier, **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
         _show(_call(client, "POST", "/admin/tenants", json=body).json(), ["id", "name", "rpm", "tpm"], as_json)
 
 
 @tenants_app.command("list")
-def tenants_list(url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+def tenants_list(url: Optional[str] = URL,
+                 config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """List tenants (yours only, unless admin)."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         _show(_call(client, "GET", "/admin/tenants").json()["data"], ["id", "name", "rpm", "tpm", "budget_usd"],
               as_json)
@@ -102,9 +120,11 @@ def keys_create(tenant: Optional[str] = typer.Option(None, help="Tenant id (defa
                 allowed_model: Optional[list[str]] = typer.Option(None, help="Repeat to allow several"),
                 rotation_period_days: Optional[int] = None, rpm: Optional[int] = None, tpm: Optional[int] = None,
                 max_concurrent: Optional[int] = None, budget_usd: Optional[float] = None,
-                budget_period: Optional[str] = None, url: Optional[str] = URL, key: Optional[str] = KEY,
+                budget_period: Optional[str] = None, url: Optional[str] = URL,
+                config: Optional[Path] = CONFIG, key: Optional[str] = KEY,
                 as_json: bool = AS_JSON):
     """Create a key; its secret is printed once."""
+    url = url_of(url, config)
     body = {"tenant_id": tenant, "role": role, "name": name, "tier": tier, "expires_in_s": expires_in_s,
             "allowed_models": allowed_model or None, "rotation_period_days": rotation_period_days,
             **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
@@ -123,17 +143,21 @@ def _print_secret(created: dict, as_json: bool) -> None:
 
 
 @keys_app.command("list")
-def keys_list(tenant: Optional[str] = None, url: Optional[str] = URL, key: Optional[str] = KEY,
+def keys_list(tenant: Optional[str] = None, url: Optional[str] = URL,
+              config: Optional[Path] = CONFIG, key: Optional[str] = KEY,
               as_json: bool = AS_JSON):
     """List keys (never their secrets)."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         params = {"tenant_id": tenant} if tenant else {}
         _show(_call(client, "GET", "/admin/keys", params=params).json()["data"], KEY_COLUMNS, as_json)
 
 
 @keys_app.command("show")
-def keys_show(key_id: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+def keys_show(key_id: str, url: Optional[str] = URL,
+              config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Show one key."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         _show(_call(client, "GET", f"/admin/keys/{key_id}").json(), KEY_COLUMNS, as_json)
 
@@ -142,8 +166,10 @@ def keys_show(key_id: str, url: Optional[str] = URL, key: Optional[str] = KEY, a
 def keys_rotate(key_id: str,
                 grace_period_s: Optional[float] = typer.Option(
                     None, help="Old secret keeps working this long (default: the key's own grace policy)"),
-                url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+                url: Optional[str] = URL,
+                config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Issue a new secret for a key; the old one works for the grace period."""
+    url = url_of(url, config)
     body = {} if grace_period_s is None else {"grace_period_s": grace_period_s}
     with _client(url, key) as client:
         rotated = _call(client, "POST", f"/admin/keys/{key_id}/rotate", json=body).json()
@@ -151,8 +177,10 @@ def keys_rotate(key_id: str,
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+def keys_revoke(key_id: str, url: Optional[str] = URL,
+                config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Revoke a key, at once, on every replica."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         _show(_call(client, "POST", f"/admin/keys/{key_id}/revoke").json(), KEY_COLUMNS, as_json)
 
@@ -162,8 +190,9 @@ def usage(tenant: Optional[str] = None, key_id: Optional[str] = typer.Option(Non
           end: Optional[str] = typer.Option(None, help="ISO 8601"),
           group_by: Optional[list[str]] = typer.Option(None, help="tenant_id, key_id, model (repeat)"),
           csv: bool = typer.Option(False, "--csv", help="CSV instead of a table"),
-          url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON):
+          url: Optional[str] = URL, config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Usage totals by tenant, key and model over a time range."""
+    url = url_of(url, config)
     params = {k: v for k, v in {"tenant_id": tenant, "key_id": key_id, "model": model, "start": start,
                                 "end": end}.items() if v}
     if group_by:

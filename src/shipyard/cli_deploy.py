@@ -35,6 +35,7 @@ def deploy(
     """Profile the machine and the model, choose engine and quantization, convert, verify, serve."""
     from shipyard.optimize.deploy import deploy as run_deploy
     from shipyard.optimize.deploy import make_plan, save_plan, write_config
+    from shipyard.optimize.profile import NotAModel
     from shipyard.optimize.select import PlanError
 
     model_path = model_path.expanduser().resolve()
@@ -47,7 +48,7 @@ def deploy(
             return
         with console.status("planning") as status:
             deployed = run_deploy(model_path, optimize, max_perplexity_loss, progress=status.update)
-    except PlanError as exc:
+    except (PlanError, NotAModel) as exc:
         errors.print(f"[red]cannot deploy:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(_plan_table(deployed.plan, f"Deployed {model_path.name} as '{deployed.name}'"))

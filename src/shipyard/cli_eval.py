@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shipyard.cli_admin import KEY, URL, server_of
+from shipyard.cli_admin import CONFIG, KEY, URL, server_of, url_of
 from shipyard.evaluation.hallucination import evaluate_signals, load_labelled
 from shipyard.evaluation.metrics import METRICS
 from shipyard.evaluation.run import DatasetError, load_dataset, run_eval
@@ -44,8 +44,9 @@ def run(deployment: str = typer.Option(..., "--deployment", "-d", help="the depl
         limit: Optional[int] = typer.Option(None, min=1, help="only the first N rows"),
         every: Optional[float] = typer.Option(None, min=1.0, help="repeat every N seconds (a scheduled eval)"),
         times: Optional[int] = typer.Option(None, min=1, help="with --every: stop after N runs"),
-        url: Optional[str] = URL, key: Optional[str] = KEY) -> None:
+        url: Optional[str] = URL, config: Optional[Path] = CONFIG, key: Optional[str] = KEY) -> None:
     """Send every row to the deployment, score the answers, write `eval.<metric>` scores and a report."""
+    url = url_of(url, config)
     unknown = [m for m in metric if m not in METRICS]
     if unknown:
         raise typer.BadParameter(f"unknown metric {', '.join(unknown)}: one of {', '.join(METRICS)}")
@@ -68,7 +69,15 @@ def run(deployment: str = typer.Option(..., "--deployment", "-d", help="the depl
         for name, figures in result["metrics"].items():
             table.add_row(name, "—" if figures["mean"] is None else f"{figures['mean']:.4f}", str(figures["n"]))
         console.print(table)
+        failed = [r for r in result["results"] if r["error"]]
+        for row in failed[:10]:  # why, not only how many
+            console.print(f"[red]row {row['id']}: {row['error']}[/red]")
+        if len(failed) > 10:
+            console.print(f"[red]... and {len(failed) - 10} more (see the report)[/red]")
         console.print(f"report: {path}")
+        if failed and len(failed) == result["rows"]:
+            console.print("[red]every row failed: nothing was scored[/red]")
+            raise typer.Exit(1)
         done += 1
         if every is None or (times is not None and done >= times):
             return
@@ -82,8 +91,9 @@ def hallucination(labelled: Path = typer.Option(..., "--labelled", exists=True, 
                                                            help="where rows with a prompt are sent"),
                   report: Optional[Path] = typer.Option(None, "--report"),
                   max_tokens: int = typer.Option(128, min=1), wait: float = typer.Option(60.0, min=0),
-                  url: Optional[str] = URL, key: Optional[str] = KEY) -> None:
+                  url: Optional[str] = URL, config: Optional[Path] = CONFIG, key: Optional[str] = KEY) -> None:
     """The AUROC of each hallucination signal (logprobs, entropy, consistency, faithfulness)."""
+    url = url_of(url, config)
     try:
         rows = load_labelled(labelled)
     except DatasetError as exc:

@@ -12,7 +12,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from shipyard.cli_admin import AS_JSON, KEY, URL, _call, _client, _show, console
+from shipyard.cli_admin import AS_JSON, CONFIG, KEY, URL, _call, _client, _show, console, url_of
 
 experiments_app = typer.Typer(help="Shadow, canary, A/B and champion-challenger experiments.", no_args_is_help=True)
 COLUMNS = ["name", "model", "mode", "status", "serving_weights", "version"]
@@ -20,8 +20,10 @@ COLUMNS = ["name", "model", "mode", "status", "serving_weights", "version"]
 
 @experiments_app.command("create")
 def create(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="the experiment as YAML or JSON"),
-           url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+           url: Optional[str] = URL,
+           config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """Create an experiment from a file ({name, model, mode, arms: [{name, deployment, weight}], ...})."""
+    url = url_of(url, config)
     body = yaml.safe_load(spec.read_text())
     with _client(url, key) as client:
         _show(_call(client, "POST", "/admin/experiments", json=body).json(), COLUMNS, as_json)
@@ -29,8 +31,10 @@ def create(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="t
 
 @experiments_app.command("status")
 def status(name: Optional[str] = typer.Argument(None, help="one experiment (default: list them all)"),
-           url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+           url: Optional[str] = URL,
+           config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """The experiments, or one with its arms' traffic, sample-ratio check and audit log."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         if name is None:
             _show(_call(client, "GET", "/admin/experiments").json()["data"], COLUMNS, as_json)
@@ -52,35 +56,45 @@ def _action(action: str, name: str, url: Optional[str], key: Optional[str], as_j
 
 
 @experiments_app.command("pause")
-def pause(name: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+def pause(name: str, url: Optional[str] = URL,
+          config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """Hold the split where it is: nothing moves automatically."""
+    url = url_of(url, config)
     _action("pause", name, url, key, as_json)
 
 
 @experiments_app.command("resume")
-def resume(name: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+def resume(name: str, url: Optional[str] = URL,
+           config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+    url = url_of(url, config)
     _action("resume", name, url, key, as_json)
 
 
 @experiments_app.command("promote")
 def promote(name: str, arm: Optional[str] = typer.Option(None, help="default: the first challenger"),
-            url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+            url: Optional[str] = URL,
+            config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """Send every request to the arm."""
+    url = url_of(url, config)
     _action("promote", name, url, key, as_json, {"arm": arm} if arm else None)
 
 
 @experiments_app.command("rollback")
-def rollback(name: str, url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+def rollback(name: str, url: Optional[str] = URL,
+             config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """Send every request back to the champion."""
+    url = url_of(url, config)
     _action("rollback", name, url, key, as_json)
 
 
 @experiments_app.command("report")
 def report(name: str, alpha: float = typer.Option(0.05, help="the tests' error rate"),
            min_samples: int = typer.Option(100, help="per arm (or pairs) before any decision"),
-           url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+           url: Optional[str] = URL,
+           config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """The decision report: each metric's always-valid test, effect sizes and intervals, thumbs, and a
     recommendation (promote, keep_champion, continue, investigate)."""
+    url = url_of(url, config)
     with _client(url, key) as client:
         view = _call(client, "GET", f"/admin/experiments/{name}/report",
                      params={"alpha": alpha, "min_samples": min_samples}).json()
@@ -121,8 +135,10 @@ def replay(name: str, dataset: Path = typer.Option(..., exists=True, dir_okay=Fa
                                                    help="JSONL: {messages} (fine-tuning format) or {prompt, ideal}"),
            max_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0),
            concurrency: int = typer.Option(2), wait: bool = typer.Option(True, help="follow it to the end"),
-           url: Optional[str] = URL, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
+           url: Optional[str] = URL,
+           config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """Send a stored dataset to both arms; the report then holds the paired results."""
+    url = url_of(url, config)
     rows = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
     body = {"dataset": rows, "max_tokens": max_tokens, "temperature": temperature, "concurrency": concurrency}
     with _client(url, key) as client:

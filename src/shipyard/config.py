@@ -35,14 +35,14 @@ from shipyard.scaling.policy import ScalingConfig
 class TransformersDeployment(TransformersEngineConfig):
     """A model served in-process by the embedded PyTorch engine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     engine: Literal["transformers"] = "transformers"
 
 
 class LlamaCppDeployment(LlamaCppEngineConfig):
     """A GGUF file served in-process: llama.cpp runs the forward, the embedded engine the rest."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     engine: Literal["llamacpp"] = "llamacpp"
 
 
@@ -56,8 +56,9 @@ class TritonDeployment(TritonEngineConfig):
 
 
 class _ReplicaFields(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     name: str | None = Field(None, max_length=100, description="default: <deployment>-<index>")
-    weight: float = Field(1.0, gt=0, description="for the weighted balancer")
+    weight: float = Field(1.0, gt=0, le=1_000_000, description="for the weighted balancer")
     min_tier: int = Field(0, ge=0, le=100, description="tier routing: only keys of at least this tier go here")
 
 
@@ -94,7 +95,7 @@ Replica = Annotated[Union[Annotated[TransformersReplica, Tag("transformers")],
 
 
 class BreakerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     failures: int = Field(5, ge=1, description="failures within window_s that open a replica's breaker")
     window_s: float = Field(30.0, gt=0)
     cooldown_s: float = Field(10.0, gt=0, description="open this long, then one probe (half-open)")
@@ -103,7 +104,7 @@ class BreakerConfig(BaseModel):
 class RayRuntimeConfig(BaseModel):
     """Where and how the replicas run on a Ray cluster (runtime: ray)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     address: str = Field("auto", description="the cluster's address (host:port of its head), or auto")
     proxy_host: str = Field("127.0.0.1", description="Ray Serve's HTTP proxy, which the gateway sends requests to")
     proxy_port: int = Field(8001, ge=1, le=65535)
@@ -146,7 +147,7 @@ class AutoscalingConfig(ScalingConfig):
 class RoutedDeployment(BaseModel):
     """One model name over several replicas, with balancing, retries, breakers and fallbacks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     replicas: list[Replica] = Field(default_factory=list, description="may be left out with autoscaling: "
                                     "its `replica` template starts min_replicas of them")
     balancer: Literal["round_robin", "least_outstanding", "weighted", "power_of_two"] = "least_outstanding"
@@ -201,7 +202,7 @@ Deployment = Annotated[Union[Annotated[TransformersDeployment, Tag("transformers
 
 
 class ServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
@@ -217,17 +218,19 @@ class ServerConfig(BaseModel):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field("auto", description="auto: uvloop where installed")
     shutdown_grace_s: float = Field(10.0, ge=0, description="In-flight requests get this long to finish at "
                                                              "shutdown, then end with an error event")
+    api_launch: bool = Field(False, description="Admins may add `engine: launch` replicas over the API, which "
+                             "runs servers on this host (their own programs, a vetted environment; audited)")
 
 
 class LimitsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     rpm: int | None = Field(None, ge=1, description="requests per minute")
     tpm: int | None = Field(None, ge=1, description="prompt + completion tokens per minute")
     max_concurrent: int | None = Field(None, ge=1)
 
 
 class GatewayConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     redis_url: str | None = Field(None, description="Shared limits and key freshness across processes "
                                                     "(env SHIPYARD_REDIS_URL)")
     redis_failure: Literal["open", "closed"] = Field("open", description="When Redis is unreachable: admit "
@@ -245,7 +248,7 @@ class GatewayConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     url: str | None = Field(None, description="SQLAlchemy URL; env SHIPYARD_DATABASE_URL; default SQLite in "
                                               "data_dir")
     data_dir: str | None = Field(None, description="default: env SHIPYARD_DATA_DIR or ~/.local/share/shipyard")
@@ -259,13 +262,15 @@ class CacheConfig(BaseModel):
     """The exact cache (on by default, for deterministic requests) and the semantic cache
     (opt-in per deployment). KV prefix sharing is set per embedded deployment."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    redis_url: str | None = Field(None, description="A Redis of the cache's own (env SHIPYARD_CACHE_REDIS_URL), "
+                                  "which may evict; default: the gateway's, which must not")
     exact: ExactCacheConfig = ExactCacheConfig()
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 
 class ShipyardConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     server: ServerConfig = ServerConfig()
     auth: Literal["enabled", "disabled"] = Field("enabled", description="'disabled' only for local use")
     store: StoreConfig = StoreConfig()

@@ -207,9 +207,15 @@ def test_request_id_is_echoed(client):
 
 @pytest.mark.parametrize("content", [[{"type": "text", "text": "What is "}, {"type": "text", "text": "a list?"}]])
 def test_content_parts(client, content):
-    completion = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": content}],
-                                                max_tokens=2)
-    assert completion.choices[0].message.content is not None
+    """Text parts are the message's text, in order: the same prompt and answer as the joined string."""
+    def ask(message_content):
+        return client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": message_content}],
+                                              max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+
+    parts, joined = ask(content), ask("".join(part["text"] for part in content))
+    assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
+    assert parts.choices[0].message.content == joined.choices[0].message.content
+    assert parts.usage.completion_tokens == 6
 
 
 def test_echo_prepends_the_prompt(client):

@@ -11,7 +11,7 @@ import pytest
 from conftest import ServerProcess
 from fake_upstream import FakeVLLM
 from gateway_support import ADMIN_KEY, AdminClient
-from paraphrases import PAIRS
+from paraphrases import HELD_OUT, PAIRS
 
 MODEL = "semantic"
 
@@ -23,19 +23,25 @@ def embedder():
     return Embedder()
 
 
-def test_default_threshold_precision_and_recall(embedder):
+def _precision_recall(embedder, pairs) -> tuple[float, float]:
     from shipyard.cache.semantic import DEFAULT_THRESHOLD
 
-    assert len(PAIRS) >= 100
-    left, right = embedder([a for a, _, _ in PAIRS]), embedder([b for _, b, _ in PAIRS])
-    similarity = (left * right).sum(axis=1)
-    same = np.array([label for _, _, label in PAIRS])
-    served = similarity >= DEFAULT_THRESHOLD
-    precision = (served & same).sum() / served.sum()
-    recall = (served & same).sum() / same.sum()
-    print(f"\nsemantic cache at threshold {DEFAULT_THRESHOLD}: precision {precision:.3f}, recall {recall:.3f} "
-          f"on {len(PAIRS)} pairs ({same.sum()} paraphrases)")
-    assert precision >= 0.9 and recall >= 0.65
+    left, right = embedder([a for a, _, _ in pairs]), embedder([b for _, b, _ in pairs])
+    served = (left * right).sum(axis=1) >= DEFAULT_THRESHOLD
+    same = np.array([label for _, _, label in pairs])
+    return (served & same).sum() / served.sum(), (served & same).sum() / same.sum()
+
+
+def test_default_threshold_precision_and_recall(embedder):
+    """On the pairs the threshold was chosen on (0.93 / 0.73), and on pairs held out from that
+    choice (0.85 / 0.46 measured): the held-out figures are the ones to expect."""
+    assert len(PAIRS) >= 100 and len(HELD_OUT) >= 40
+    assert not {(a, b) for a, b, _ in PAIRS} & {(a, b) for a, b, _ in HELD_OUT}
+    tuned, held_out = _precision_recall(embedder, PAIRS), _precision_recall(embedder, HELD_OUT)
+    print(f"\nsemantic cache: precision/recall {tuned[0]:.3f}/{tuned[1]:.3f} on the tuning pairs, "
+          f"{held_out[0]:.3f}/{held_out[1]:.3f} held out")
+    assert tuned[0] >= 0.9 and tuned[1] >= 0.65
+    assert held_out[0] >= 0.8 and held_out[1] >= 0.4
 
 
 def test_lookups_stay_inside_their_partition(embedder):

@@ -53,10 +53,11 @@ def test_roles_and_the_session_cookie(site):
     secret = viewer["key"].rsplit("-", 1)[-1]
     assert secret not in session and viewer["key"] not in signed.text
     assert "Requests (1 h)" in _get(site, "/dashboard", cookies={"shipyard_dashboard": session}).text
-    key_id, generation, expires, signature = session.split(".")
-    for forged in (f"{key_id}.{generation}.{int(expires) + 999}.{signature}",  # extended
-                   f"adminkey.{generation}.{expires}.{signature}",  # another key
-                   f"{key_id}.{generation}.{expires}.{'0' * 64}", "garbage", "a." * 300):
+    session_id, key_id, generation, expires, signature = session.split(".")
+    for forged in (f"{session_id}.{key_id}.{generation}.{int(expires) + 999}.{signature}",  # extended
+                   f"{session_id}.adminkey.{generation}.{expires}.{signature}",  # another key
+                   f"{'0' * 32}.{key_id}.{generation}.{expires}.{signature}",  # another session
+                   f"{session_id}.{key_id}.{generation}.{expires}.{'0' * 64}", "garbage", "a." * 300):
         assert "Sign in" in _get(site, "/dashboard", cookies={"shipyard_dashboard": forged}).text
     assert call(site.base_url, ADMIN_KEY, "POST", f"/admin/keys/{viewer['id']}/rotate").status_code == 200
     assert "Sign in" in _get(site, "/dashboard", cookies={"shipyard_dashboard": session}).text  # rotated: signed out

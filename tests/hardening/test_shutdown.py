@@ -11,6 +11,7 @@ import sqlite3
 import aiohttp
 
 from conftest import MODEL_NAME, ServerProcess
+from fake_upstream import FakeVLLM
 from gateway_support import ADMIN_KEY, gateway_config
 
 
@@ -34,11 +35,21 @@ async def _stream(session, url: str, started: asyncio.Event) -> dict:
 
 
 def test_streams_past_the_grace_period_end_cleanly_and_are_billed(tiny_model, tmp_path):
+    # An engine that paces its tokens (20 ms each, 500 of them): every stream is still running when
+    # the 1 s grace ends, however fast the machine (the embedded model could finish them all first).
+    upstream = FakeVLLM("paced", model="m")
+    upstream.mode, upstream.delay_s = "slow_stream", 0.02
+    upstream.start()
     config = gateway_config(tiny_model, usage_flush_interval_s=0.1)
-    config["deployments"][MODEL_NAME]["max_num_seqs"] = 2  # the rest wait in the queue
+    config["deployments"][MODEL_NAME] = {"replicas": [{"engine": "openai_http", "url": upstream.url, "flavor": "vllm",
+                                                       "upstream_model": "m"}], "retries": 0}
     config["server"] = {"shutdown_grace_s": 1}
     server = ServerProcess(config, tmp_path, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY})
-    server.wait_ready()
+    try:
+        server.wait_ready()
+    except BaseException:
+        upstream.stop()
+        raise
 
     async def run() -> list[dict]:
         url = f"{server.base_url}/v1/completions"
@@ -55,10 +66,11 @@ def test_streams_past_the_grace_period_end_cleanly_and_are_billed(tiny_model, tm
         assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     finally:
         server.stop()
+        upstream.stop()
     assert all(r["done"] for r in results)  # every stream was ended, none cut mid-way
     cut = [r for r in results if r["errors"]]
     assert cut and all(r["errors"][0]["code"] == "server_shutting_down" for r in cut)
-    assert any(r["tokens"] > 0 for r in cut)  # some were generating when the grace ran out
+    assert len(cut) == 12 and all(r["tokens"] > 0 for r in cut)  # all were generating when the grace ran out
     log = server.log()
     assert "Traceback" not in log and "Cancel" not in log
     db = sqlite3.connect(tmp_path / f"data-{server.port}" / "shipyard.db")

@@ -148,22 +148,41 @@ def test_consistency_of_a_deterministic_answer_is_one_and_faithfulness_matches_t
 
 
 def test_eval_hallucination_reports_each_signals_auroc(evaluated, tmp_path):
+    """The report's AUROC of each signal is the one computed here from the stored scores of the
+    same labelled requests (suspicion: a low logprob, consistency or faithfulness; a high entropy)."""
     labelled = tmp_path / "labelled.jsonl"
     rows = [{"prompt": f"tell me about {w}", "hallucinated": i % 2 == 0,
              "reference_context": f"the {w} is blue"} for i, w in enumerate(["sea", "sky", "cat", "dog"])]
     labelled.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    report = tmp_path / "auroc.json"
     run = _cli(evaluated, "hallucination", "--labelled", str(labelled), "--deployment", MODEL_NAME,
-               "--max-tokens", "6", "--report", str(report))
+               "--max-tokens", "6", "--report", str(tmp_path / "served.json"))
+    assert run.returncode == 0, run.stdout + run.stderr  # prompts served by the command itself
+    assert json.loads((tmp_path / "served.json").read_text())["errors"] == 0
+    signals = {"mean_logprob": True, "min_logprob": True, "mean_entropy": False, "consistency_unigram": True,
+               "consistency_cosine": True, "faithfulness": True}  # name → lower is suspicious
+    served = []
+    for i, row in enumerate(rows * 2):  # 8 requests of the test's own, their scores read back below
+        response = httpx.post(f"{evaluated.base_url}/v1/chat/completions", timeout=60,
+                              headers={"authorization": f"Bearer {ADMIN_KEY}", "x-shipyard-evaluate": "consistency"},
+                              json={"model": MODEL_NAME, "max_tokens": 3 + i, "temperature": 0,
+                                    "reference_context": row["reference_context"],
+                                    "messages": [{"role": "user", "content": row["prompt"]}]})
+        assert response.status_code == 200
+        found = _scores(evaluated, response.headers["x-request-id"], set(signals))
+        served.append((response.headers["x-request-id"], i % 3 == 0, {n: found[n]["value"] for n in signals}))
+    labelled.write_text("\n".join(json.dumps({"request_id": rid, "hallucinated": h}) for rid, h, _ in served) + "\n")
+    report = tmp_path / "auroc.json"
+    run = _cli(evaluated, "hallucination", "--labelled", str(labelled), "--report", str(report))
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(report.read_text())
-    assert result["errors"] == 0
-    for name in ("mean_logprob", "min_logprob", "mean_entropy", "consistency_unigram", "consistency_cosine",
-                 "faithfulness"):
+    assert result["errors"] == 0 and "AUROC" in run.stdout
+    for name, lower_is_suspicious in signals.items():
+        sign = -1.0 if lower_is_suspicious else 1.0
+        positives = [sign * values[name] for _, hallucinated, values in served if hallucinated]
+        negatives = [sign * values[name] for _, hallucinated, values in served if not hallucinated]
         signal = result["signals"][name]
-        assert signal["hallucinated"] == 2 and signal["faithful"] == 2, name
-        assert 0.0 <= signal["auroc"] <= 1.0
-    assert "AUROC" in run.stdout
+        assert (signal["hallucinated"], signal["faithful"]) == (3, 5), name
+        assert signal["auroc"] == pytest.approx(auroc(positives, negatives)), name
 
 
 def test_only_admins_may_ask_for_a_check(evaluated):

@@ -49,6 +49,23 @@ def test_the_plan_a_careful_engineer_would_pick_and_it_fits(hardware, model, eng
     assert chosen.max_num_seqs >= 1 and chosen.reasons
 
 
+def test_gpu_plans_have_the_hand_computed_numbers():
+    """Not just the label: weights, budget, KV tokens and batch, computed here from the model's shape."""
+    big = plan(GPU_80, LLAMA_70B)  # 80 GiB × 0.9 − 1.5 GiB; 70e9 fp8 bytes; K+V × 80 layers × 8 heads × 128 × 2 B
+    budget = int(80 * GiB * 0.9 - 1.5 * GiB)
+    assert (big.budget_bytes, big.weight_bytes) == (budget, 70_000_000_000)
+    assert big.kv_cache_tokens == (budget - 70_000_000_000) // (2 * 80 * 8 * 128 * 2) == 17_391
+    assert big.max_num_seqs == 17_391 // 2048 and big.device == "cuda"
+    small = plan(GPU_24, LLAMA_7B)  # bf16: 2 bytes a parameter; K+V × 32 layers × 8 heads × 128 × 2 B
+    budget = int(24 * GiB * 0.9 - 1.5 * GiB)
+    assert (small.budget_bytes, small.weight_bytes) == (budget, 14_000_000_000)
+    assert small.kv_cache_tokens == (budget - 14_000_000_000) // (2 * 32 * 8 * 128 * 2)
+    assert small.max_num_seqs == min(256, small.kv_cache_tokens // 2048)
+    awq = plan(L40S_48, LLAMA_70B)  # 0.56 bytes a parameter with the group scales
+    assert awq.weight_bytes == int(70e9 * 0.56) and awq.fallbacks == []
+    assert "not fp8" in " ".join(awq.reasons) and "not bf16" in " ".join(awq.reasons)
+
+
 def test_a_tiny_model_stays_fp32_on_a_cpu():
     demo = ModelProfile("demo", "LlamaForCausalLM", 4_000_000, 4, 256, 4, 32, 1024, "float32", 16_000_000)
     chosen = plan(CPU_BOX, demo)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.api.authorization import principal_of
@@ -24,7 +25,7 @@ from shipyard.gateway.roles import ADMIN_GRANTED, Role
 from shipyard.gateway.usage_report import usage_totals
 from shipyard.store.models import ApiKey, Tenant
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin", tags=["admin"])
 
 
 INT32_MAX = 2**31 - 1  # the integer columns' range on PostgreSQL
@@ -34,7 +35,7 @@ MAX_BUDGET_USD = 1e9
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LimitFields(_Strict):

@@ -14,6 +14,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of
 from shipyard.api.errors import APIError
@@ -25,7 +26,7 @@ from shipyard.monitor.export import grafana_dashboard, prometheus_rules
 from shipyard.monitor.service import MonitorService
 from shipyard.monitor.settings import AlertRule
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin", tags=["admin"])
 
 
 def _monitor(request: Request) -> MonitorService:

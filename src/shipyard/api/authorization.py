@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection
 
 from shipyard.gateway.auth import Principal
 from shipyard.gateway.errors import AuthenticationError, PermissionDenied
-from shipyard.gateway.roles import Permission, allows
+from shipyard.gateway.roles import Permission, allows, refusal
 
 PUBLIC = None
 
@@ -114,7 +114,7 @@ def check_permission(key: tuple[str, str], principal) -> None:
         raise PermissionDenied("This route has no access policy.")
     permission = ROUTE_PERMISSIONS[key]
     if permission is not PUBLIC and not allows(principal.role, permission):
-        raise PermissionDenied(f"The role '{principal.role}' may not {permission.value.replace(':', ' ')}.")
+        raise PermissionDenied(refusal(principal.role, permission))
 
 
 @dataclass

@@ -8,15 +8,17 @@ shares the Redis cache (generation numbers, see cache/exact.py).
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
 from shipyard.cache.engine import CachingEngine
+from shipyard.cache.exact import CacheUnavailable
 from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin", tags=["admin"])
 
 
 @router.delete("/cache")
@@ -32,10 +34,18 @@ async def invalidate_cache(request: Request, deployment: str | None = None, tena
     names = [deployment] if deployment is not None else list(router_.engines())
     if deployment is not None:
         router_.engine(deployment)  # 404 for an unknown model
-    cleared = []
+    cleared, pending = [], []
     for name in names:
         layer = router_.front.get(name)
         if isinstance(layer, CachingEngine):
-            await layer.invalidate(tenant_id)
-            cleared.append(name)
+            try:
+                await layer.invalidate(tenant_id)
+                cleared.append(name)
+            except CacheUnavailable:
+                pending.append(name)
+    if pending:
+        retry_after = str(request.app.state.config.server.retry_after_s)
+        raise APIError(503, f"The cache's store (Redis) did not answer for {', '.join(pending)[:200]}. The "
+                       "invalidation is kept and retried by this server until it lands; meanwhile it serves no "
+                       "cached answer of that scope.", code="cache_unavailable", headers={"Retry-After": retry_after})
     return {"object": "cache.invalidation", "deployments": cleared, "tenant_id": tenant_id}

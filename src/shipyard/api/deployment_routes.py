@@ -7,16 +7,23 @@ their end); `resume` puts it back in the pool. Admins only: replicas are shared 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
+from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import ValidationError
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
-from shipyard.routing.deployment import DeploymentEngine
+from shipyard.api.authorization import principal_of
+from shipyard.engines.api_specs import check_api_spec
+from shipyard.routing.deployment import DeploymentEngine, ReplicaNameTaken
 
-router = APIRouter(prefix="/admin/deployments", tags=["admin"])
+audit = logging.getLogger("shipyard.audit")
+log = logging.getLogger("shipyard.api")
+
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/deployments", tags=["admin"])
 
 
 def _deployment(request: Request, name: str) -> DeploymentEngine:
@@ -80,27 +87,50 @@ async def resume_replica(name: str, replica: str, request: Request):
 @router.post("/{name}/replicas", status_code=201)
 async def add_replica(name: str, request: Request, spec: dict[str, Any] = Body(...)):
     """The body is a replica as in shipyard.yaml (`engine: openai_http | triton | launch | transformers`);
-    declared, so the request guard holds it to JSON (415) like every other body."""
+    declared, so the request guard holds it to JSON (415) like every other body.
+
+    `engine: launch` starts a program on this host: only with `server.api_launch: true`, only the
+    known servers with their own programs and a vetted environment, and every one is audited."""
     deployment = _deployment(request, name)
     if deployment.make_replica is None:
         raise APIError(409, f"Replicas of '{name}' cannot be added here.", code="not_replicated")
+    launch = spec.get("engine") == "launch"
+    if launch and not request.app.state.config.server.api_launch:
+        raise APIError(403, "Launching replicas over the API is off on this server (server.api_launch): it runs "
+                       "programs on the gateway's host. Declare the replica in shipyard.yaml, or attach a "
+                       "running server with engine: openai_http.", code="api_launch_disabled")
     try:
-        replica = deployment.make_replica(spec)
+        replica = deployment.make_replica(spec, check_api_spec)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise APIError(400, f"Invalid replica: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
                        code="invalid_value") from None
+    except ValueError as exc:
+        raise APIError(400, f"Invalid replica: {exc}", code="invalid_value") from None
+    actor = principal_of(request).key_id
+    audit.warning("replica %s added to %s by key %s: %s", replica.name, name, actor, _audited(spec))
     try:
         await deployment.add_replica(replica)
-    except ValueError as exc:
+    except ReplicaNameTaken as exc:
         raise APIError(409, str(exc), code="conflict") from None
+    except Exception as exc:  # its model is not there, or is not a model: the spec's fault, not a store outage
+        log.warning("replica %s of %s did not start: %s", replica.name, name, exc)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise APIError(400, f"Replica '{replica.name}' did not start: {first_line}"[:500],
+                       code="replica_start_failed") from None
     return _view(name, deployment)
+
+
+def _audited(spec: dict) -> dict:
+    """The spec as the audit log keeps it: no credential."""
+    return {k: ("***" if k in ("api_key", "headers") else v) for k, v in spec.items()}
 
 
 @router.delete("/{name}/replicas/{replica}")
 async def remove_replica(name: str, replica: str, request: Request):
     """Drains the replica, lets its in-flight requests finish (up to 60 s), stops and removes it."""
     deployment = _deployment(request, name)
+    audit.warning("replica %s of %s removed by key %s", replica, name, principal_of(request).key_id)
     try:
         await deployment.remove_replica(replica)
     except KeyError:

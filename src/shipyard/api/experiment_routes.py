@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Body, Query, Request
+from shipyard.api.strict_json import StrictJSONRoute
 from sqlalchemy import case, func, select
 
 from shipyard.api.errors import APIError
@@ -20,7 +21,7 @@ from shipyard.experiments.statistics import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, 
 from shipyard.gateway.auth import Principal
 from shipyard.store.models import ShadowRecord, UsageRecord
 
-router = APIRouter(prefix="/admin/experiments", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/experiments", tags=["admin"])
 
 
 def _registry(request: Request) -> ExperimentRegistry:

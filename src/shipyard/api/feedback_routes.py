@@ -4,6 +4,7 @@ there). Any key that may call the models may send it, for its own tenant's respo
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import caller_of
 from shipyard.api.errors import APIError
@@ -11,7 +12,7 @@ from shipyard.api.openai_routes import services_of
 from shipyard.experiments.feedback import FeedbackIn, InvalidFeedback, to_score
 from shipyard.monitor.scores import ScoreStore, UnknownRequest
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(route_class=StrictJSONRoute, tags=["feedback"])
 
 
 @router.post("/v1/feedback")
@@ -23,13 +24,15 @@ async def feedback(body: FeedbackIn, request: Request):
         score = to_score(body, request.app.state.config.feedback)
     except InvalidFeedback as exc:
         raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
-    tenant = caller_of(request).principal.tenant_id
+    principal = caller_of(request).principal
+    tenant = principal.tenant_id
+    await services.gateway.count_call(principal, "feedback", request.app.state.config.feedback.max_per_minute)
     store = ScoreStore(services.db)
 
     async def save() -> dict:
         if body.episode_id is not None:
             score.request_id = await store.episode_latest(body.episode_id, tenant)
-        return (await store.add([score], tenant, source="feedback", tags=body.tags))[0]
+        return await store.vote(score, tenant, principal.key_id, tags=body.tags)
 
     try:
         try:

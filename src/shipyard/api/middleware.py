@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.api.errors import _TYPES, APIError
-from shipyard.monitor.metrics import ServingMetrics
+from shipyard.monitor.metrics import ServingMetrics, outcome_of
 
 access_log = logging.getLogger("shipyard.access")
 
@@ -191,10 +191,11 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
     latency_ms = (time.monotonic() - record.arrival) * 1000
     if record.status >= 400:
         record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
-        metrics.errors.labels(record.deployment or record.model or "", record.error_type, str(record.status)).inc()
+        model = metrics.model_label(record.deployment or record.model)  # never a client's made-up name
+        metrics.errors.labels(model, record.error_type, str(record.status)).inc()
     if record.model is not None and record.stream is not None:  # an inference request: its outcome
-        metrics.end_request(record.deployment or record.model, f"error:{record.error_type}" if record.status >= 400
-                            else record.finish_reason or "ok", record.tenant_id, record.status,
+        outcome = outcome_of(record.status, record.error_type, record.finish_reason)
+        metrics.end_request(record.deployment or record.model, outcome, record.tenant_id, record.status,
                             record.ttft_ms / 1000 if record.ttft_ms is not None else None, latency_ms / 1000)
     if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
         return  # probes would drown the log; and a line nobody logs is not worth formatting

@@ -17,6 +17,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of
 from shipyard.api.errors import APIError
@@ -24,9 +25,9 @@ from shipyard.api.openai_routes import services_of
 from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role
 from shipyard.monitor.gpu import gpu_stats
-from shipyard.monitor.scores import ScoreIn, ScoreStore, UnknownRequest
+from shipyard.monitor.scores import ScoreIn, ScoreStore, UnknownRequest, is_system_score
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin", tags=["admin"])
 
 
 @router.get("/monitor/health")
@@ -55,6 +56,11 @@ async def add_scores(request: Request, scores: list[ScoreIn] = Body(min_length=1
     if not admin and any(s.source in ("monitor", "eval") for s in scores):
         raise APIError(400, "Only admins may write 'monitor' or 'eval' scores; use 'api' or 'annotation'.",
                        param="source", code="invalid_value")
+    system = sorted({s.name for s in scores if is_system_score(s.name)})
+    if not admin and system:
+        raise APIError(403, f"The score name '{system[0]}' is the system's own (monitors, evaluations, shadow, "
+                       "replays, reviews, feedback): only admins may write it. Use a name of your own.",
+                       param="name", code="system_score")
     try:
         rows = await _store(request).add(scores, None if admin else principal.tenant_id)
     except UnknownRequest as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import Caller, caller_of
 from shipyard.api.errors import APIError, from_exception
@@ -32,7 +33,7 @@ from shipyard.store.db import Database
 from shipyard.monitor.metrics import ServingMetrics
 from shipyard.routing.router import ModelNotFoundError, Router
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 log = logging.getLogger("shipyard.api")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -162,7 +163,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
 
 
 async def _start(services: Services, caller: Caller, record: RequestRecord, engine, prompts: list[Prompt],
-                 params: SamplingParams, control: str | None = None) -> Generation:
+                 params: SamplingParams, control: str | None = None, salt: str | None = None) -> Generation:
     """Bound, tokenize (once, off the event loop), admit, submit."""
     if services.drain.draining:
         raise SHUTTING_DOWN
@@ -177,8 +178,10 @@ async def _start(services: Services, caller: Caller, record: RequestRecord, engi
     on_finish, on_error = await _admit(services, caller, record, prompt_tokens, params.max_tokens, len(prompts),
                                        params.n)
     principal = caller.principal
+    # The tenant partitions everything remembered (caches, KV prefix blocks); a cache_salt splits it further
+    scope = principal.tenant_id if salt is None else f"{principal.tenant_id}\x1f{salt}"
     requests = [GenerationRequest(new_engine_request_id(), prompt, params, record.arrival, ids,
-                                  priority=principal.tier, scope=principal.tenant_id, cache_control=control)
+                                  priority=principal.tier, scope=scope, cache_control=control)
                 for prompt, ids in zip(prompts, prompt_ids)]
     gen = Generation(engine, requests, params.n, record, services.metrics, prompt_tokens, services.drain)
     if record.deployment in services.text_deployments or record.evaluate or record.reference_context or record.mirror:
@@ -215,7 +218,8 @@ async def prepare_chat(body: ChatCompletionRequest, services: Services, record: 
     engine = _route(services, caller, record, body)
     prompt, params = body.to_engine()
     record.response_id = f"chatcmpl-{uuid.uuid4().hex}"
-    gen = await _start(services, caller, record, engine, [prompt], params, cache_control(body.cache, record.cache_header))
+    gen = await _start(services, caller, record, engine, [prompt], params, cache_control(body.cache, record.cache_header),
+                       body.cache_salt)
     fmt = ChatFormatter(record.response_id, int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 
@@ -226,7 +230,7 @@ async def prepare_completion(body: CompletionRequest, services: Services, record
     prompts, params = body.to_engine()
     control = cache_control(body.cache, record.cache_header)
     record.response_id = f"cmpl-{uuid.uuid4().hex}"
-    gen = await _start(services, caller, record, engine, prompts, params, control)  # limits see every prompt and choice
+    gen = await _start(services, caller, record, engine, prompts, params, control, body.cache_salt)  # limits see every prompt and choice
     fmt = CompletionFormatter(record.response_id, int(time.time()), body.model, body.include_usage)
     return gen, fmt, params.logprobs
 

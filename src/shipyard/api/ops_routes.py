@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from shipyard.api.strict_json import StrictJSONRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.get("/health")

@@ -23,7 +23,7 @@ class CacheOptions(BaseModel):
     """Per-request cache control, as LiteLLM spells it: `{"no-cache": true}` skips the lookup (the
     fresh answer is still stored: a refresh); `{"no-store": true}` skips the cache entirely."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     no_cache: bool = Field(False, alias="no-cache")
     no_store: bool = Field(False, alias="no-store")
 
@@ -91,7 +91,7 @@ def check_text(value: Any, path: str = "") -> None:
 class NullsAreDefaults(BaseModel):
     """Request bodies: valid Unicode throughout, and an explicit null is the field's default."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -125,6 +125,8 @@ class _SamplingFields(NullsAreDefaults):
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: logprobs of every prompt token
     cache: CacheOptions | None = None
+    # vLLM's: a further partition of the KV prefix cache within the caller's tenant
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)
     # Shipyard's extension: the source an answer should keep to (faithfulness is scored against it)
     reference_context: str | None = Field(None, max_length=200_000)
 

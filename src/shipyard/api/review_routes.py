@@ -5,10 +5,11 @@ the labelled ones as OpenAI fine-tuning JSONL. Admins see every tenant's items (
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of
 from shipyard.api.errors import APIError
@@ -18,7 +19,9 @@ from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role
 from shipyard.monitor.scores import UnknownRequest
 
-router = APIRouter(prefix="/admin/review", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/review", tags=["admin"])
+# An item id in a path is a database integer: a larger one is a 400, never a database error
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _items(request: Request) -> ReviewItems:
@@ -60,7 +63,7 @@ async def export(request: Request, deployment: str | None = None, tenant_id: str
 
 
 @router.get("/{item_id}")
-async def read_item(item_id: int, request: Request):
+async def read_item(item_id: ItemId, request: Request):
     try:
         return item_view(await _items(request).get(item_id, _scope(request)))
     except ReviewError as exc:
@@ -68,7 +71,7 @@ async def read_item(item_id: int, request: Request):
 
 
 @router.post("/{item_id}/label")
-async def label_item(item_id: int, body: LabelIn, request: Request):
+async def label_item(item_id: ItemId, body: LabelIn, request: Request):
     reviewer = principal_of(request).key_id
     try:
         return item_view(await _items(request).label(item_id, _scope(request), reviewer, body))
@@ -79,7 +82,7 @@ async def label_item(item_id: int, body: LabelIn, request: Request):
 
 
 @router.post("/{item_id}/{action}")
-async def item_action(item_id: int, action: str, request: Request):
+async def item_action(item_id: ItemId, action: str, request: Request):
     """claim (a lapsed or released claim can be taken), release, skip."""
     if action not in ("claim", "release", "skip"):
         raise APIError(404, f"No action '{action}': claim, release, skip or label.", code="not_found")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.api.errors import APIError
@@ -10,7 +11,7 @@ from shipyard.api.openai_routes import services_of
 from shipyard.api.protocol import Message, NullsAreDefaults
 from shipyard.engines.base import ChatMessage, Prompt
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 MAX_TOKENS_PER_CALL = 1_000_000
 
@@ -24,7 +25,7 @@ class TokenizeRequest(NullsAreDefaults):
     messages: list[Message] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
-    return_token_strs: bool = False
+    return_token_strs: bool = True  # vLLM's default is off; a caller reading them should not have to ask
 
 
 class DetokenizeRequest(BaseModel):

@@ -5,11 +5,12 @@ triggers watch every tenant's scores."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.errors import APIError
 from shipyard.api.openai_routes import services_of
 
-router = APIRouter(prefix="/admin/triggers", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/triggers", tags=["admin"])
 
 
 def _triggers(request: Request):

@@ -16,6 +16,8 @@ import contextlib
 import json
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from shipyard.api import strict_json
+from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import ValidationError
 
 from shipyard.api.authorization import Caller, caller_of
@@ -26,7 +28,7 @@ from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import DONE, chat_events, completion_events
 from shipyard.gateway.errors import AuthenticationError, GatewayError
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 IDLE_RECHECK_S = 5.0
 
@@ -65,7 +67,13 @@ async def _serve(websocket: WebSocket, model_cls, prepare, events) -> None:
             record.tenant_id, record.key_id = caller.principal.tenant_id, caller.principal.key_id
             record.episode = episode_of(websocket.headers)
             try:
-                body = model_cls.model_validate_json(text)
+                try:
+                    body = model_cls.model_validate(strict_json.loads(text))
+                except ValueError as exc:  # not JSON, or a non-finite number
+                    if isinstance(exc, ValidationError):
+                        raise
+                    raise APIError(400, f"We could not parse the JSON body of your request: {exc}",
+                                   code="invalid_json") from None
                 body.stream = True  # a socket always streams
                 gen, fmt, want_logprobs = await prepare(body, services, record, caller)
             except ValidationError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from shipyard.cache import keys, recording
 from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
+from shipyard.embeddings import EmbedderBusy
 from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, Prompt
 
 log = logging.getLogger("shipyard.cache")
@@ -120,6 +121,8 @@ class CachingEngine(Engine):
                 try:
                     vector = await self.semantic.embed(text)
                     match = self.semantic.lookup(partition, vector)
+                except EmbedderBusy:  # too many embeddings queued: a miss, and no store either
+                    text = None
                 except Exception:  # a broken embedder is a miss, never a failed request
                     log.exception("semantic cache lookup failed")
                 if match is not None:
@@ -147,6 +150,8 @@ class CachingEngine(Engine):
                 if vector is None:
                     vector = await self.semantic.embed(text)
                 self.semantic.add(partition, tenant, self.deployment, vector, answer, epoch)
+            except EmbedderBusy:
+                pass
             except Exception:  # a cache that cannot store is a cache that misses, never an error
                 log.exception("semantic cache store failed")
 
@@ -167,7 +172,8 @@ class CachingEngine(Engine):
             await stream.aclose()
 
     async def invalidate(self, tenant: str | None = None) -> None:
+        """CacheUnavailable (from the exact cache) when its store did not take it yet."""
+        if self.semantic is not None:  # in process: always taken
+            self.semantic.invalidate(tenant, self.deployment)
         if self.exact is not None:
             await self.exact.invalidate(tenant, self.deployment)
-        if self.semantic is not None:
-            self.semantic.invalidate(tenant, self.deployment)

@@ -4,6 +4,14 @@ bounds. In process by default; in Redis when configured, so every gateway proces
 Invalidation is by generation numbers: each tenant and each deployment has one, and both are in
 every key. Bumping one (the admin route) makes every older entry unreachable at once, in every
 process, without scanning; the unreachable entries age out by their TTL or the LRU bound.
+
+An invalidation is never lost: when Redis does not take the bump (frozen, down), the route answers
+503 and this process keeps the bump and retries it until Redis takes it; meanwhile it serves and
+stores no answer of that scope.
+
+The footprint is bounded in bytes in Redis too (`max_bytes`, one script keeps a shared count and
+drops the entries nearest their end past it), so a tenant's cacheable answers cannot fill the
+Redis that others share.
 """
 
 from __future__ import annotations
@@ -13,16 +21,18 @@ import logging
 import time
 from collections import OrderedDict
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("shipyard.cache")
 
 
 class ExactCacheConfig(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     enabled: bool = Field(True, description="Reuse answers to identical deterministic requests")
     ttl_s: float = Field(3600.0, gt=0, description="How long an answer is reused")
     max_entries: int = Field(10_000, ge=1, description="In-process bound (least recently used go first)")
-    max_bytes: int = Field(256 << 20, ge=1, description="In-process bound on stored answers")
+    max_bytes: int = Field(256 << 20, ge=1, description="Bound on stored answers (in process, or in Redis for "
+                           "all processes together)")
     max_entry_bytes: int = Field(1 << 20, ge=1, description="Bigger answers are not kept")
     backend: str = Field("auto", pattern="^(auto|memory|redis)$",
                          description="auto: Redis when the gateway has a redis_url, else in process")
@@ -73,17 +83,52 @@ class MemoryBackend:
         return len(self._entries)
 
 
+# KEYS: entry, index (zset: entry key → expiry ms), sizes (hash: entry key → bytes), byte count.
+# ARGV: value, ttl ms, now ms, max bytes. Entries that expired by themselves leave the count first
+# (a few per call), then the ones nearest their end go until the new one fits.
+_SET_BOUNDED = """
+local size = string.len(ARGV[1])
+local function forget(key)
+  local old = redis.call('HGET', KEYS[3], key)
+  if old then
+    redis.call('DECRBY', KEYS[4], tonumber(old))
+    redis.call('HDEL', KEYS[3], key)
+  end
+  redis.call('ZREM', KEYS[2], key)
+end
+forget(KEYS[1])
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 64)) do forget(key) end
+local total = tonumber(redis.call('GET', KEYS[4]) or '0')
+while total + size > tonumber(ARGV[4]) do
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not oldest then break end
+  forget(oldest)
+  redis.call('DEL', oldest)
+  total = tonumber(redis.call('GET', KEYS[4]) or '0')
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), KEYS[1])
+redis.call('HSET', KEYS[3], KEYS[1], size)
+redis.call('INCRBY', KEYS[4], size)
+return total + size
+"""
+
+
 class RedisBackend:
     PREFIX = "shipyard:cache:"
 
-    def __init__(self, redis):
+    def __init__(self, redis, max_bytes: int):
         self.redis = redis
+        self.max_bytes = max_bytes
+        self._set = redis.register_script(_SET_BOUNDED)
+        self._meta = [self.PREFIX + "meta:index", self.PREFIX + "meta:sizes", self.PREFIX + "meta:bytes"]
 
     async def get(self, key: str) -> bytes | None:
         return await self.redis.get(self.PREFIX + key)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self.redis.set(self.PREFIX + key, value, px=max(1, int(ttl_s * 1000)))
+        await self._set(keys=[self.PREFIX + key, *self._meta],
+                        args=[value, max(1, int(ttl_s * 1000)), int(time.time() * 1000), self.max_bytes])
 
     async def generations(self, names: list[str]) -> list[int]:
         values = await self.redis.mget([self.PREFIX + "gen:" + n for n in names])
@@ -102,15 +147,20 @@ class ExactCache:
         if config.backend == "redis" and redis is None:
             raise ValueError("the exact cache's 'redis' backend needs gateway.redis_url")
         self.config = config
-        self.backend = RedisBackend(redis) if redis is not None and config.backend != "memory" else \
-            MemoryBackend(config.max_entries, config.max_bytes)
+        self.backend = RedisBackend(redis, config.max_bytes) if redis is not None and config.backend != "memory" \
+            else MemoryBackend(config.max_entries, config.max_bytes)
+        self.pending: set[str] = set()  # generations whose bump Redis has not taken yet
+        self._retrying: asyncio.Task | None = None
 
     async def scope(self, key: str, tenant: str, deployment: str) -> str | None:
         """The key under the current generations, or None when the cache cannot answer in time
-        (a failing or frozen Redis is a miss, never an error)."""
+        (a failing or frozen Redis is a miss, never an error) or an invalidation of this scope
+        has not landed yet."""
+        names = _generation_names(tenant, deployment)
+        if self.pending and not self.pending.isdisjoint(names):
+            return None
         try:
-            generations = await asyncio.wait_for(self.backend.generations(_generation_names(tenant, deployment)),
-                                                 self.config.timeout_s)
+            generations = await asyncio.wait_for(self.backend.generations(names), self.config.timeout_s)
         except Exception as exc:
             log.warning("exact cache unavailable (%s); answering from the engine", type(exc).__name__)
             return None
@@ -132,10 +182,41 @@ class ExactCache:
             log.warning("exact cache write failed (%s)", type(exc).__name__)
 
     async def invalidate(self, tenant: str | None = None, deployment: str | None = None) -> None:
-        """Every answer of the tenant, of the deployment, or (both given) of the tenant there."""
+        """Every answer of the tenant, of the deployment, or (both given) of the tenant there.
+        CacheUnavailable when the store did not take it in time: it is then kept and retried by
+        this process until it lands (and the scope bypasses the cache meanwhile)."""
         names = _generation_names(tenant or "", deployment or "")
-        await self.backend.bump(names[2] if tenant is not None and deployment is not None
-                                else names[0] if tenant is not None else names[1])
+        name = names[2] if tenant is not None and deployment is not None else names[0] if tenant is not None \
+            else names[1]
+        self.pending.add(name)  # from now on, until the bump lands: no reads, no stores of this scope
+        if not await self._bump(name):
+            if self._retrying is None or self._retrying.done():
+                self._retrying = asyncio.create_task(self._retry())
+            raise CacheUnavailable("The cache's store did not answer: the invalidation is kept and retried until it "
+                                   "lands; until then this server serves no cached answer of that scope.")
+
+    async def _bump(self, name: str) -> bool:
+        try:
+            await asyncio.wait_for(self.backend.bump(name), self.config.timeout_s * 4)
+        except Exception as exc:
+            log.warning("cache invalidation not taken yet (%s); retrying", type(exc).__name__)
+            return False
+        self.pending.discard(name)
+        return True
+
+    async def _retry(self) -> None:
+        while self.pending:
+            await asyncio.sleep(0.25)
+            for name in list(self.pending):
+                await self._bump(name)
+
+    async def close(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+
+
+class CacheUnavailable(RuntimeError):
+    """An invalidation the cache's store did not take (yet): a 503, retried by the server."""
 
 
 def _generation_names(tenant: str, deployment: str) -> list[str]:

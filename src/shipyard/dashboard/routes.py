@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import bearer_token
 from shipyard.api.openai_routes import services_of
+from shipyard.api.review_routes import ItemId
 from shipyard.dashboard import data, pages
 from shipyard.dashboard.review_page import review_page
 from shipyard.dashboard.session import COOKIE, SESSION_S, VIEW_ROLES
@@ -26,14 +28,16 @@ from shipyard.gateway.usage_report import usage_totals
 from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.scores import UnknownRequest
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False)
+router = APIRouter(route_class=StrictJSONRoute, prefix="/dashboard", include_in_schema=False)
 
 HEADERS = {
     # No script runs on these pages; styles are inline; charts are inline SVG.
     "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on the pages' own
+    # form posts, and the forms' origin check could not tell them from a sandboxed attacker's
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
@@ -80,10 +84,46 @@ async def login_form():
     return _html(pages.sign_in())
 
 
+MAX_LOGIN_BYTES = 4096
+MAX_REVIEW_FORM_BYTES = 100_000
+
+
+def cross_site(request: Request) -> bool:
+    """A form posted from another origin (another site, or another port of this host): a browser
+    names it in `Origin` (and `Sec-Fetch-Site`). The forms act with the session cookie, so only
+    this server's own pages may post them. A client with no such headers is no browser, and
+    carries no victim's cookie."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:  # every current browser sends it: the browser's own word
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin == "null" or urlsplit(origin).netloc.lower() != (request.headers.get("host") or "").lower()
+    return False
+
+
+async def bounded_form(request: Request, limit: int) -> dict[str, str] | None:
+    """The posted form, or None past `limit` bytes: read no further than that, whatever the body's
+    declared length (an unauthenticated sender must not make the server hold megabytes)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+
+
 @router.post("/login")
 async def login(request: Request):
-    body = (await request.body())[:4096].decode("utf-8", "replace")
-    key = (parse_qs(body).get("api_key") or [""])[0].strip()
+    if cross_site(request):
+        return _html(pages.sign_in("Sign in from this server's own page."), 403)
+    form = await bounded_form(request, MAX_LOGIN_BYTES)
+    if form is None:
+        return _html(pages.sign_in("That form is too large."), 413)
+    key = form.get("api_key", "").strip()
     try:
         principal = await services_of(request).gateway.authenticate(key or None)
     except GatewayError:
@@ -98,7 +138,10 @@ async def login(request: Request):
 
 
 @router.post("/logout")
-async def logout():
+async def logout(request: Request):
+    if cross_site(request):
+        return _html(pages.sign_in("Sign out from this server's own page."), 403)
+    await request.app.state.dashboard_sessions.revoke(request.cookies.get(COOKIE))
     response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/dashboard")
     return response
@@ -210,14 +253,15 @@ async def review(request: Request, viewer: data.Viewer = Depends(viewer_of)):
 
 
 @router.post("/review/{item_id}")
-async def review_action(request: Request, item_id: int, viewer: data.Viewer = Depends(viewer_of)):
+async def review_action(request: Request, item_id: ItemId, viewer: data.Viewer = Depends(viewer_of)):
     """The page's forms: claim, release, skip, label. Same rules as the admin API (review_items.py)."""
     if viewer.role not in ("admin", "tenant-admin"):
         return await _review_html(request, viewer, status=403)
-    raw = await request.body()
-    if len(raw) > 100_000:
+    if cross_site(request):
+        return await _review_html(request, viewer, "Forms are taken from this server's own pages only.", 403)
+    form = await bounded_form(request, MAX_REVIEW_FORM_BYTES)
+    if form is None:
         return await _review_html(request, viewer, "That form is too large: texts are at most 20,000 characters.", 413)
-    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
     action, store = form.get("action"), _review_items(request)
     try:
         if action == "label":

@@ -43,7 +43,7 @@ FLAVOR_OF: dict[str, str] = {"worker": "shipyard", "vllm": "vllm", "tgi": "tgi",
 
 
 class LaunchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     engine: Literal["launch"] = "launch"
     kind: Kind = "worker"
     model: str = Field(description="What the server loads: a local folder, a GGUF file, a hub id it can reach")

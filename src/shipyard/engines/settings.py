@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # llama.cpp's own bound on sequence ids in one context (LLAMA_MAX_SEQ).
 LLAMA_MAX_SEQUENCES = 256
@@ -14,6 +14,7 @@ LLAMA_MAX_SEQUENCES = 256
 class EmbeddedEngineConfig(BaseModel):
     """What every in-process engine shares: its scheduler's bounds and the API's limits."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     max_model_len: int | None = Field(None, description="Context window; defaults to the model's own")
     max_num_seqs: int = Field(64, ge=1, description="KV-cache slots: sequences decoded together")
     max_waiting: int = Field(256, ge=0, description="Waiting-queue bound; beyond it requests get 503")

@@ -75,10 +75,19 @@ def load_dataset(path: Path, limit: int | None = None) -> list[Row]:
     return rows
 
 
-async def _ask(client: httpx.AsyncClient, deployment: str, row: Row, max_tokens: int, headers: dict) -> tuple[str, str]:
-    response = await client.post("/v1/chat/completions", headers=headers, json={
-        "model": deployment, "messages": row.messages, "max_tokens": row.max_tokens or max_tokens,
-        "temperature": 0.0})
+RETRIED = (429, 503)  # refused for now (a limit, a full queue, a cold start): asked again after Retry-After
+MAX_WAIT_S = 60.0
+
+
+async def _ask(client: httpx.AsyncClient, deployment: str, row: Row, max_tokens: int, headers: dict,
+               attempts: int = 6) -> tuple[str, str]:
+    body = {"model": deployment, "messages": row.messages, "max_tokens": row.max_tokens or max_tokens,
+            "temperature": 0.0}
+    for attempt in range(attempts):
+        response = await client.post("/v1/chat/completions", headers=headers, json=body)
+        if response.status_code not in RETRIED or attempt == attempts - 1:
+            break
+        await asyncio.sleep(retry_after(response, attempt))
     if response.status_code != 200:
         try:
             message = response.json()["error"]["message"]
@@ -86,6 +95,14 @@ async def _ask(client: httpx.AsyncClient, deployment: str, row: Row, max_tokens:
             message = response.text[:200]
         raise RuntimeError(f"HTTP {response.status_code}: {message}")
     return response.headers.get("x-request-id", ""), response.json()["choices"][0]["message"]["content"] or ""
+
+
+def retry_after(response: httpx.Response, attempt: int) -> float:
+    """The server's Retry-After (seconds), else an exponential backoff; at most a minute."""
+    try:
+        return min(MAX_WAIT_S, max(0.0, float(response.headers["retry-after"])))
+    except (KeyError, ValueError):
+        return min(MAX_WAIT_S, 0.5 * 2 ** attempt)
 
 
 async def post_scores(client: httpx.AsyncClient, scores: list[dict], attempts: int = 20) -> None:

@@ -52,11 +52,13 @@ def build_improvement(config, db, router, gateway, score_writer, monitor) -> Imp
 
     shadow = ShadowRunner(router.engines, experiments, score_writer, db, cost_of)
     replays = Replayer(router.engines, score_writer, db, cost_of, shadow.comparer)
-    canary = CanaryController(experiments, db, config.canary_interval_s)
+    canary = CanaryController(experiments, db, config.canary_interval_s,
+                              feedback_min_tenants=config.feedback.min_tenants)
     review = ReviewQueue(config.review, db)
     drift = monitor.drift if monitor is not None else None
     triggers = RetrainingTriggers(config.retraining, db,
-                                  drift_of=(lambda name: drift.reports().get(name)) if drift is not None else None)
+                                  drift_of=(lambda name: drift.reports().get(name)) if drift is not None else None,
+                                  feedback_min_tenants=config.feedback.min_tenants)
     if monitor is not None:
         experiments.listeners.append(lambda name, kind, actor, detail: monitor.announce(
             "ExperimentTransition", {"experiment": name, "transition": kind},

@@ -80,8 +80,10 @@ def analyse(settings: CanarySettings, champion: list[tuple], canary: list[tuple]
 
 
 class CanaryController:
-    def __init__(self, registry, db, interval_s: float = 5.0, clock=time.time):
+    def __init__(self, registry, db, interval_s: float = 5.0, clock=time.time, feedback_min_tenants: int = 1):
         self.registry = registry
+        # an experiment open to every tenant reads thumbs only once this many tenants voted (feedback.py)
+        self.feedback_min_tenants = feedback_min_tenants
         self.db = db
         self.interval_s = interval_s
         self.clock = clock
@@ -173,14 +175,16 @@ class CanaryController:
 
     async def _thumbs(self, spec, since: datetime) -> tuple[list[bool], list[bool]]:
         variants = [f"{spec.name}/{arm.name}" for arm in spec.arms]
-        query = (select(UsageRecord.variant, Score.boolean)
+        query = (select(UsageRecord.variant, Score.boolean, Score.tenant_id)
                  .join(UsageRecord, and_(UsageRecord.request_id == Score.request_id))
                  .where(Score.name == "feedback.thumbs", UsageRecord.variant.in_(variants),
                         Score.created_at >= since, Score.boolean.is_not(None)))
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
         votes: dict[str, list[bool]] = {v: [] for v in variants}
-        for variant, value in rows:
+        if spec.tenant_id is None and len({tenant for _, _, tenant in rows}) < self.feedback_min_tenants:
+            return [], []  # one tenant alone does not move a canary every tenant shares
+        for variant, value, _ in rows:
             votes[variant].append(bool(value))
         return votes[variants[0]], votes[variants[1]]
 

@@ -6,6 +6,12 @@ declared in config with a type and a direction; a boolean `thumbs` (higher is be
 exists. Each piece of feedback lands in the score store as `feedback.<metric>` (source
 `feedback`), next to the monitors' and evaluators' scores of the same request, where experiments
 read it.
+
+What a tenant's feedback may move: each key has one vote per response and metric (a new one
+replaces the last), sends at most `max_per_minute` pieces a minute (each also one of its
+requests per minute), and global decisions (retraining triggers, experiments open to every
+tenant) read feedback only once `min_tenants` tenants sent some: one tenant alone cannot fire a
+trigger or roll back a canary that every tenant shares.
 """
 
 from __future__ import annotations
@@ -20,8 +26,13 @@ from shipyard.monitor.scores import NAME_PATTERN, ScoreIn
 MAX_TEXT = 20_000  # a comment or a demonstration (the answer the user wanted)
 
 
+def is_feedback(score_name: str) -> bool:
+    """A score a tenant's users send (explicit feedback or an implicit signal)."""
+    return score_name.startswith(("feedback.", "implicit."))
+
+
 class FeedbackMetric(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["boolean", "float", "comment", "demonstration"]
     direction: Literal["higher", "lower"] = Field("higher", description="which way is better (boolean: true)")
     minimum: float | None = Field(None, description="float: the lowest value accepted")
@@ -29,10 +40,15 @@ class FeedbackMetric(BaseModel):
 
 
 class FeedbackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     metrics: dict[str, FeedbackMetric] = Field(default_factory=dict, description="besides thumbs (boolean)")
-    implicit_window_s: float = Field(120.0, ge=0, description="a user's next request within this marks the "
-                                     "previous answer regenerated (same prompt) or followed up (0: off)")
+    implicit_window_s: float = Field(120.0, ge=0, le=86400, description="a user's next request within this "
+                                     "marks the previous answer regenerated (same prompt) or followed up (0: off)")
+    max_per_minute: int = Field(60, ge=1, le=100_000, description="feedback calls per minute per API key (each "
+                                "also takes one of the key's and tenant's requests per minute)")
+    min_tenants: int = Field(2, ge=1, le=1000, description="a global decision (a retraining trigger, an experiment "
+                             "open to every tenant) moves on feedback only when this many tenants sent it: one "
+                             "tenant's votes move only its own")
 
     @model_validator(mode="after")
     def _thumbs(self) -> FeedbackConfig:
@@ -41,7 +57,7 @@ class FeedbackConfig(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     response_id: str | None = Field(None, min_length=1, max_length=160,
                                     description="the id of a chat or completion response")
     episode_id: str | None = Field(None, min_length=1, max_length=200,

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shipyard.aio import cancel_and_wait, every
 from shipyard.experiments.spec import Assignment, ExperimentSpec, pick
+from shipyard.store.db import valid_rows
 from shipyard.store.models import ExperimentEvent, ExperimentRow
 
 log = logging.getLogger("shipyard.experiments")
@@ -115,8 +116,9 @@ class ExperimentRegistry:
     async def refresh(self) -> None:
         async with self.db.session() as session:
             rows = (await session.execute(select(ExperimentRow))).scalars().all()
-        self.specs = {r.name: ExperimentSpec.model_validate(r.spec) for r in rows}
-        self.versions = {r.name: r.version for r in rows}
+        rows = valid_rows(rows, lambda r: (r, ExperimentSpec.model_validate(r.spec)), "experiment")
+        self.specs = {r.name: spec for r, spec in rows}
+        self.versions = {r.name: r.version for r, _ in rows}
         self._reindex()
 
     # ---------------------------------------------------------------- changes

@@ -66,7 +66,7 @@ class DatasetRow(BaseModel):
 
 
 class ReplayIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dataset: list[DatasetRow] = Field(min_length=1, max_length=MAX_ROWS)
     max_tokens: int = Field(128, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0, le=2)

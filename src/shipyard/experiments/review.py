@@ -42,7 +42,7 @@ MAX_WRITES_IN_FLIGHT = 100  # scores committed out of id order (concurrent write
 
 
 class ScoreRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     score: str = Field(pattern=NAME_PATTERN)
     below: float | None = None
     above: float | None = None
@@ -64,7 +64,7 @@ class ScoreRule(BaseModel):
 
 
 class ReviewConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     enabled: bool = Field(False, description="keep the text of queued responses (only those) for reviewers")
     deployments: list[str] | None = Field(None, description="the deployments under review (default: all)")
     sample: float = Field(0.01, ge=0, le=1, description="share of answered requests queued at random")

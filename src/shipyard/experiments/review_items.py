@@ -31,7 +31,7 @@ class ReviewError(Exception):
 
 
 class LabelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     verdict: str = Field(pattern="^(good|bad)$", description="good: the answer may be trained on as it is")
     labels: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
         default_factory=dict, description="more labels: each becomes the annotation score review.<name>")

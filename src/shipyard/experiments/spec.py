@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 Mode = Literal["shadow", "canary", "ab", "champion_challenger"]
@@ -44,43 +44,54 @@ Name = Annotated[str, AfterValidator(_valid_name)]
 
 
 class Arm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Name = Field(description="the arm's name (champion, challenger, b, ...)")
     deployment: str = Field(description="the deployment that serves this arm")
-    weight: float = Field(1.0, ge=0, description="share of the traffic (ab; canary: set by its steps)")
+    weight: float = Field(1.0, ge=0, le=1_000_000, description="share of the traffic (ab; canary: set by its steps)")
 
 
 class ShadowSettings(BaseModel):
     """How a shadow (or champion-challenger) experiment copies requests to the challenger."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sample: float = Field(1.0, ge=0, le=1, description="share of the champion's requests copied")
     max_concurrent: int = Field(4, ge=1, le=1024, description="copies in flight at once; more are shed")
-    max_tokens: int | None = Field(None, ge=1, description="a copy's completion length at most")
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="a copy's completion length at most")
     compare_sample: float = Field(0.1, ge=0, le=1, description="share of answered pairs also compared by "
                                   "embedding (MiniLM cosine); exact match and length ratio are always kept")
-    daily_tokens: int | None = Field(None, ge=1, description="copies stop for the day (UTC) past this many tokens")
-    daily_cost_usd: float | None = Field(None, gt=0, description="copies stop for the day past this cost")
+    daily_tokens: int | None = Field(None, ge=1, le=10**15, description="copies stop for the day (UTC) past this many tokens")
+    daily_cost_usd: float | None = Field(None, gt=0, le=1e9, description="copies stop for the day past this cost")
 
 
 class CanarySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    steps: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.25, 0.5, 1.0], min_length=1,
-                               description="the canary's share at each step; after the last it is promoted")
-    min_requests: int = Field(100, ge=1, description="per arm at a step before any decision")
-    step_min_s: float = Field(60.0, ge=0, description="time at a step before it may advance")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    steps: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.25, 0.5, 1.0], min_length=1, max_length=100,
+                               description="the canary's share at each step, each in (0, 1] and rising; after "
+                               "the last it is promoted")
+    min_requests: int = Field(100, ge=1, le=10**9, description="per arm at a step before any decision")
+    step_min_s: float = Field(60.0, ge=0, le=365 * 86400, description="time at a step before it may advance")
     max_error_rate_delta: float = Field(0.02, ge=0, le=1)
-    max_latency_ratio: float = Field(1.5, gt=0, description="canary P95 latency and TTFT ÷ the champion's")
-    latency_slack_ms: float = Field(50.0, ge=0, description="a P95 difference below this never fails (jitter)")
-    max_cost_ratio: float = Field(2.0, gt=0)
+    max_latency_ratio: float = Field(1.5, gt=0, le=1e6, description="canary P95 latency and TTFT ÷ the champion's")
+    latency_slack_ms: float = Field(50.0, ge=0, le=3.6e6, description="a P95 difference below this never fails (jitter)")
+    max_cost_ratio: float = Field(2.0, gt=0, le=1e6)
     max_thumbs_drop: float = Field(0.1, ge=0, le=1)
-    min_feedback: int = Field(20, ge=1)
-    failure_limit: int = Field(1, ge=1, description="failed analyses before the rollback")
-    inconclusive_after_s: float = Field(3600.0, gt=0, description="a step short of the sample this long: pause")
+    min_feedback: int = Field(20, ge=1, le=10**9)
+    failure_limit: int = Field(1, ge=1, le=1000, description="failed analyses before the rollback")
+    inconclusive_after_s: float = Field(3600.0, gt=0, le=365 * 86400,
+                                        description="a step short of the sample this long: pause")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising_shares(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < share <= 1 for share in steps):
+            raise ValueError("each step is a share of the traffic in (0, 1]")
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError("steps must rise")
+        return steps
 
 
 class ExperimentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Name
     model: str = Field(description="the model name clients send (a deployment: usually the champion's)")
     mode: Mode = "ab"

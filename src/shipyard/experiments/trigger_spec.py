@@ -27,7 +27,7 @@ from shipyard.monitor.settings import Webhook
 
 
 class ScheduleCondition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     cron: str = Field(description="five fields, UTC (e.g. '0 3 * * 1': Mondays at 03:00)")
 
     @model_validator(mode="after")
@@ -40,7 +40,7 @@ class ScheduleCondition(BaseModel):
 
 
 class MetricCondition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     score: str = Field(pattern=NAME_PATTERN, description="a score's name: feedback.thumbs, a monitor's, an eval's")
     deployment: str | None = Field(None, description="only this deployment's scores (default: all)")
     below: float | None = None
@@ -56,20 +56,20 @@ class MetricCondition(BaseModel):
 
 
 class DriftCondition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     deployment: str
     above: float = Field(0.5, ge=0, le=1, description="the tolerance: the share of drifted descriptors")
 
 
 class FeedbackCountCondition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     at_least: int = Field(ge=1, description="this many pieces of feedback since the trigger last fired")
     metric: str | None = Field(None, pattern=NAME_PATTERN, description="one feedback metric (default: any)")
     deployment: str | None = None
 
 
 class Debounce(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     m: int = Field(1, ge=1)
     n: int = Field(1, ge=1, le=100)
 
@@ -81,13 +81,13 @@ class Debounce(BaseModel):
 
 
 class CommandAction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     argv: list[str] = Field(min_length=1, description="run without a shell; the payload comes on stdin")
     timeout_s: float = Field(600.0, gt=0, le=86400, description="killed past this")
 
 
 class TriggerAction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     webhook: Webhook | None = Field(None, description="POSTed, HMAC-signed (a secret is required), retried")
     command: CommandAction | None = None
 
@@ -101,7 +101,7 @@ class TriggerAction(BaseModel):
 
 
 class TriggerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Name
     schedule: ScheduleCondition | None = None
     metric: MetricCondition | None = None
@@ -123,7 +123,7 @@ class TriggerSpec(BaseModel):
 
 
 class RetrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     interval_s: float = Field(60.0, gt=0, description="how often every trigger is evaluated")
     triggers: list[TriggerSpec] = Field(default_factory=list)
     external_url: str = Field("http://127.0.0.1:8000", description="where a payload's data links point")

@@ -28,6 +28,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 
 from shipyard.aio import cancel_and_wait, every
+from shipyard.experiments.feedback import is_feedback
 from shipyard.experiments.trigger_actions import data_links, idempotency_key, run_command, send_webhook
 from shipyard.experiments.trigger_spec import RetrainingConfig, TriggerSpec
 from shipyard.store.models import Score, TriggerEvaluation
@@ -83,8 +84,10 @@ def _epoch(moment: datetime) -> float:
 
 class RetrainingTriggers:
     def __init__(self, config: RetrainingConfig, db, drift_of: Callable[[str], dict | None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, feedback_min_tenants: int = 1):
         self.config = config
+        # triggers are global: feedback moves them only once this many tenants sent it (feedback.py)
+        self.feedback_min_tenants = feedback_min_tenants
         self.db = db
         self.drift_of = drift_of or (lambda deployment: None)
         self.clock = clock
@@ -190,16 +193,19 @@ class RetrainingTriggers:
         condition = spec.metric
         value = case((Score.kind == "numeric", Score.numeric), (Score.kind == "boolean",
                                                                 case((Score.boolean.is_(True), 1.0), else_=0.0)))
-        query = select(func.avg(value), func.count()).where(
+        query = select(func.avg(value), func.count(), func.count(Score.tenant_id.distinct())).where(
             Score.name == condition.score, Score.kind != "categorical",
             Score.created_at >= _utc(now - condition.window_s))
         if condition.deployment:
             query = query.where(Score.deployment == condition.deployment)
         async with self.db.session() as session:
-            mean, count = (await session.execute(query)).one()
+            mean, count, tenants = (await session.execute(query)).one()
         threshold = condition.below if condition.below is not None else condition.above
         detail = {"score": condition.score, "samples": count, "window_s": condition.window_s,
                   "deployment": condition.deployment, "direction": "below" if condition.below is not None else "above"}
+        if is_feedback(condition.score) and tenants < self.feedback_min_tenants:
+            return Observation(None, None if mean is None else float(mean), threshold,
+                               {**detail, "why": self._too_few_tenants(tenants)})
         if count < condition.min_samples:
             return Observation(None, None if mean is None else float(mean), threshold,
                                {**detail, "why": f"{count} scores in the window, {condition.min_samples} needed"})
@@ -209,7 +215,7 @@ class RetrainingTriggers:
 
     async def _feedback_count(self, spec: TriggerSpec, past: Past) -> Observation:
         condition = spec.feedback_count
-        query = select(func.count()).select_from(Score).where(Score.source == "feedback")
+        query = select(func.count(), func.count(Score.tenant_id.distinct())).where(Score.source == "feedback")
         query = query.where(Score.name == f"feedback.{condition.metric}" if condition.metric
                             else Score.name.like("feedback.%"))
         if condition.deployment:
@@ -217,9 +223,16 @@ class RetrainingTriggers:
         if past.last_fired_at is not None:
             query = query.where(Score.created_at > _utc(past.last_fired_at))
         async with self.db.session() as session:
-            count = (await session.execute(query)).scalar_one()
+            count, tenants = (await session.execute(query)).one()
         since = _utc(past.last_fired_at).isoformat() if past.last_fired_at else None
+        if count and tenants < self.feedback_min_tenants:
+            return Observation(False, float(count), float(condition.at_least),
+                               {"since": since, "why": self._too_few_tenants(tenants)})
         return Observation(count >= condition.at_least, float(count), float(condition.at_least), {"since": since})
+
+    def _too_few_tenants(self, tenants: int) -> str:
+        return (f"feedback from {tenants} tenant(s); a global trigger needs {self.feedback_min_tenants} "
+                "(feedback.min_tenants)")
 
     # ---------------------------------------------------------------- acting
     def payload(self, spec: TriggerSpec, row: TriggerEvaluation, observation: Observation, past: Past) -> dict:

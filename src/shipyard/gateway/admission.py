@@ -54,7 +54,9 @@ class TieredAdmission:
         if len(self._heap) >= self.max_queue:
             lowest = max(self._heap) if self._heap else None  # max sort key = lowest tier, newest
             if lowest is None or lowest.tier >= tier:
-                raise self._shed("The server is at capacity; requests of higher priority are served first.")
+                ahead = "" if lowest is None or lowest.tier == tier else "; requests of higher priority are ahead"
+                raise self._shed(f"The server is at capacity: its queue is full ({self.max_queue} waiting)"
+                                 f"{ahead}. Retry shortly.")
             self._remove(lowest)
             lowest.future.set_exception(self._shed("Shed for a request of higher priority; retry shortly."))
         waiter = _Waiter((-tier, next(self._order)), asyncio.get_running_loop().create_future(), tier, weight)

@@ -154,9 +154,8 @@ class Authenticator:
             young = time.monotonic() - cached.fetched_at < self.cache_ttl_s
             if self.redis is not None and cached.fetched_at > -math.inf:
                 # An unknown id (row None) takes the same steps as a known one: no timing tells them apart.
-                if defer_freshness:
-                    if cached.row is not None or young:
-                        return cached, False
+                if defer_freshness:  # known or not, the same path: no database read tells them apart
+                    return cached, False
                 else:
                     try:
                         current = await self.redis.get(generation_key(key_id))

@@ -53,6 +53,9 @@ class KeySpec:
     rotation_grace_s: float | None = None
 
 
+ROTATION_RACE_S = 2.0  # rotations closer than this to the last one are a race: refused (409)
+
+
 class KeyStore:
     def __init__(self, db: Database, pepper: bytes):
         self.db = db
@@ -168,6 +171,12 @@ class KeyStore:
             if row.revoked_at is not None:
                 raise Conflict("A revoked key cannot be rotated.")
             now = utcnow()
+            last = aware(row.rotated_at)
+            if last is not None and (now - last).total_seconds() < ROTATION_RACE_S:
+                # Racing rotations that the store serialized: the first one's secret stands, and its
+                # caller must not be handed a secret that the second one silently replaced.
+                raise Conflict("The key was rotated moments ago by another request: its new secret stands. "
+                               f"Rotate again after {ROTATION_RACE_S:g} s if you meant to.")
             if grace_seconds is None:
                 grace_seconds = row.rotation_grace_s
             if grace_seconds and grace_seconds > 0:

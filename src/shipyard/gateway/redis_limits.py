@@ -142,6 +142,36 @@ return 1
 _BATCH = 256
 
 
+class EvictingRedis(RuntimeError):
+    pass
+
+
+async def check_keeps_keys(redis, url: str) -> None:
+    """Refuse a Redis that may evict keys (a maxmemory with any policy but noeviction): limit
+    windows, leases and budgets kept there would vanish under memory pressure (one tenant's
+    cached answers could reset another's rate limit). Unreachable now: checked no further (the
+    limiter's failure mode applies)."""
+    try:
+        info = await asyncio.wait_for(redis.info("memory"), 5)
+    except Exception as exc:
+        log.warning("could not read Redis's eviction policy (%s); limits assume it keeps keys", type(exc).__name__)
+        return
+    policy, maxmemory = info.get("maxmemory_policy", "noeviction"), int(info.get("maxmemory", 0) or 0)
+    if maxmemory and policy != "noeviction":
+        raise EvictingRedis(
+            f"The Redis at {_without_password(url)} evicts keys (maxmemory {maxmemory}, maxmemory-policy {policy}): "
+            "rate limits, concurrency leases and budgets kept there could be evicted. Set maxmemory-policy "
+            "noeviction on it, or give the limits a Redis of their own (gateway.redis_url) and the cache another "
+            "(cache.redis_url), which may evict.")
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
 class RedisLimiter:
     def __init__(self, redis, fail_open: bool = True, prefix: str = "shipyard:limit:",
                  settle_interval_s: float = 0.002, lease_s: float = 30.0, release_wait_s: float = 1.0,

@@ -32,13 +32,44 @@ class Permission(str, enum.Enum):
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     # /metrics is global (every tenant's traffic), so no tenant-scoped role reads it.
-    Role.TENANT_ADMIN: frozenset({Permission.KEYS_MANAGE, Permission.KEYS_READ, Permission.USAGE_READ,
-                                  Permission.TENANTS_READ, Permission.MODELS_READ, Permission.CACHE_MANAGE,
-                                  Permission.SCORES_WRITE, Permission.REVIEW}),
+    # A tenant's admin may also call the models, as an organization's owner may.
+    Role.TENANT_ADMIN: frozenset({Permission.INFERENCE, Permission.KEYS_MANAGE, Permission.KEYS_READ,
+                                  Permission.USAGE_READ, Permission.TENANTS_READ, Permission.MODELS_READ,
+                                  Permission.CACHE_MANAGE, Permission.SCORES_WRITE, Permission.REVIEW}),
     Role.DEVELOPER: frozenset({Permission.INFERENCE, Permission.MODELS_READ, Permission.SCORES_WRITE}),
     Role.VIEWER: frozenset({Permission.USAGE_READ, Permission.TENANTS_READ, Permission.MODELS_READ}),
     Role.METRICS: frozenset({Permission.METRICS_READ}),
 }
+
+# What each permission lets a key do, for refusals a person reads
+ACTIONS: dict[Permission, str] = {
+    Permission.INFERENCE: "call the models",
+    Permission.MODELS_READ: "list the models",
+    Permission.METRICS_READ: "read /metrics",
+    Permission.TENANTS_MANAGE: "create or change tenants",
+    Permission.TENANTS_READ: "read tenants",
+    Permission.KEYS_MANAGE: "create, rotate or revoke API keys",
+    Permission.KEYS_READ: "read API keys",
+    Permission.USAGE_READ: "read usage",
+    Permission.DEPLOYMENTS_MANAGE: "manage deployments and replicas",
+    Permission.SCORES_WRITE: "write scores and feedback",
+    Permission.CACHE_MANAGE: "clear cached answers",
+    Permission.MONITOR_MANAGE: "manage monitoring (alert rules, drift references, experiments, triggers)",
+    Permission.REVIEW: "use the review queue",
+}
+
+
+def refusal(role: str, permission: Permission) -> str:
+    """Why a key may not do this, and which role may."""
+    try:
+        granted = ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        granted = frozenset()
+    able = [r.value for r, perms in ROLE_PERMISSIONS.items() if permission in perms and r is not Role.ADMIN]
+    who = f"a key with the role {' or '.join(repr(r) for r in able)} or 'admin'" if able else "an 'admin' key"
+    can = ", ".join(ACTIONS[p] for p in Permission if p in granted) or "nothing"
+    return f"A key with the role '{role}' may not {ACTIONS[permission]} (it may: {can}). Use {who}."
+
 
 # Roles only an admin may hand out: they see or do more than one tenant's share.
 ADMIN_GRANTED = frozenset({Role.ADMIN, Role.METRICS})

@@ -99,6 +99,15 @@ class Gateway:
                                       "budget", scope))
         return buckets
 
+    async def count_call(self, principal: Principal, kind: str, per_minute: int) -> None:
+        """A call that is not a model request (feedback) still takes one of the key's and the
+        tenant's requests per minute, and one of its own per-key allowance; RateLimited (429) past
+        either. Nothing is reserved that would need settling."""
+        buckets = [b for b in self._buckets(principal, "", 0, 0.0) if b.metric == "requests" and b.scope != "deployment"]
+        buckets.append(Bucket(f"key:{principal.key_id}:{kind}:rpm", RATE, per_minute, 1, MINUTE_MS,
+                              f"{kind} calls per minute for this API key", "requests", "key"))
+        await self.limiter.acquire(buckets)
+
     async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int | None,
                     n: int, prompts: int = 1, user: str | None = None, deployment: str | None = None) -> Ticket:
         """Every prompt counts as a request and every sequence (prompts × n) as a slot in

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shipyard.monitor.alerts import AlertEvent
 from shipyard.monitor.settings import AlertRule
-from shipyard.store.db import Database
+from shipyard.store.db import Database, valid_rows
 from shipyard.store.models import AlertEventRow, AlertRuleRow
 
 
@@ -79,7 +79,7 @@ class AlertStore:
     async def rules(self) -> list[AlertRule]:
         async with self.db.session() as session:
             rows = (await session.execute(select(AlertRuleRow).order_by(AlertRuleRow.name))).scalars()
-            return [AlertRule.model_validate(row.body) for row in rows]
+            return valid_rows(rows, lambda row: AlertRule.model_validate(row.body), "alert rule")
 
     async def add_rule(self, rule: AlertRule) -> None:
         try:

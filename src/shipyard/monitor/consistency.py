@@ -20,6 +20,7 @@ import random
 import numpy as np
 
 from shipyard.api.generation import new_engine_request_id
+from shipyard.embeddings import Embedder, shared_embedder
 from shipyard.engines.base import GenerationRequest
 from shipyard.evaluation.metrics import token_f1
 from shipyard.monitor.scores import ScoreWriter
@@ -84,8 +85,11 @@ class ConsistencyMonitor:
             return
         try:
             samples = [await self._sample(engine, finished.engine_request) for _ in range(self.settings.k)]
-            embed = self._embedder()
-            scores = await asyncio.to_thread(consistency_scores, finished.output, samples, embed)
+            embed = await asyncio.to_thread(self._embedder)  # loaded once, off the loop
+            if isinstance(embed, Embedder):  # on its own thread: never holding the default pool
+                scores = await embed.run(consistency_scores, finished.output, samples, embed)
+            else:
+                scores = await asyncio.to_thread(consistency_scores, finished.output, samples, embed)
         except Exception as exc:  # a failed check is logged and skipped, never a user's error
             log.warning("consistency check of %s failed: %s", finished.request_id, exc)
             return
@@ -94,8 +98,6 @@ class ConsistencyMonitor:
     def _embedder(self):
         if self.embedder_factory is not None:
             return self.embedder_factory()
-        from shipyard.embeddings import shared_embedder
-
         return shared_embedder(self.settings.model_path)
 
     async def stop(self) -> None:

@@ -49,8 +49,9 @@ def promql(metric: str, deployment: str | None, window_s: float) -> str:
                     f"sum by (model_name) (rate({name}_count{{{sel}}}[{span}]))")
         quantile = int(stat[1:]) / 100
         return f"histogram_quantile({quantile}, sum by (le, model_name) (rate({name}_bucket{{{sel}}}[{span}])))"
-    if metric == "error_rate":
-        return f"sum by (model_name) (rate(shipyard:request_errors_total{{{sel}}}[{span}])) / {_requests(sel, span)}"
+    if metric == "error_rate":  # server errors (5xx), as everywhere (metrics.outcome_of)
+        five = f'{sel}, status=~"5.."' if sel else 'status=~"5.."'
+        return f"sum by (model_name) (rate(shipyard:request_errors_total{{{five}}}[{span}])) / {_requests(sel, span)}"
     if metric == "requests_per_s":
         return _requests(sel, span)
     if metric == "utilization":

@@ -67,8 +67,9 @@ class HealthWindows:
                 "window_s": window_s,
                 "requests": requests,
                 "requests_per_s": requests / window_s,
-                "outcomes": {k: v for k, v in outcomes.items() if not k.startswith("error:")},
-                "errors": errors,
+                "outcomes": {k: v for k, v in outcomes.items() if not k.startswith(("error:", "refused:"))},
+                "errors": errors,  # the server's failures (5xx): the error rate's numerator
+                "refused": {k.removeprefix("refused:"): v for k, v in outcomes.items() if k.startswith("refused:")},
                 "error_rate": sum(errors.values()) / requests if requests else 0.0,
                 "prompt_tokens": tokens["prompt"],
                 "generation_tokens": tokens["generation"],

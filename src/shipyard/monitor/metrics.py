@@ -122,6 +122,18 @@ class _EngineStateCollector(Collector):
         yield from (queries, hits, rate, bypassed, prefix_q, prefix_h)
 
 
+def outcome_of(status: int, error_type: str | None, finish_reason: str | None) -> str:
+    """A request's outcome in the windows. One definition of an error everywhere (the windows and
+    alert rules, the dashboard, the exported PromQL, the SLOs): the server failed it, status 5xx.
+    A refusal of the client's request (4xx: invalid, unauthorized, rate limited, gone) is counted
+    apart, as `refused:<type>`, and is not an error."""
+    if status >= 500:
+        return f"error:{error_type}"
+    if status >= 400:
+        return f"refused:{error_type}"
+    return finish_reason or "ok"
+
+
 class ServingMetrics:
     def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict,
                  windows: bool = True, slice_s: float = 10.0):
@@ -172,6 +184,13 @@ class ServingMetrics:
             windows.latency["itl"].observe_many(gaps)
             if generated:
                 windows.tokens.add("generation", generated)
+
+    def model_label(self, name: str | None) -> str:
+        """A label value from a model name: a deployment's own, else "unknown" (a client's made-up
+        name must not become a new series: Prometheus's memory grows with every one)."""
+        if not name:
+            return ""
+        return name if name in self._engine_state.engines() else "unknown"
 
     def end_request(self, model: str, outcome: str, tenant: str | None, status: int, ttft_s: float | None,
                     latency_s: float) -> None:

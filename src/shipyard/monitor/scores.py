@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from sqlalchemy import insert, or_, select
+from sqlalchemy import delete, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from shipyard.aio import cancel_and_wait
 from shipyard.store.db import Database
@@ -26,10 +27,20 @@ log = logging.getLogger("shipyard.monitor")
 
 SOURCES = ("monitor", "eval", "annotation", "api", "feedback")
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+# Names the system's own measurements write (monitors, evals, shadow, replays, reviews, feedback):
+# only admins may write them through the API, or a tenant could fire triggers, queue reviews and
+# sway experiments with numbers of its own making.
+SYSTEM_SCORES = frozenset({"mean_logprob", "min_logprob", "mean_entropy", "consistency_unigram",
+                           "consistency_cosine", "faithfulness"})
+SYSTEM_PREFIXES = ("shadow.", "eval.", "review.", "replay.", "feedback.", "implicit.")
+
+
+def is_system_score(name: str) -> bool:
+    return name in SYSTEM_SCORES or name.startswith(SYSTEM_PREFIXES)
 
 
 class ScoreIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     request_id: str = Field(min_length=1, max_length=160)
     name: str = Field(pattern=NAME_PATTERN, description="e.g. relevance, thumbs, mean_logprob")
     value: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
@@ -121,6 +132,26 @@ class ScoreStore:
             session.add_all(rows)
             await session.commit()
             return [score_view(row) for row in rows]
+
+    async def vote(self, score: ScoreIn, tenant_id: str, voter: str, tags: list[str] | None = None) -> dict:
+        """A piece of feedback: one per voter (API key), response and metric; a new one replaces the
+        last, so a key cannot stuff the ballot on one response."""
+        usage_id, owner, deployment = await self.request_owner(score.request_id, tenant_id)
+        for attempt in range(3):  # two racing votes of one key: the loser replaces the winner's
+            row = Score(request_id=usage_id, tenant_id=owner, deployment=deployment, name=score.name,
+                        source="feedback", comment=score.comment, created_at=datetime.now(timezone.utc), tags=tags,
+                        voter=voter, **_columns(score.value))
+            try:
+                async with self.db.session() as session:
+                    await session.execute(delete(Score).where(Score.request_id == usage_id, Score.name == score.name,
+                                                              Score.voter == voter))
+                    session.add(row)
+                    await session.commit()
+                    return score_view(row)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def query(self, tenant_id: str | None, deployment: str | None = None, name: str | None = None,
                     request_id: str | None = None, source: str | None = None, start: datetime | None = None,

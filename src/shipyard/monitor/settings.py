@@ -42,7 +42,7 @@ def check_metric(metric: str) -> str:
 class AlertRule(BaseModel):
     """Fires `warning` or `alert` (critical) when the metric passes a threshold for `for_s`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(pattern=NAME)
     metric: str
     operator: Literal[">", ">=", "<", "<="] = ">"
@@ -67,7 +67,7 @@ class AlertRule(BaseModel):
 class AnomalyConfig(BaseModel):
     """EWMA z-scores per series (deployment × tenant × metric), on per-interval means."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     enabled: bool = True
     metrics: list[Literal["ttft", "e2e", "itl", "error_rate"]] = ["ttft", "e2e", "error_rate"]
     alpha: float = Field(0.1, gt=0, le=1, description="EWMA weight of the newest interval")
@@ -81,7 +81,7 @@ class AnomalyConfig(BaseModel):
 
 
 class Webhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     url: str = Field(pattern=r"^https?://")
     receiver: str = Field("shipyard", pattern=NAME)
     secret: str | None = Field(None, min_length=16, description="HMAC-SHA256 key (prefer secret_env)")
@@ -92,7 +92,7 @@ class Webhook(BaseModel):
 
 
 class AlertsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     rules: list[AlertRule] = Field(default_factory=list)
     anomaly: AnomalyConfig = AnomalyConfig()
     webhooks: list[Webhook] = Field(default_factory=list)
@@ -104,7 +104,7 @@ class SLO(BaseModel):
     """A request is good when it is not a 5xx and (where set) its TTFT and latency are within
     bounds. `objective` of requests must be good over `period_days`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(pattern=NAME)
     deployment: str | None = Field(None, description="one deployment; default all")
     objective: float = Field(0.995, gt=0, lt=1)
@@ -116,7 +116,7 @@ class SLO(BaseModel):
 
 
 class DriftConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     deployments: list[str] = Field(default_factory=list, description="deployments whose traffic is watched")
     sample: float = Field(1.0, gt=0, le=1, description="share of requests described and embedded (embedding "
                                                        "costs CPU: a busy CPU deployment may watch a sample)")
@@ -140,7 +140,7 @@ class DriftConfig(BaseModel):
 class ConsistencyConfig(BaseModel):
     """Self-consistency checks on a sample of answers (monitor/consistency.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     deployments: list[str] = Field(default_factory=list)
     sample: float = Field(0.02, ge=0, le=1, description="share of answers checked")
     k: int = Field(3, ge=1, le=10, description="extra samples per checked answer")
@@ -154,7 +154,7 @@ class FaithfulnessConfig(BaseModel):
     """Faithfulness of answers to the reference context a request carries, by a local NLI or
     cross-encoder model (monitor/faithfulness.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model_path: str | None = Field(None, description="a local sequence-classification folder (NLI with an "
                                                      "'entailment' label, or a one-logit cross-encoder)")
     deployments: list[str] = Field(default_factory=list, description="default: every deployment")
@@ -162,7 +162,7 @@ class FaithfulnessConfig(BaseModel):
 
 
 class MonitorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     enabled: bool = Field(True, description="Sliding-window health, the request observers (scores), SLAs, "
                                             "alerts and drift; off leaves Prometheus /metrics only")
     window_slice_s: float = Field(10.0, ge=0.1, le=60, description="resolution of the sliding windows")

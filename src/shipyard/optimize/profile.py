@@ -143,13 +143,23 @@ class ModelProfile:
 
     @classmethod
     def read(cls, path: str | Path) -> ModelProfile:
+        """NotAModel (with what is wrong) for anything but a readable model."""
         path = Path(path).expanduser()
-        if path.is_file() and path.suffix == ".gguf":
-            return _read_gguf(path)
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{path} is neither a Hugging Face model folder (no config.json) nor a .gguf file")
-        return _read_hf(path, json.loads(config_path.read_text()))
+        try:
+            if path.is_file() and path.suffix == ".gguf":
+                return _read_gguf(path)
+            config_path = path / "config.json"
+            if not config_path.is_file():
+                raise NotAModel(f"{path} is neither a Hugging Face model folder (no config.json) nor a .gguf file")
+            return _read_hf(path, json.loads(config_path.read_text()))
+        except NotAModel:
+            raise
+        except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable, or not a causal LM's config
+            raise NotAModel(f"{path} is not a model Shipyard can read: {type(exc).__name__}: {exc}"[:500]) from None
+
+
+class NotAModel(ValueError):
+    """The path is not a model Shipyard can read (the message says why)."""
 
 
 def _read_hf(path: Path, config: dict) -> ModelProfile:

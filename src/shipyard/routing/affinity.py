@@ -7,6 +7,10 @@ prompt's blocks are hashed the same way, and the replica holding the longest run
 start wins. A prompt shorter than one block, or matching nowhere, is left to the balancer. The
 replica that serves it then remembers its blocks. Requests that share a system prompt therefore
 land together, and different prefixes still spread across replicas.
+
+The chain starts from the request's scope (its tenant), as the engines' own prefix blocks do:
+routing by another tenant's prefixes would reveal them through latency, and would not help,
+since the engines keep each tenant's blocks apart.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def prefix_blocks(request: GenerationRequest, max_blocks: int = 256) -> list[byt
         text = "".join(f"\x1e{m.role}\x1f{m.content}" for m in prompt.messages)
     else:
         text = prompt.text or ""
-    blocks, parent = [], b""
+    blocks = []
+    parent = hashlib.blake2b(request.scope.encode(), digest_size=12).digest() if request.scope else b""
     for start in range(0, min(len(text) // BLOCK_CHARS, max_blocks) * BLOCK_CHARS, BLOCK_CHARS):
         parent = hashlib.blake2b(parent + text[start: start + BLOCK_CHARS].encode(), digest_size=12).digest()
         blocks.append(parent)

@@ -13,6 +13,7 @@ chunk's `served_by` who answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -65,6 +66,10 @@ class RoutingCounters:
     no_replica: int = 0
 
 
+class ReplicaNameTaken(ValueError):
+    pass
+
+
 class DeploymentEngine(Engine):
     deferred_errors = True
 
@@ -81,7 +86,7 @@ class DeploymentEngine(Engine):
         self.affinity = affinity
         self.counters = RoutingCounters()
         # Builds a Replica from a config spec (set by the app, which knows the engine kinds).
-        self.make_replica: Callable[[dict], Replica] | None = None
+        self.make_replica: Callable[..., Replica] | None = None  # (spec, check=None)
         # Scale to zero (set by the autoscaler): when no replica is available, a request awaits this
         # (holding it until one is ready, up to the deadline) or gets its RETRIABLE error.
         self.cold_start: Callable[[float], Awaitable[None]] | None = None
@@ -185,10 +190,15 @@ class DeploymentEngine(Engine):
     async def add_replica(self, replica: Replica) -> None:
         """Join the pool live: started first, taken into routing once its engine is ready."""
         if replica.name in self._changing or any(r.name == replica.name for r in self.replicas):
-            raise ValueError(f"'{self.name}' already has a replica named '{replica.name}'")
+            raise ReplicaNameTaken(f"'{self.name}' already has a replica named '{replica.name}'")
         self._changing.add(replica.name)  # held across the start, so a second add of the name is refused
         try:
-            await replica.engine.start()
+            try:
+                await replica.engine.start()
+            except BaseException:
+                with contextlib.suppress(Exception):  # whatever it had started (a child process) goes too
+                    await replica.engine.stop()
+                raise
             self.replicas = [*self.replicas, replica]
         finally:
             self._changing.discard(replica.name)

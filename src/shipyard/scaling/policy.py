@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ScalingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     min_replicas: int = Field(1, ge=0, description="0: scale to zero when idle (development / staging)")
     max_replicas: int = Field(4, ge=1)
     target_queue_per_replica: float = Field(4.0, gt=0, description="running + waiting requests per replica")

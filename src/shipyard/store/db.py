@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,19 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger("shipyard.store")
+
+
+def valid_rows(rows, parse, what: str) -> list:
+    """Each stored row parsed, leaving out (with a warning) any that no longer parses: one bad row,
+    written by an older version or by hand, must not break every read, nor the server's start."""
+    parsed = []
+    for row in rows:
+        try:
+            parsed.append(parse(row))
+        except ValueError as exc:
+            log.warning("ignoring a stored %s that is no longer valid: %s", what, str(exc).splitlines()[0][:200])
+    return parsed
 
 
 def default_url(data_dir: Path) -> str:

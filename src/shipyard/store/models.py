@@ -104,7 +104,8 @@ class Score(Base):
     """One evaluation of one request: a monitor's metric, an eval run, a human label, user feedback."""
 
     __tablename__ = "scores"
-    __table_args__ = (Index("ix_scores_tenant_deployment_name_time", "tenant_id", "deployment", "name", "created_at"),)
+    __table_args__ = (Index("ix_scores_tenant_deployment_name_time", "tenant_id", "deployment", "name", "created_at"),
+                      Index("uq_scores_vote", "request_id", "name", "voter", unique=True))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)
@@ -119,6 +120,7 @@ class Score(Base):
     source: Mapped[str] = mapped_column(String(16))  # monitor | eval | annotation | api | feedback
     comment: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[list | None] = mapped_column(JSON)  # feedback's tags
+    voter: Mapped[str | None] = mapped_column(String(64))  # feedback: the key that sent it (one vote each)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
@@ -255,3 +257,12 @@ class TriggerEvaluation(Base):
     reason: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RevokedSession(Base):
+    """A dashboard session ended by sign-out: refused until it would have expired anyway."""
+
+    __tablename__ = "revoked_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

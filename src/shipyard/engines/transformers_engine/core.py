@@ -54,7 +54,7 @@ class EngineCore:
         scored = {i for i, g in enumerate(admitted) if g.sequences[0].params.prompt_logprobs is not None}
         pool = self.prefix_cache
         # Known prefixes are copied in, not computed (scored prompts need every position).
-        names = [pool.names(g.prompt_ids) for g in admitted] if pool is not None else []
+        names = [pool.names(g.prompt_ids, g.cache_salt) for g in admitted] if pool is not None else []
         for i, group in enumerate(admitted if pool is not None else []):
             if i not in scored:
                 group.cached_tokens = pool.load(group.prompt_ids, names[i], group.sequences[0].slot)

@@ -269,7 +269,8 @@ class TransformersEngine(Engine):
                     generator=generator,
                 )
             )
-        return SequenceGroup(request_id=request.request_id, sequences=sequences, prompt_ids=prompt_ids)
+        return SequenceGroup(request_id=request.request_id, sequences=sequences, prompt_ids=prompt_ids,
+                             cache_salt=request.scope)
 
     async def cancel(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))

@@ -8,6 +8,10 @@ them copied into its slot: one gather per layer, far cheaper than recomputing th
 the rest of the prompt is prefilled. Its own new full blocks are copied into the pool after the
 step. The last prompt token is never taken from the pool, so a prefill always computes at
 least one position and yields the logits of the first output token.
+
+Blocks are partitioned by a salt (the tenant, vLLM's `cache_salt`): the chain starts from the
+salt's hash, so one tenant's prompts never hit another's blocks. Otherwise `cached_tokens` (and
+the time to first token) would tell tenant B which prefixes tenant A sent.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ class PrefixCache:
         self.hits = 0
         self.evictions = 0
 
-    def names(self, prompt_ids: list[int]) -> list[bytes]:
-        """Chained names of the prompt's full blocks, all but the last token's."""
+    def names(self, prompt_ids: list[int], salt: str = "") -> list[bytes]:
+        """Chained names of the prompt's full blocks, all but the last token's, within `salt`'s
+        partition."""
         size = self.block_size
-        names, parent = [], b""
+        names = []
+        parent = hashlib.blake2b(salt.encode(), digest_size=16).digest() if salt else b""
         for start in range(0, (len(prompt_ids) - 1) // size * size, size):
             block = prompt_ids[start: start + size]
             parent = hashlib.blake2b(parent + b"".join(t.to_bytes(4, "little") for t in block),

@@ -76,6 +76,7 @@ class SequenceGroup:
     request_id: str
     sequences: list[Sequence]
     prompt_ids: list[int]
+    cache_salt: str = ""  # the request's partition (its tenant): prefix blocks are never shared across it
     prompt_logprobs: list[TokenLogprob] | None = None  # computed at prefill, sent once
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
 

@@ -38,14 +38,15 @@ class Flavor:
     metrics: tuple[str | None, str | None, str | None] | None = None  # waiting, running, KV usage
     tokenize: str | None = None  # "vllm" | "tgi" | "llamacpp" | "llamacpp_python": the shape of its /tokenize
     sampling_defaults: dict = field(default_factory=dict)  # sent unless the request sets them
+    cache_salt: bool = False  # takes vLLM's `cache_salt`: KV prefix blocks partitioned per tenant
 
 
 _ALL_VLLM = {name: body for name, (_, body) in VLLM_EXTRAS.items()}
 
 FLAVORS: dict[str, Flavor] = {
-    "vllm": Flavor("vllm", _ALL_VLLM, tokenize="vllm",
+    "vllm": Flavor("vllm", _ALL_VLLM, tokenize="vllm", cache_salt=True,
                    metrics=("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")),
-    "shipyard": Flavor("shipyard", _ALL_VLLM, tokenize="vllm", health_path="/ready",  # /health is liveness
+    "shipyard": Flavor("shipyard", _ALL_VLLM, tokenize="vllm", health_path="/ready", cache_salt=True,  # /health: liveness
                        metrics=("shipyard:num_requests_waiting", "shipyard:num_requests_running",
                                 "shipyard:kv_cache_usage_perc")),
     "sglang": Flavor("sglang", _ALL_VLLM,

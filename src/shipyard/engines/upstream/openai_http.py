@@ -13,15 +13,17 @@ background, in the same `EngineStats` the embedded engine reports.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import json
 import logging
 import os
 from typing import Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shipyard.engines.base import Engine, EngineStats, GenerationRequest, ModelInfo, Prompt
 from shipyard.engines.errors import EngineUnavailableError, InvalidRequestError
@@ -31,9 +33,8 @@ from shipyard.engines.upstream.stream import UpstreamStream
 log = logging.getLogger("shipyard.upstream")
 
 
-
 class OpenAIHTTPEngineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     engine: Literal["openai_http"] = "openai_http"
     url: str = Field(description="The server's base URL, without /v1 (e.g. http://10.0.0.5:8000)")
     flavor: Literal["openai", "vllm", "tgi", "sglang", "trtllm", "llamacpp", "llamacpp_python",
@@ -46,7 +47,15 @@ class OpenAIHTTPEngineConfig(BaseModel):
     first_token_timeout_s: float = Field(60.0, gt=0, description="No first token within this: 504")
     idle_timeout_s: float = Field(30.0, gt=0, description="Longest silence between chunks: 504")
     poll_interval_s: float = Field(2.0, gt=0, description="How often /health and /metrics are read")
-    max_connections: int = Field(512, ge=1)
+    max_connections: int = Field(512, ge=1, le=100_000)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an upstream is an http:// or https:// URL with a host")
+        return url
 
 
 def _secret(config: OpenAIHTTPEngineConfig) -> str | None:
@@ -267,6 +276,8 @@ class OpenAIHTTPEngine(Engine):
             body[field] = value
         for name, value in flavor.sampling_defaults.items():
             body.setdefault(name, value)
+        if request.scope and flavor.cache_salt:  # the tenant, hashed: its prefix blocks are its own there too
+            body["cache_salt"] = hashlib.blake2b(request.scope.encode(), digest_size=16).hexdigest()
         return path, body
 
     def _prompt_for_upstream(self, prompt: Prompt) -> str | list[int]:
