@@ -247,6 +247,9 @@ def item5(ctx) -> dict:
     return {"status": response.status_code}
 
 
+WATCH_S = 90.0
+
+
 def item6(ctx) -> dict:
     """Redis frozen 8 s while 2 requests hold a max_concurrent=2 key: seconds locked out after."""
     redis = ctx.redis()
@@ -275,16 +278,18 @@ def item6(ctx) -> dict:
         os.kill(redis.proc.pid, signal.SIGCONT)
         thawed = time.monotonic()
         async with httpx.AsyncClient(timeout=10) as client:
-            while time.monotonic() - thawed < 30:
+            while time.monotonic() - thawed < WATCH_S:
                 response = await client.post(f"{server.url}/v1/completions", headers={"authorization": f"Bearer {key}"},
                                              json={"model": MODEL, "prompt": "x", "max_tokens": 1})
                 if response.status_code == 200:
                     return time.monotonic() - thawed
                 await asyncio.sleep(0.25)
-        return float("inf")
+        return None
 
     locked = asyncio.run(run())
-    return {"locked_out_s_after_thaw": "> 30 (600 s counter expiry)" if locked == float("inf") else round(locked, 2)}
+    # measured, both sides: the seconds until the key worked again, or that it still did not after WATCH_S
+    return {"locked_out_s_after_thaw": None if locked is None else round(locked, 2), "watched_s": WATCH_S,
+            "unlocked_within_watch": locked is not None}
 
 
 def item7(ctx) -> dict:

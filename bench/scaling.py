@@ -19,6 +19,10 @@ RESULTS = ROOT / "bench" / "results"
 KEYS = ("sla_attainment", "replica_seconds_vs_static_peak", "time_to_scale_up_s", "scale_events", "shed")
 
 
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def main() -> None:
     traces = {}
     print(f"{'trace':8} {'SLA':>7} {'vs peak':>8} {'vs min':>7} {'peak':>5} {'up s':>6} {'events':>7} {'shed':>5}")
@@ -30,7 +34,7 @@ def main() -> None:
                         "static_min": result["static_min"], "static_peak": result["static_peak"]}
         print(f"{name:8} {result['sla_attainment']:7.2%} {result['replica_seconds_vs_static_peak']:8.2f} "
               f"{result['replica_seconds_vs_static_min']:7.2f} {result['static_peak']['replicas']:5d} "
-              f"{result['time_to_scale_up_s']:6.1f} {result['scale_events']:7d} {result['shed']:5d}")
+              f"{_seconds(result['time_to_scale_up_s']):>6} {result['scale_events']:7d} {result['shed']:5d}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "scaling.json"
     path.write_text(json.dumps({"config": DEFAULT_CONFIG.model_dump(), "traces": traces}, indent=2) + "\n")

@@ -1,5 +1,6 @@
-"""Serving throughput and TTFT: Shipyard vs `transformers serve --continuous-batching` vs sequential
-`model.generate()`, on the demo model, same machine, same run, same KV-cache size.
+"""Serving throughput and TTFT: Shipyard vs `transformers serve --continuous-batching` vs
+`model.generate()` (a burst of C requests as one padded batch, measured at every C), on the demo
+model, same machine, same run, same KV-cache size.
 
     python bench/serving.py [--model PATH] [--concurrency 1 8 32] [--max-tokens 64] [--threads 1]
 
@@ -15,10 +16,8 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -144,43 +143,50 @@ def start_transformers_serve(model: str, port: int, threads: int, cache_tokens: 
     return proc
 
 
-def sequential_generate(model_path: str, threads: int, concurrency_levels: list[int], requests: int,
-                        max_tokens: int) -> dict:
-    """Plain `model.generate()`, one request at a time behind a FIFO: a burst of C requests arrives
-    together, so request i's TTFT includes the service time of the i-1 before it."""
+def batched_generate(model_path: str, threads: int, concurrency_levels: list[int], requests_for,
+                     max_tokens: int) -> dict:
+    """Plain `model.generate()`, measured at each concurrency: a burst of C requests is one padded
+    batch (what a hand-written server over generate() does), bursts one after another. Every
+    request of a batch gets its first token when the batch's first step ends; at C=1 this is one
+    request at a time."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+    class FirstStep(StoppingCriteria):
+        """Notes when the first new token exists (the batch's time to first token); never stops."""
+
+        def __init__(self):
+            self.at = None
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if self.at is None:
+                self.at = time.perf_counter()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
     torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    prompts = make_prompts(requests)
-    services, first_tokens, tokens = [], [], 0
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
-        start = time.perf_counter()
-        kwargs = dict(**ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, streamer=streamer)
-        thread = threading.Thread(target=model.generate, kwargs=kwargs)
-        thread.start()
-        first = None
-        for piece in streamer:
-            if first is None and piece:
-                first = time.perf_counter() - start
-        thread.join()
-        services.append(time.perf_counter() - start)
-        first_tokens.append(first or 0.0)
-        tokens += max_tokens
-    mean_service = statistics.mean(services)
     results = {}
     for c in concurrency_levels:
-        # FIFO queue of a burst of c: waits are the sums of earlier service times.
-        ttfts = [sum(services[j % len(services)] for j in range(i)) + first_tokens[i % len(services)]
-                 for i in range(c)]
-        results[c] = {"tokens_per_s": tokens / sum(services), "ttft_p50_ms": percentile(ttfts, 50) * 1000,
+        prompts = make_prompts(requests_for(c))
+        ttfts, tokens, started = [], 0, time.perf_counter()
+        for first in range(0, len(prompts), c):
+            batch = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                   tokenize=False) for p in prompts[first:first + c]]
+            inputs = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            step = FirstStep()
+            arrived = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(**inputs, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                                     stopping_criteria=StoppingCriteriaList([step]), pad_token_id=tokenizer.pad_token_id)
+            ttfts += [(step.at - arrived)] * len(batch)
+            tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * len(batch)
+        elapsed = time.perf_counter() - started
+        results[c] = {"tokens_per_s": tokens / elapsed, "ttft_p50_ms": percentile(ttfts, 50) * 1000,
                       "ttft_p99_ms": percentile(ttfts, 99) * 1000, "requests": len(prompts), "tokens": tokens,
-                      "mean_service_s": mean_service}
+                      "measured": True}
     return results
 
 
@@ -233,8 +239,8 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
     if "generate" not in args.skip:
-        results["systems"]["generate"] = sequential_generate(
-            model, args.threads, args.concurrency, max(8, args.requests_per_worker * 4), args.max_tokens)
+        results["systems"]["generate"] = batched_generate(model, args.threads, args.concurrency, requests_for,
+                                                          args.max_tokens)
 
     print(f"\nmodel={model} max_tokens={args.max_tokens} threads={args.threads} kv_cache_tokens={cache_tokens}")
     print(f"{'system':<15}{'conc':>6}{'tok/s':>10}{'TTFT p50 ms':>14}{'TTFT p99 ms':>14}")

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -349,9 +350,15 @@ def _assemble(config: ShipyardConfig, services: Services, lifespan, modules) -> 
     # Outermost first: the request context (ids, body bounds and timeouts, the access log), then
     # the guard (authentication and content type, before any body byte is read).
     app.add_middleware(RequestGuard, routes=routes, gateway=services.gateway)
+    gateway = services.gateway
+
+    def on_refused(record) -> None:
+        gateway.record_refused(record.tenant_id, record.key_id, record.usage_id, record.deployment or record.model or "",
+                               record.status, (time.monotonic() - record.arrival) * 1000, record.user)
+
     app.add_middleware(RequestContextMiddleware, metrics=services.metrics, max_body_bytes=config.server.max_body_bytes,
                        body_timeout_s=config.server.body_timeout_s,
-                       body_idle_timeout_s=config.server.body_idle_timeout_s)
+                       body_idle_timeout_s=config.server.body_idle_timeout_s, on_refused=on_refused)
     return app
 
 

@@ -17,9 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shipyard.units import usd
+
 keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
-console = Console()
+# Piped (not a terminal), rich would assume 80 columns and squeeze the tables: give them room.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 URL = typer.Option(None, "--url", help="Server URL (env SHIPYARD_URL, default http://127.0.0.1:8000)")
 KEY = typer.Option(None, "--key", help="API key (env SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY)")
@@ -74,10 +77,20 @@ def _show(rows: list[dict] | dict, columns: list[str], as_json: bool) -> None:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     rows = [rows] if isinstance(rows, dict) else rows
-    table = Table(*columns)
+    table = Table()
+    for column in columns:  # folded, never cut: an id or a cost is read whole at any width
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+        table.add_row(*[_cell(c, row.get(c)) for c in columns])
     console.print(table)
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if column.endswith("_usd") and isinstance(value, (int, float)):
+        return usd(value)
+    return str(value)
 
 
 def _limits(rpm, tpm, max_concurrent, budget_usd, budget_period) -> dict:

@@ -43,7 +43,7 @@ def simulate(trace: Optional[list[str]] = typer.Option(None, "--trace", help=f"r
                       f"{r['replica_seconds_vs_static_min']:.2f}× (SLA {r['static_min']['sla_attainment']:.0%})",
                       f"{r['replica_seconds_vs_static_peak']:.2f}×",
                       f"{r['static_peak']['replicas']} (SLA {r['static_peak']['sla_attainment']:.0%})",
-                      f"{r['time_to_scale_up_s']:.1f}", str(r["scale_events"]), str(r["shed"]))
+                      "—" if r["time_to_scale_up_s"] is None else f"{r['time_to_scale_up_s']:.1f}", str(r["scale_events"]), str(r["shed"]))
     Console().print(table)
 
 

@@ -31,7 +31,8 @@ def test_metrics_move_with_requests(server, client):
         assert delta(f"shipyard:{histogram}_count") == 2, histogram
     # 7 + 5 tokens, the first of each timed as TTFT: 10 inter-token gaps
     assert delta("shipyard:inter_token_latency_seconds_count") == 10
-    errors = (("error_type", "not_found_error"), ("model_name", "missing"), ("status", "404"))
+    # a model name the client made up is counted as "unknown", never a label of its own
+    errors = (("error_type", "not_found_error"), ("model_name", "unknown"), ("status", "404"))
     assert delta("shipyard:request_errors_total", errors) == 1
     assert after[("shipyard:num_requests_running", LABELS)] == 0
     assert after[("shipyard:num_requests_waiting", LABELS)] == 0

@@ -86,4 +86,4 @@ def test_a_reviewer_claims_and_labels_through_the_review_page(report):
     viewer = report["roles"]["viewer-acme"]["pages"]["/dashboard/review"]
     assert "tenant-admin or admin" in viewer["text"] and "Tell me about the sea" not in viewer["text"]
     admin = report["roles"]["admin"]["pages"]["/dashboard/review"]
-    assert "Claim" in admin["text"] and f"tenant {tenants['acme']}" in admin["text"]  # admins see whose it is
+    assert "Claim" in admin["text"] and f"({tenants['acme']})" in admin["text"]  # admins see whose it is, by name

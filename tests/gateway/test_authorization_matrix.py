@@ -151,7 +151,7 @@ def test_every_route_has_a_policy(tiny_model, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("role, expected", [("admin", None), ("developer", None), ("viewer", 403),
-                                            ("tenant-admin", 403), ("no key", 401), ("bad key", 401)])
+                                            ("tenant-admin", None), ("no key", 401), ("bad key", 401)])
 async def test_websocket_routes_are_authorized_like_http(auth_server, world, role, expected):
     import json
 

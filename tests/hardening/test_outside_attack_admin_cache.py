@@ -119,6 +119,13 @@ async def test_embeddings_never_hold_the_default_thread_pool():
     assert finished.index("tokenize") < finished.index("embed 7")  # not queued behind the embeddings
 
 
+@pytest.fixture()
+def redis_of_its_own():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 # ---------------------------------------------------------------- 3. limits and an evicting Redis
 def test_limits_refuse_a_redis_that_evicts(tiny_model, tmp_path):
     evicting = RedisServer("--maxmemory", "32mb", "--maxmemory-policy", "allkeys-lru").start()
@@ -133,7 +140,8 @@ def test_limits_refuse_a_redis_that_evicts(tiny_model, tmp_path):
         evicting.stop()
 
 
-def test_the_cache_may_evict_on_its_own_redis_and_is_bounded_there(tiny_model, tmp_path, redis_server):
+def test_the_cache_may_evict_on_its_own_redis_and_is_bounded_there(tiny_model, tmp_path, redis_of_its_own):
+    redis_server = redis_of_its_own  # the limits' (keeps its keys), used by no other test
     cache_redis = RedisServer("--maxmemory", "32mb", "--maxmemory-policy", "allkeys-lru").start()
     config = gateway_config(tiny_model, redis_url=redis_server.url, usage_flush_interval_s=0.1)
     config["cache"] = {"redis_url": cache_redis.url, "exact": {"max_bytes": 3_000}}
@@ -177,13 +185,6 @@ def test_the_semantic_cache_is_bounded_in_bytes():
 
 
 # ---------------------------------------------------------------- 5. invalidation and a frozen Redis
-@pytest.fixture()
-def redis_of_its_own():
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
 def test_an_invalidation_during_a_redis_stall_is_a_503_and_is_not_lost(tiny_model, tmp_path, redis_of_its_own):
     config = gateway_config(tiny_model, redis_url=redis_of_its_own.url)
     body = {"model": MODEL_NAME, "prompt": "def cached(", "max_tokens": 4, "temperature": 0}

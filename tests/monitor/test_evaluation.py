@@ -163,7 +163,8 @@ def test_eval_hallucination_reports_each_signals_auroc(evaluated, tmp_path):
     served = []
     for i, row in enumerate(rows * 2):  # 8 requests of the test's own, their scores read back below
         response = httpx.post(f"{evaluated.base_url}/v1/chat/completions", timeout=60,
-                              headers={"authorization": f"Bearer {ADMIN_KEY}", "x-shipyard-evaluate": "consistency"},
+                              headers={"authorization": f"Bearer {ADMIN_KEY}", "x-shipyard-evaluate": "consistency",
+                                       "cache-control": "no-store"},  # generated now: its own signals
                               json={"model": MODEL_NAME, "max_tokens": 3 + i, "temperature": 0,
                                     "reference_context": row["reference_context"],
                                     "messages": [{"role": "user", "content": row["prompt"]}]})

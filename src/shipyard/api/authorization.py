@@ -94,6 +94,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("GET", "/dashboard/drift"): PUBLIC,
     ("GET", "/dashboard/alerts"): PUBLIC,
     ("GET", "/dashboard/review"): PUBLIC,
+    ("GET", "/dashboard/review/export"): PUBLIC,
     ("POST", "/dashboard/review/{item_id}"): PUBLIC,
     ("GET", "/admin/whoami"): PUBLIC,  # any valid key (authenticated below, like every non-public route)
 }

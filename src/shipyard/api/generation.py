@@ -129,14 +129,19 @@ class Generation:
     def interrupt(self) -> None:
         """The shutdown grace period is over: end this generation at the next chunk boundary."""
         self._interrupting = True
-        if len(self._streams) == 1:  # the engine aborts it; its last chunk arrives within a step
+        if self._direct:  # the engine aborts it; its last chunk arrives within a step
             asyncio.ensure_future(self.engine.cancel(self.requests[0].request_id))
-        else:
+        else:  # merged, or remote (a remote engine cannot abort: its stream is left, and closed)
             self._queue.put_nowait((-1, _INTERRUPTED))
+
+    @property
+    def _direct(self) -> bool:
+        """One stream from an in-process engine: read as it is, no merging, no task per chunk."""
+        return len(self._streams) == 1 and not self.engine.remote
 
     async def chunks(self) -> AsyncIterator[tuple[int, GenerationChunk]]:
         """(prompt index, chunk) in arrival order, measured on the way."""
-        if len(self._streams) == 1:  # the common case: no merging needed
+        if self._direct:  # the common case: no merging needed
             try:
                 async for chunk in _prepend(self._primed[0] if self._primed else None, self._streams[0]):
                     if self._interrupting and chunk.finish_reason == "abort":
@@ -176,6 +181,8 @@ class Generation:
         finally:
             for task in tasks:
                 task.cancel()
+            # wait for them: a stream a pump is still reading cannot be closed (aclose) meanwhile
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Abort whatever is still running (client gone, shutdown, or an error mid-way)."""

@@ -7,6 +7,7 @@ and the log line is written when the last byte has gone, with the real status.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import logging
 import time
 import uuid
@@ -53,6 +54,7 @@ class RequestRecord:
     mirror_arm: str | None = None
     error_type: str | None = None
     status: int = 0
+    metered: bool = False  # a usage row was written for it (admitted, or refused by the gateway)
     client_supplied_id: bool = False
     rate_limit_headers: dict[str, str] = field(default_factory=dict)
 
@@ -85,11 +87,17 @@ def _is_valid_request_id(value: str) -> bool:
     return 0 < len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value)
 
 
+METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServingMetrics, max_body_bytes: int, body_timeout_s: float = 30.0,
-                 body_idle_timeout_s: float = 10.0):
+                 body_idle_timeout_s: float = 10.0, on_refused: Callable[[RequestRecord], None] | None = None):
         self.app = app
         self.metrics = metrics
+        # An inference call refused before it was admitted (a 400, a 404 for a model) still gets a
+        # usage row, so an operator sees the client errors beside the served requests.
+        self.on_refused = on_refused
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.body_idle_timeout_s = body_idle_timeout_s
@@ -156,6 +164,9 @@ class RequestContextMiddleware:
                 await self._reject(record, send_with_id, exc)
         finally:
             finish_record(record, self.metrics)
+            if (self.on_refused is not None and record.status >= 400 and not record.metered
+                    and record.key_id is not None and record.path in METERED_PATHS):
+                self.on_refused(record)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> None:
         """The handshake is logged like a request when it is refused; an accepted socket logs each
@@ -199,7 +210,7 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
                             record.ttft_ms / 1000 if record.ttft_ms is not None else None, latency_ms / 1000)
     if record.path in ("/metrics", "/health", "/ready") or not access_log.isEnabledFor(logging.INFO):
         return  # probes would drown the log; and a line nobody logs is not worth formatting
-    hidden = ("arrival", "client_supplied_id", "rate_limit_headers", "reference_context", "variant_header",
+    hidden = ("arrival", "client_supplied_id", "metered", "rate_limit_headers", "reference_context", "variant_header",
               "mirror_arm")  # no client text in logs
     fields = {k: v for k, v in vars(record).items() if k not in hidden and v is not None}
     fields["latency_ms"] = round(latency_ms, 2)

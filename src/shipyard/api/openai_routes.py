@@ -130,7 +130,9 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     except GatewayError as exc:
         gateway.record(principal, usage_id, record.model, exc.status, latency_ms=monotonic_ms(record.arrival),
                        user=record.user)
+        record.metered = True
         raise
+    record.metered = True  # finish() writes its usage row, however it ends
     record.rate_limit_headers = ticket.headers()
 
     async def on_finish(gen: Generation, status: int) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from shipyard.gateway.keystore import aware
+from shipyard.gateway.usage_report import usage_totals
 from shipyard.store.db import Database
 from shipyard.store.models import Score, UsageRecord
 
@@ -79,6 +80,7 @@ async def traffic(db: Database, tenant: str | None, deployment: str | None = Non
     requests = sum(b["requests"] for b in buckets)
     return {
         "x": x,
+        "start": start, "end": now,
         "requests": [b["requests"] for b in buckets],
         "errors": [b["errors"] for b in buckets],
         "ttft": {f"p{q}": [_percentile(b["ttft"], q) for b in buckets] for q in (50, 95, 99)},
@@ -112,7 +114,32 @@ async def score_series(db: Database, tenant: str | None, window_s: float = 86400
         slots = sums.setdefault(name, [[] for _ in range(count)])
         slots[_step_of(created, start, step_s, count)].append(value)
     x = [i * step_s / 3600 - window_s / 3600 for i in range(count)]  # hours before now
-    return {name: {"x": x, "mean": [sum(s) / len(s) if s else None for s in slots],
+    return {name: {"x": x, "start": start, "end": now, "mean": [sum(s) / len(s) if s else None for s in slots],
                    "count": sum(len(s) for s in slots),
                    "latest": next((sum(s) / len(s) for s in reversed(slots) if s), None)}
             for name, slots in sorted(sums.items())}
+
+
+def _period_start(period: str, now: datetime) -> datetime:
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start if period == "day" else start.replace(day=1)
+
+
+async def names_and_budgets(keystore, db: Database, tenant: str | None) -> tuple[dict[str, str], list[dict]]:
+    """Tenant and key ids → names people gave them ("name (id)"), and every budget in view with
+    what was spent of it this period (its usage records, as the limiter counts them)."""
+    now = datetime.now(timezone.utc)
+    tenants = await keystore.list_tenants(tenant)
+    keys = await keystore.list_keys(tenant)
+    names = {t.id: f"{t.name} ({t.id})" if t.name and t.name != t.id else t.id for t in tenants}
+    names.update({k.id: f"{k.name} ({k.id})" if k.name else k.id for k in keys})
+    budgets = []
+    for whose, rows, column in (("tenant", tenants, "tenant_id"), ("key", keys, "key_id")):
+        for row in rows:
+            if row.budget_usd is None:
+                continue
+            period = row.budget_period or "month"
+            spent = await usage_totals(db, [], **{column: row.id}, start=_period_start(period, now))
+            budgets.append({"whose": whose, "name": names[row.id], "budget_usd": row.budget_usd, "period": period,
+                            "spent_usd": spent[0]["cost_usd"] if spent else 0.0})
+    return names, budgets

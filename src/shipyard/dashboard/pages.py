@@ -6,6 +6,7 @@ from html import escape
 
 from shipyard.dashboard.charts import bar_chart, line_chart
 from shipyard.dashboard.data import Viewer
+from shipyard.units import usd
 
 REFRESH_S = 30
 NAV = (("Overview", "/dashboard"), ("Cost", "/dashboard/cost"), ("SLA", "/dashboard/sla"),
@@ -19,7 +20,9 @@ header .who{margin-left:auto;color:#9ca3af}main{padding:16px 20px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:12px}
 .card{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 14px;min-width:130px}
 .card b{display:block;font-size:20px}.grid{display:flex;flex-wrap:wrap;gap:12px}
-figure{background:#fff;border:1px solid #e5e7eb;border-radius:8px;margin:0;padding:8px}
+figure{background:#fff;border:1px solid #e5e7eb;border-radius:8px;margin:0;padding:8px;max-width:100%;
+box-sizing:border-box;flex:1 1 480px}svg.chart{display:block;max-width:100%;height:auto}
+main{overflow-wrap:anywhere}table{max-width:100%;overflow-x:auto;display:block}
 figcaption{font-weight:600;margin-bottom:4px}.legend .key{margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
 table{border-collapse:collapse;background:#fff;margin:8px 0}td,th{border:1px solid #e5e7eb;padding:4px 8px;text-align:left}
@@ -55,6 +58,19 @@ def _card(label: str, value: str) -> str:
     return f'<div class=card><span class=muted>{escape(label)}</span><b>{escape(value)}</b></div>'
 
 
+def clock_span(start, end) -> tuple[str, str]:
+    """A chart's first and last x as clock times (UTC), the day too when they span more than one."""
+    pattern = "%H:%M UTC" if start.date() == end.date() else "%b %d %H:%M UTC"
+    return start.strftime(pattern), end.strftime(pattern)
+
+
+def budget_left(remaining: float) -> str:
+    """An error budget's share left; spent past it, how many times over (never '−2930%')."""
+    if remaining >= 0:
+        return f"{remaining:.0%}"
+    return f"none (spent {1 - remaining:.1f}×)"
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f} ms"
 
@@ -62,10 +78,10 @@ def _ms(value: float | None) -> str:
 def traffic_section(traffic: dict) -> str:
     totals, x = traffic["totals"], traffic["x"]
     cards = "".join([_card("Requests (1 h)", f"{totals['requests']:,}"),
-                     _card("Error rate", f"{totals['error_rate']:.2%}"),
+                     _card("Server errors (5xx)", f"{totals['error_rate']:.2%}"),
                      _card("TTFT p95", _ms(totals["ttft_p95_ms"])), _card("Latency p95", _ms(totals["latency_p95_ms"])),
-                     _card("Tokens", f"{totals['tokens']:,}"), _card("Cost", f"${totals['cost_usd']:.4f}")])
-    span = (f"{x[0]:.0f} min", "now")
+                     _card("Tokens", f"{totals['tokens']:,}"), _card("Cost", usd(totals["cost_usd"]))])
+    span = clock_span(traffic["start"], traffic["end"])
     charts = [
         line_chart("Requests per minute", {"requests": list(zip(x, traffic["requests"]))}, x_labels=span),
         line_chart("Time to first token", {name: list(zip(x, values)) for name, values in traffic["ttft"].items()},
@@ -98,19 +114,35 @@ def deployment_links(names: list[str]) -> str:
     return f"<p>Deployments: {links}</p>"
 
 
-def cost_page(by_key: list[dict], by_user: list[dict], by_tenant: list[dict] | None) -> str:
+def budgets_table(budgets: list[dict]) -> str:
+    """Each budget in the viewer's view: whose, its period, spent so far in it, and what is left."""
+    if not budgets:
+        return "<h2>Budgets</h2><p class=muted>No budget is set (a tenant's or a key's budget_usd).</p>"
+    rows = "".join(f'<tr><td>{escape(b["whose"])}</td><td>{escape(b["name"])}</td><td>{usd(b["budget_usd"])}'
+                   f' a {escape(b["period"])}</td><td>{usd(b["spent_usd"])}</td>'
+                   f'<td class="{"firing" if b["spent_usd"] >= b["budget_usd"] else ""}">'
+                   f'{usd(max(0.0, b["budget_usd"] - b["spent_usd"]))}</td></tr>' for b in budgets)
+    return ("<h2>Budgets</h2><table><tr><th>scope</th><th>name</th><th>budget</th><th>spent this period</th>"
+            f"<th>left</th></tr>{rows}</table>")
+
+
+def cost_page(by_key: list[dict], by_user: list[dict], by_tenant: list[dict] | None,
+              names: dict[str, str] | None = None, budgets: list[dict] | None = None) -> str:
+    """`names`: tenant and key ids → what people call them (shown instead of the ids)."""
+    names = names or {}
     parts = []
     if by_tenant is not None:
-        parts.append(bar_chart("Cost per tenant (USD, 30 days)",
-                               [(r["tenant_id"], r["cost_usd"]) for r in by_tenant], " $"))
-    parts.append(bar_chart("Cost per key (USD, 30 days)", [(r["key_id"], r["cost_usd"]) for r in by_key], " $"))
-    parts.append(bar_chart("Cost per end user (USD, 30 days)",
-                           [(r["user"] or "(no user)", r["cost_usd"]) for r in by_user], " $"))
+        parts.append(bar_chart("Cost per tenant (30 days)",
+                               [(names.get(r["tenant_id"], r["tenant_id"]), r["cost_usd"]) for r in by_tenant], fmt=usd))
+    parts.append(bar_chart("Cost per key (30 days)",
+                           [(names.get(r["key_id"], r["key_id"]), r["cost_usd"]) for r in by_key], fmt=usd))
+    parts.append(bar_chart("Cost per end user (30 days)",
+                           [(r["user"] or "(no user)", r["cost_usd"]) for r in by_user], fmt=usd))
     rows = "".join(f'<tr><td>{escape(r["user"] or "(no user)")}</td><td>{r["requests"]}</td>'
-                   f'<td>{r["prompt_tokens"] + r["completion_tokens"]}</td><td>${r["cost_usd"]:.6f}</td></tr>'
+                   f'<td>{r["prompt_tokens"] + r["completion_tokens"]}</td><td>{usd(r["cost_usd"])}</td></tr>'
                    for r in sorted(by_user, key=lambda r: -r["cost_usd"])[:50])
     table = ("<table><tr><th>user</th><th>requests</th><th>tokens</th><th>cost</th></tr>" + rows + "</table>")
-    return f'<div class=grid>{"".join(parts)}</div><h2>Per end user</h2>{table}'
+    return (budgets_table(budgets or []) + f'<div class=grid>{"".join(parts)}</div><h2>Per end user</h2>{table}')
 
 
 def sla_page(reports: list[dict]) -> str:
@@ -121,7 +153,7 @@ def sla_page(reports: list[dict]) -> str:
         met = "met" if report["met"] else "missed"
         compliance = "—" if report["compliance"] is None else f"{report['compliance']:.3%}"
         cards = (_card("Objective", f"{report['objective']:.2%}") + _card("Compliance", compliance)
-                 + _card("Error budget left", f"{report['error_budget_remaining']:.0%}")
+                 + _card("Error budget left", budget_left(report["error_budget_remaining"]))
                  + _card("Requests", f"{report['requests']:,}"))
         parts.append(f'<h2>{escape(report["slo"])} <span class="{"resolved" if report["met"] else "firing"}">'
                      f"{met}</span></h2><div class=cards>{cards}</div>")
@@ -143,7 +175,7 @@ def quality_page(series: dict[str, dict]) -> str:
     charts, rows = [], []
     for name, data in series.items():
         charts.append(line_chart(f"{name} (hourly mean)", {name: list(zip(data["x"], data["mean"]))},
-                                 x_labels=("-24 h", "now")))
+                                 x_labels=clock_span(data["start"], data["end"])))
         latest = "—" if data["latest"] is None else f"{data['latest']:.4g}"
         rows.append(f"<tr><td>{escape(name)}</td><td>{data['count']}</td><td>{latest}</td></tr>")
     table = "<table><tr><th>score</th><th>rows (24 h)</th><th>latest hourly mean</th></tr>" + "".join(rows) + "</table>"

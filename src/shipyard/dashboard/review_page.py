@@ -28,29 +28,31 @@ def _label_form(item_id: int) -> str:
             "<div class=row><button type=submit>Save label</button></div></form>")
 
 
-def item_html(item: dict, viewer: Viewer, claim_lapsed: bool) -> str:
+def item_html(item: dict, viewer: Viewer, claim_lapsed: bool, names: dict[str, str] | None = None) -> str:
     turns = "".join(f'<div class=turn><b>{escape(m.get("role", ""))}</b>: {escape(str(m.get("content", "")))}</div>'
                     for m in item["messages"])
     mine = item["status"] == "claimed" and item["claimed_by"] == viewer.key_id and not claim_lapsed
-    status = item["status"] + (f' by {escape(item["claimed_by"])}' if item["status"] == "claimed" else "")
+    reviewer = (names or {}).get(item["claimed_by"], item["claimed_by"])  # who people know, not a key id
+    status = item["status"] + (f' by {escape(reviewer)}' if item["status"] == "claimed" else "")
     actions = ""
     if mine:
         actions = _label_form(item["id"]) + '<div class=row>' + _button(item["id"], "release", "Release") + \
             _button(item["id"], "skip", "Skip") + "</div>"
     elif item["status"] == "pending" or claim_lapsed:
         actions = _button(item["id"], "claim", "Claim")
-    tenant = f' · tenant {escape(item["tenant_id"])}' if viewer.admin else ""
+    tenant = f' · tenant {escape((names or {}).get(item["tenant_id"], item["tenant_id"]))}' if viewer.admin else ""
     return (f'<div class=item id="item-{item["id"]}"><div class=row><b>#{item["id"]}</b>'
             f'<span>{escape(item["deployment"])}{tenant}</span><span class=muted>{escape(item["reason"])}</span>'
             f'<span class=muted>{status}</span></div>{turns}'
             f'<div class="turn answer"><b>assistant</b>: {escape(item["answer"])}</div>{actions}</div>')
 
 
-def review_page(items: list[tuple[dict, bool]], viewer: Viewer, error: str | None = None) -> str:
+def review_page(items: list[tuple[dict, bool]], viewer: Viewer, error: str | None = None,
+                names: dict[str, str] | None = None) -> str:
     if viewer.role not in ("admin", "tenant-admin"):
         return "<p class=muted>Reviewing takes a tenant-admin or admin key.</p>"
     message = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
     if not items:
         return STYLE + message + "<p class=muted>Nothing waits for review.</p>"
-    return STYLE + message + "".join(item_html(item, viewer, lapsed) for item, lapsed in items) + \
-        '<p><a href="/admin/review/export">Export labelled items (JSONL)</a> takes an API key.</p>'
+    return STYLE + message + "".join(item_html(item, viewer, lapsed, names) for item, lapsed in items) + \
+        '<p><a href="/dashboard/review/export">Export labelled items (JSONL)</a></p>'

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import bearer_token
@@ -185,7 +185,8 @@ async def cost(request: Request, viewer: data.Viewer = Depends(viewer_of)):
     by_key = await usage_totals(db, ["key_id"], viewer.scope, start=since)
     by_user = await usage_totals(db, ["user"], viewer.scope, start=since)
     by_tenant = await usage_totals(db, ["tenant_id"], start=since) if viewer.admin else None
-    body = pages.cost_page(by_key, by_user, by_tenant)
+    names, budgets = await data.names_and_budgets(services_of(request).keystore, db, viewer.scope)
+    body = pages.cost_page(by_key, by_user, by_tenant, names, budgets)
     return _html(pages.layout("Cost and usage", body, viewer, "/dashboard/cost"))
 
 
@@ -227,7 +228,23 @@ async def alerts(request: Request, viewer: data.Viewer = Depends(viewer_of)):
         only = not viewer.admin
         active = await monitor.store.active(viewer.scope, only)
         history = await monitor.store.history(viewer.scope, only, limit=200)
+        if not viewer.admin:  # global alerts are not a tenant's; its own objectives are
+            active += await _missed_objectives(monitor, viewer.tenant_id)
     return _html(pages.layout("Alerts", pages.alerts_page(active, history), viewer, "/dashboard/alerts"))
+
+
+async def _missed_objectives(monitor, tenant: str) -> list[dict]:
+    """The SLOs the tenant's own traffic misses now, as firing rows: a tenant viewer must not read
+    "Nothing is firing" while its service is below its objective."""
+    missed = []
+    for slo in monitor.sla.slos.values():
+        report = await monitor.sla.compliance(slo, tenant)
+        if report["compliance"] is not None and not report["met"]:
+            missed.append({"status": "firing", "alertname": f"SLOMissed:{report['slo']}", "severity": "warning",
+                           "deployment": slo.deployment, "starts_at": "this period", "ends_at": None,
+                           "annotations": {"summary": f"compliance {report['compliance']:.2%} is below the objective "
+                                                      f"{report['objective']:.2%} for this tenant"}})
+    return missed
 
 
 def _review_items(request: Request) -> ReviewItems:
@@ -243,13 +260,27 @@ async def _review_html(request: Request, viewer: data.Viewer, error: str | None 
         rows = mine + await store.list(viewer.scope, "pending", limit=25) + [r for r in claimed if r not in mine]
         now = datetime.now(timezone.utc)
         items = [(item_view(r), r.status == "claimed" and store.claim_lapsed(r, now)) for r in rows]
-    page = pages.layout("Review queue", review_page(items, viewer, error), viewer, "/dashboard/review", refresh=False)
+    names, _ = await data.names_and_budgets(services_of(request).keystore, services_of(request).db, viewer.scope) \
+        if items else ({}, [])
+    page = pages.layout("Review queue", review_page(items, viewer, error, names), viewer, "/dashboard/review",
+                        refresh=False)
     return _html(page, status)
 
 
 @router.get("/review")
 async def review(request: Request, viewer: data.Viewer = Depends(viewer_of)):
     return await _review_html(request, viewer)
+
+
+@router.get("/review/export")
+async def review_export(request: Request, viewer: data.Viewer = Depends(viewer_of)):
+    """The labelled items as fine-tuning JSONL, for a signed-in reviewer (the admin API's export
+    takes an API key in a header, which a link from this page cannot send)."""
+    if viewer.role not in ("admin", "tenant-admin"):
+        return await _review_html(request, viewer, status=403)
+    lines = _review_items(request).export(viewer.scope)
+    return StreamingResponse(lines, media_type="application/jsonl",
+                             headers={**HEADERS, "content-disposition": 'attachment; filename="review.jsonl"'})
 
 
 @router.post("/review/{item_id}")

@@ -165,6 +165,15 @@ class Gateway:
             return 0.0 if cache in CACHE_HITS else compute_s * rate
         return price_of(self.prices, model, prompt_tokens, completion_tokens, cached_tokens, cache)
 
+    def record_refused(self, tenant_id: str, key_id: str, request_id: str, model: str, status: int,
+                       latency_ms: float, user: str | None = None) -> None:
+        """A call refused before admission (invalid, unknown model): a usage row with no tokens."""
+        if self.meter is None:
+            return
+        self.meter.record(Usage(request_id=request_id, tenant_id=tenant_id, key_id=key_id, model=model[:200],
+                                prompt_tokens=0, completion_tokens=0, cached_tokens=0, latency_ms=latency_ms,
+                                ttft_ms=None, status=status, cost_usd=0.0, created_at=now_iso(), user=user))
+
     def record(self, principal: Principal, request_id: str, model: str, status: int, prompt_tokens: int = 0,
                completion_tokens: int = 0, cached_tokens: int = 0, latency_ms: float = 0.0,
                ttft_ms: float | None = None, cost: float = 0.0, cache: str | None = None,

@@ -137,8 +137,7 @@ def run(arrivals: list[float], duration: float, model: Model, config: ScalingCon
         overloaded = load > max(len(ready), 0) * model.knee
         if overloaded and overload_since is None:
             overload_since = now
-        elif not overloaded and overload_since is not None:
-            scale_up_times.append(now - overload_since)
+        elif not overloaded:
             overload_since = None
         if policy is not None and now >= next_decision:
             next_decision = now + model.decision_interval_s
@@ -149,6 +148,9 @@ def run(arrivals: list[float], duration: float, model: Model, config: ScalingCon
             if decision.change > 0:
                 replicas += [_Replica(now + model.cold_start_s) for _ in range(decision.change)]
                 events += 1
+                if overload_since is not None:  # reaction time: load past capacity → added capacity ready
+                    scale_up_times.append(now + model.cold_start_s - overload_since)
+                    overload_since = None
             elif decision.change < 0:
                 for _ in range(-decision.change):
                     victim = starting.pop() if starting else min(ready, key=lambda r: len(r.active), default=None)
@@ -163,7 +165,9 @@ def run(arrivals: list[float], duration: float, model: Model, config: ScalingCon
         now += model.dt
     total = len(arrivals)
     return {"requests": total, "sla_attainment": good / total if total else 1.0, "replica_seconds": replica_seconds,
-            "time_to_scale_up_s": sorted(scale_up_times)[len(scale_up_times) // 2] if scale_up_times else 0.0,
+            # median seconds from the load passing the ready replicas' capacity to the first replica
+            # added for it being ready (decision delay + cold start); None when it never scaled up
+            "time_to_scale_up_s": sorted(scale_up_times)[len(scale_up_times) // 2] if scale_up_times else None,
             "scale_events": events, "shed": shed,
             "p95_latency_s": sorted(latencies)[int(0.95 * (len(latencies) - 1))] if latencies else 0.0}
 
