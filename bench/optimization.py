@@ -1,6 +1,9 @@
-"""Optimization on the demo model, one run: fp32, dynamic int8, GGUF f16 / q8_0 / q4_K_M.
+"""Optimization on the demo model: fp32, dynamic int8, GGUF f16 / q8_0 / q4_K_M.
 
-    python bench/optimization.py [--requests 8] [--max-tokens 64]
+    python bench/optimization.py [--requests 8] [--max-tokens 64] [--repeat 3]
+
+Every figure is the median of `--repeat` measurements (3 by default: single runs on a shared
+machine do not replicate), each variant's measurements taken back to back on one server.
 
 Each variant is served by `shipyard serve` (the embedded PyTorch engine for fp32 and int8; the
 in-process `llamacpp` engine for the GGUF files) and measured through the API with streamed
@@ -113,10 +116,25 @@ def _measure(proc: subprocess.Popen, url: str, key: str, args) -> dict:
     return figures
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """Field by field, the median of several measurements (nested dicts of numbers)."""
+    merged = {}
+    for key, first in runs[0].items():
+        values = [run[key] for run in runs]
+        if isinstance(first, dict):
+            merged[key] = _median_of(values)
+        elif all(isinstance(v, (int, float)) for v in values):
+            merged[key] = statistics.median(values)
+        else:
+            merged[key] = first
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per variant; figures are medians")
     args = parser.parse_args()
     from shipyard.demo.build import default_demo_path
     from shipyard.optimize.gguf import convert_to_gguf
@@ -140,13 +158,14 @@ def main() -> None:
                   lambda path=path: perplexity_gguf(path, text))
            for name, path in ggufs.items()},
     }
-    results: dict = {"model": model.name, "requests": args.requests, "max_tokens": args.max_tokens, "variants": {}}
+    results: dict = {"model": model.name, "requests": args.requests, "max_tokens": args.max_tokens,
+                     "repeat": args.repeat, "date": time.strftime("%Y-%m-%d"), "variants": {}}
     with tempfile.TemporaryDirectory(prefix="shipyard-optimization-") as tmp:
         workdir = Path(tmp)
         for name, (deployment, quality) in variants.items():
             proc, url = serve_deployment(deployment, workdir, name)
             try:
-                figures = _measure(proc, url, ADMIN, args)
+                figures = _median_of([_measure(proc, url, ADMIN, args) for _ in range(args.repeat)])
             finally:
                 proc.terminate()
                 proc.wait(60)
@@ -154,7 +173,7 @@ def main() -> None:
             results["variants"][name] = figures
         proc, url = _llama_server(ggufs["gguf-q8_0"], workdir)
         try:
-            results["llamacpp_direct_q8_0"] = _measure(proc, url, "none", args)
+            results["llamacpp_direct_q8_0"] = _median_of([_measure(proc, url, "none", args) for _ in range(args.repeat)])
         finally:
             proc.terminate()
             proc.wait(60)
