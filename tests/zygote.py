@@ -55,7 +55,7 @@ def _child(request: dict) -> None:
     sys.argv = ["shipyard", *request["argv"]]
     code = 0
     try:
-        from shipyard.cli import app
+        from shipyard.cli.main import app
 
         app(args=request["argv"], prog_name="shipyard")
     except SystemExit as exc:
@@ -74,8 +74,8 @@ def _child(request: dict) -> None:
 def serve() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import shipyard.app  # noqa: F401 (the point: imported once, inherited by every fork)
-    import shipyard.cli  # noqa: F401
+    import shipyard.server.app  # noqa: F401 (the point: imported once, inherited by every fork)
+    import shipyard.cli.main  # noqa: F401
 
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints from here on go to stderr, not into the replies

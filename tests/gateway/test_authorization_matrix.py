@@ -129,7 +129,7 @@ def test_public_routes(auth_server):
 
 def test_every_route_has_a_policy(tiny_model, tmp_path, monkeypatch):
     from shipyard.api.authorization import ROUTE_PERMISSIONS
-    from shipyard.app import build_app
+    from shipyard.server.app import build_app
     from shipyard.config import ShipyardConfig
 
     monkeypatch.setenv("SHIPYARD_DATA_DIR", str(tmp_path))

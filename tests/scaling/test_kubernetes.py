@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from shipyard.config import ShipyardConfig
-from shipyard.scaling.kubernetes import render, to_yaml
+from shipyard.server.kubernetes import render, to_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "kubernetes"

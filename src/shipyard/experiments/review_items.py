@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from sqlalchemy import select, update
 
-from shipyard.monitor.scores import NAME_PATTERN, ScoreIn, ScoreStore
+from shipyard.monitor.scores import ScoreIn, ScoreStore
 from shipyard.store.models import ReviewItem
 
 STATUSES = ("pending", "claimed", "labelled", "skipped")

@@ -2,7 +2,8 @@
 cluster (`runtime: ray`, or `shipyard serve --runtime ray --ray-address HOST:PORT`).
 
 At start the gateway connects to the cluster as a Ray driver, deploys the application
-(`scaling/ray_serve.py`: the worker replicas, Shipyard's policy as Ray's autoscaling policy) and
+(`server/ray_replica.py`: the worker replicas; `scaling/ray_serve.py`: Shipyard's policy as Ray's
+autoscaling policy) and
 waits until it runs; then Ray Serve's HTTP proxy joins the deployment's routing pool as one
 `openai_http` replica, so every gateway layer (keys, limits, caches, metering, fallbacks) stays in
 front. Ray places the replicas by resources, replaces one that dies, and routes among them by
@@ -36,10 +37,13 @@ def replica_token(pepper: bytes, deployment: str) -> str:
 
 
 class RayServeAutoscaler:
-    def __init__(self, deployment, settings, token: str):
+    def __init__(self, deployment, settings, token: str, application):
         self.deployment = deployment  # routing.deployment.DeploymentEngine
         self.settings = settings  # config.AutoscalingConfig with runtime: ray
         self.token = token
+        # (name, model, threads, token, scaling, ray options) → the Ray Serve application: given by the
+        # composition root (server/ray_replica.py), so scaling never imports the app it builds
+        self.application = application
         self.buffer: ColdStartBuffer | None = None
         self._status: dict = {"status": None, "replica_states": {}}
         self._decisions: dict = {"scale_events": 0, "decisions": []}
@@ -76,7 +80,6 @@ class RayServeAutoscaler:
         import ray
         from ray import serve
 
-        from shipyard.scaling.ray_serve import application
 
         settings, options = self.settings, self.settings.ray
         if not ray.is_initialized():
@@ -88,7 +91,7 @@ class RayServeAutoscaler:
         ray_options = {**options.model_dump(), "graceful_shutdown_timeout_s": settings.drain_timeout_s}
         template = settings.replica
         started = time.monotonic()
-        serve.run(application(self.app_name, template.model, template.num_threads, self.token, scaling, ray_options),
+        serve.run(self.application(self.app_name, template.model, template.num_threads, self.token, scaling, ray_options),
                   name=self.app_name, route_prefix=f"/{self.app_name}")
         log.info("ray: application %s running at %s after %.1f s", self.app_name, self.proxy_url,
                  time.monotonic() - started)

@@ -1,10 +1,6 @@
-"""What runs inside the Ray cluster: the engine replica as a Ray Serve deployment, and Shipyard's
-policy as Ray Serve's autoscaling policy.
+"""What the Ray Serve controller runs: Shipyard's policy as Ray Serve's autoscaling policy (the
+replica itself, a Shipyard worker, is `server/ray_replica.py`).
 
-- `ShipyardReplica`: one replica is a Shipyard worker (the embedded engine behind the OpenAI routes,
-  every route but /health and /ready behind the gateway's internal token), served through Ray
-  Serve's HTTP proxy as an ASGI app. Ray places it by resources (`num_cpus`, `num_gpus`, custom
-  ones), restarts it when it dies, and routes among replicas by their queues.
 - `ShipyardRayPolicy`: Ray Serve's custom-policy hook, run by the Serve controller every control
   loop. It turns Ray's figures (requests running and queued over the replicas, replicas running
   and targeted) into the same `Signals` and asks the same `ScalingPolicy` as the local runtime.
@@ -12,18 +8,16 @@ policy as Ray Serve's autoscaling policy.
   default), so Shipyard's windows and rate limits are the only ones. Each decision, with its
   reasons, is kept in Ray's key-value store for the gateway's autoscaler route.
 
-This module is imported in the Ray processes; the gateway side is `scaling/ray_runtime.py`.
+This module is imported in the Ray controller; the gateway side is `scaling/ray_runtime.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import time
 
-from ray import serve
 
 from shipyard.scaling.policy import ScalingConfig, ScalingPolicy, Signals
 
@@ -80,45 +74,3 @@ def read_decisions(app: str) -> dict:
 
     raw = internal_kv._internal_kv_get(DECISIONS_KEY.format(app=app), namespace=KV_NAMESPACE)
     return json.loads(raw) if raw else {"scale_events": 0, "decisions": []}
-
-
-@serve.ingress()
-class ShipyardReplica:
-    """The worker app is built inside the replica (after Ray placed it), its model loaded first:
-    Ray sends a replica requests once this returns, so a replacement never answers "not loaded"."""
-
-    def __init__(self, served_name: str, model: str, num_threads: int, token: str):
-        self.served_name, self.model, self.num_threads, self.token = served_name, model, num_threads, token
-
-    async def __serve_build_asgi_app__(self):
-        from shipyard.app import build_engines, build_worker_app
-        from shipyard.config import ShipyardConfig
-
-        config = ShipyardConfig().with_model(self.model, self.served_name)
-        config = config.model_copy(update={"deployments": {
-            name: d.model_copy(update={"num_threads": self.num_threads}) for name, d in config.deployments.items()}})
-        engines = build_engines(config)
-        await asyncio.gather(*(engine.start() for engine in engines.values()))
-        return build_worker_app(config, self.token, engines, started=True)
-
-
-def application(name: str, model: str, num_threads: int, token: str, scaling: dict, ray_options: dict):
-    """The Ray Serve application for one Shipyard deployment, with Shipyard's policy driving it."""
-    autoscaling = {
-        "min_replicas": scaling["min_replicas"], "max_replicas": scaling["max_replicas"],
-        "initial_replicas": max(1, scaling["min_replicas"]),
-        # Set explicitly, as Ray's own rule's target; Shipyard's policy decides with the same number.
-        "target_ongoing_requests": scaling["target_queue_per_replica"],
-        "upscale_delay_s": 0.0, "downscale_delay_s": 0.0, "downscale_to_zero_delay_s": 0.0,
-        "look_back_period_s": ray_options["look_back_period_s"],
-        "policy": {"policy_function": ShipyardRayPolicy, "policy_kwargs": {"app": name, **scaling}},
-    }
-    deployment = serve.deployment(ShipyardReplica).options(
-        name=f"{name}-engine", autoscaling_config=autoscaling,
-        max_ongoing_requests=ray_options["max_ongoing_requests"],
-        max_queued_requests=ray_options["max_queued_requests"],
-        health_check_period_s=ray_options["health_check_period_s"],
-        graceful_shutdown_timeout_s=ray_options["graceful_shutdown_timeout_s"],
-        ray_actor_options={"num_cpus": ray_options["num_cpus"], "num_gpus": ray_options["num_gpus"],
-                           "resources": ray_options["resources"]})
-    return deployment.bind(name, model, num_threads, token)

@@ -60,7 +60,7 @@ def manifests(config: Optional[Path] = typer.Option(None, "--config", "-c", help
               out: Optional[Path] = typer.Option(None, "--out", help="write here (default: standard output)")) -> None:
     """Kubernetes manifests for the config's deployments, with the policy's scaling targets."""
     from shipyard.config import ShipyardConfig
-    from shipyard.scaling.kubernetes import render, to_yaml
+    from shipyard.server.kubernetes import render, to_yaml
 
     if autoscaler not in ("keda", "hpa"):
         raise typer.BadParameter(f"{autoscaler!r}: keda or hpa", param_hint="--autoscaler")

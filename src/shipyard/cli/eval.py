@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shipyard.cli_admin import CONFIG, KEY, URL, server_of, url_of
+from shipyard.cli.client import CONFIG, KEY, URL, server_of, url_of
 from shipyard.evaluation.hallucination import evaluate_signals, load_labelled
 from shipyard.evaluation.metrics import METRICS
 from shipyard.evaluation.run import DatasetError, load_dataset, run_eval

@@ -12,7 +12,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from shipyard.cli_admin import AS_JSON, CONFIG, KEY, URL, _call, _client, _show, console, url_of
+from shipyard.cli.client import AS_JSON, CONFIG, KEY, URL, call, console, open_client, show, url_of
 
 experiments_app = typer.Typer(help="Shadow, canary, A/B and champion-challenger experiments.", no_args_is_help=True)
 COLUMNS = ["name", "model", "mode", "status", "serving_weights", "version"]
@@ -25,8 +25,8 @@ def create(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="t
     """Create an experiment from a file ({name, model, mode, arms: [{name, deployment, weight}], ...})."""
     url = url_of(url, config)
     body = yaml.safe_load(spec.read_text())
-    with _client(url, key) as client:
-        _show(_call(client, "POST", "/admin/experiments", json=body).json(), COLUMNS, as_json)
+    with open_client(url, key) as client:
+        show(call(client, "POST", "/admin/experiments", json=body).json(), COLUMNS, as_json)
 
 
 @experiments_app.command("status")
@@ -35,24 +35,24 @@ def status(name: Optional[str] = typer.Argument(None, help="one experiment (defa
            config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON) -> None:
     """The experiments, or one with its arms' traffic, sample-ratio check and audit log."""
     url = url_of(url, config)
-    with _client(url, key) as client:
+    with open_client(url, key) as client:
         if name is None:
-            _show(_call(client, "GET", "/admin/experiments").json()["data"], COLUMNS, as_json)
+            show(call(client, "GET", "/admin/experiments").json()["data"], COLUMNS, as_json)
             return
-        view = _call(client, "GET", f"/admin/experiments/{name}").json()
+        view = call(client, "GET", f"/admin/experiments/{name}").json()
     if as_json:
         typer.echo(json.dumps(view, indent=2))
         return
-    _show(view, COLUMNS, False)
+    show(view, COLUMNS, False)
     ratio = view["sample_ratio"]
     console.print(f"requests per arm: {view['requests']}" + ("" if ratio is None else
                   f"  sample ratio p={ratio['p_value']:.3g}{'  [red]MISMATCH[/red]' if ratio['mismatch'] else ''}"))
-    _show(view["events"], ["version", "kind", "actor", "created_at", "detail"], False)
+    show(view["events"], ["version", "kind", "actor", "created_at", "detail"], False)
 
 
 def _action(action: str, name: str, url: Optional[str], key: Optional[str], as_json: bool, body: dict | None = None):
-    with _client(url, key) as client:
-        _show(_call(client, "POST", f"/admin/experiments/{name}/{action}", json=body).json(), COLUMNS, as_json)
+    with open_client(url, key) as client:
+        show(call(client, "POST", f"/admin/experiments/{name}/{action}", json=body).json(), COLUMNS, as_json)
 
 
 @experiments_app.command("pause")
@@ -95,8 +95,8 @@ def report(name: str, alpha: float = typer.Option(0.05, help="the tests' error r
     """The decision report: each metric's always-valid test, effect sizes and intervals, thumbs, and a
     recommendation (promote, keep_champion, continue, investigate)."""
     url = url_of(url, config)
-    with _client(url, key) as client:
-        view = _call(client, "GET", f"/admin/experiments/{name}/report",
+    with open_client(url, key) as client:
+        view = call(client, "GET", f"/admin/experiments/{name}/report",
                      params={"alpha": alpha, "min_samples": min_samples}).json()
     if as_json:
         typer.echo(json.dumps(view, indent=2))
@@ -141,9 +141,9 @@ def replay(name: str, dataset: Path = typer.Option(..., exists=True, dir_okay=Fa
     url = url_of(url, config)
     rows = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
     body = {"dataset": rows, "max_tokens": max_tokens, "temperature": temperature, "concurrency": concurrency}
-    with _client(url, key) as client:
-        job = _call(client, "POST", f"/admin/experiments/{name}/replay", json=body).json()
+    with open_client(url, key) as client:
+        job = call(client, "POST", f"/admin/experiments/{name}/replay", json=body).json()
         while wait and job["status"] == "running":
             time.sleep(1.0)
-            job = _call(client, "GET", f"/admin/experiments/{name}/replays/{job['id']}").json()
-    _show(job, ["id", "experiment", "total", "done", "failed", "status"], as_json)
+            job = call(client, "GET", f"/admin/experiments/{name}/replays/{job['id']}").json()
+    show(job, ["id", "experiment", "total", "done", "failed", "status"], as_json)

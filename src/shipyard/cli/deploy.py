@@ -61,7 +61,6 @@ def deploy(
     saved = save_plan(cfg.store.resolved_data_dir(), deployed)
     console.print(f"wrote deployment '{deployed.name}' to {config}; plan in {saved}")
     if serve:
-        from shipyard.cli import serve as serve_command
+        from shipyard.cli.serve import configure, run_gateway
 
-        serve_command(model=None, config=config, host=host, port=port, served_model_name=None, log_format=None,
-                      num_threads=None, workers=None)
+        run_gateway(configure(config, None, None, host, port, None, None, demo_default=False))

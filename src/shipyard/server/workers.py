@@ -56,8 +56,8 @@ def check_workers(config: ShipyardConfig, workers: int) -> None:
 def worker_app():
     """The app factory each worker process calls (uvicorn imports it by name)."""
     global _current_app
-    from shipyard.api.server import TimedHttpProtocol
-    from shipyard.app import build_app
+    from shipyard.server.process import TimedHttpProtocol
+    from shipyard.server.app import build_app
     from shipyard.monitor.logs import configure_logging
 
     config = ShipyardConfig.model_validate_json(os.environ[CONFIG_ENV])
@@ -73,7 +73,7 @@ class _WorkerProcess(Process):
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
-            from shipyard.api.server import DrainingServer
+            from shipyard.server.process import DrainingServer
 
             grace = ShipyardConfig.model_validate_json(os.environ[CONFIG_ENV]).server.shutdown_grace_s
             self._server = DrainingServer(self.config, lambda: _current_app.state.services.drain, grace)
@@ -81,8 +81,8 @@ class _WorkerProcess(Process):
 
 
 def serve_workers(config: ShipyardConfig, workers: int) -> None:
-    from shipyard.api.server import DenyingWebSocketProtocol, TimedHttpProtocol, loop_factory
-    from shipyard.app import WORKER_PROCESS_ENV, bootstrap_store
+    from shipyard.server.process import DenyingWebSocketProtocol, TimedHttpProtocol, loop_factory
+    from shipyard.server.app import WORKER_PROCESS_ENV, bootstrap_store
 
     check_workers(config, workers)
     asyncio.run(bootstrap_store(config))  # once, before any worker
@@ -92,7 +92,7 @@ def serve_workers(config: ShipyardConfig, workers: int) -> None:
                        "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
     loop = "asyncio" if loop_factory(server.event_loop) is asyncio.new_event_loop else "uvloop"
     uv_config = uvicorn.Config(
-        "shipyard.api.workers:worker_app", factory=True, workers=workers, host=server.host, port=server.port,
+        "shipyard.server.workers:worker_app", factory=True, workers=workers, host=server.host, port=server.port,
         log_config=None, log_level=server.log_level, loop=loop,
         http=f"{TimedHttpProtocol.__module__}:{TimedHttpProtocol.__qualname__}",
         ws=f"{DenyingWebSocketProtocol.__module__}:{DenyingWebSocketProtocol.__qualname__}",

@@ -1,96 +1,19 @@
-"""`shipyard keys|tenants|usage`: the admin API from the command line.
-
-Talks to a running server (`--url`, env SHIPYARD_URL) with an admin or tenant-admin key
-(`--key`, env SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY). A new key's secret is printed once.
-"""
+"""`shipyard keys|tenants|usage`: tenants, keys and usage through the admin API. A new key's
+secret is printed once."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from shipyard.units import usd
+from shipyard.cli.client import AS_JSON, CONFIG, KEY, URL, call, console, open_client, show, url_of
 
 keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
-# Piped (not a terminal), rich would assume 80 columns and squeeze the tables: give them room.
-console = Console() if sys.stdout.isatty() else Console(width=200)
-
-URL = typer.Option(None, "--url", help="Server URL (env SHIPYARD_URL, default http://127.0.0.1:8000)")
-KEY = typer.Option(None, "--key", help="API key (env SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY)")
-AS_JSON = typer.Option(False, "--json", help="Print JSON")
-CONFIG = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                      help="shipyard.yaml: talk to the server it describes (server.host, server.port)")
-
-
-def url_of(url: str | None, config: Path | None) -> str | None:
-    """--url, else the server a --config describes (else SHIPYARD_URL, read later)."""
-    if url or config is None:
-        return url
-    from shipyard.config import ShipyardConfig
-
-    server = ShipyardConfig.load(config).server
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    return f"http://{'[' + host + ']' if ':' in host else host}:{server.port}"
-
-
-def server_of(url: str | None, key: str | None) -> tuple[str, dict[str, str]]:
-    """The server's URL and the authorization header, from the options or the environment."""
-    key = key or os.environ.get("SHIPYARD_API_KEY") or os.environ.get("SHIPYARD_ADMIN_KEY")
-    if not key:
-        raise typer.BadParameter("an API key is needed: --key, SHIPYARD_API_KEY or SHIPYARD_ADMIN_KEY")
-    return url or os.environ.get("SHIPYARD_URL") or "http://127.0.0.1:8000", {"authorization": f"Bearer {key}"}
-
-
-def _client(url: str | None, key: str | None) -> httpx.Client:
-    base, headers = server_of(url, key)
-    return httpx.Client(base_url=base, headers=headers, timeout=30)
-
-
-def _call(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach {client.base_url}: {exc}[/red]")
-        raise typer.Exit(2)
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except Exception:
-            message = response.text
-        console.print(f"[red]{response.status_code}: {message}[/red]")
-        raise typer.Exit(1)
-    return response
-
-
-def _show(rows: list[dict] | dict, columns: list[str], as_json: bool) -> None:
-    """A table, or JSON (an object for one item, a list for a listing)."""
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
-        return
-    rows = [rows] if isinstance(rows, dict) else rows
-    table = Table()
-    for column in columns:  # folded, never cut: an id or a cost is read whole at any width
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*[_cell(c, row.get(c)) for c in columns])
-    console.print(table)
-
-
-def _cell(column: str, value) -> str:
-    if value is None:
-        return ""
-    if column.endswith("_usd") and isinstance(value, (int, float)):
-        return usd(value)
-    return str(value)
 
 
 def _limits(rpm, tpm, max_concurrent, budget_usd, budget_period) -> dict:
@@ -108,9 +31,9 @@ def tenants_create(name: str, rpm: Optional[int] = None, tpm: Optional[int] = No
                    config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Create a tenant (admin only)."""
     url = url_of(url, config)
-    with _client(url, key) as client:
+    with open_client(url, key) as client:
         body = {"name": name, "max_tier": max_tier, **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
-        _show(_call(client, "POST", "/admin/tenants", json=body).json(), ["id", "name", "rpm", "tpm"], as_json)
+        show(call(client, "POST", "/admin/tenants", json=body).json(), ["id", "name", "rpm", "tpm"], as_json)
 
 
 @tenants_app.command("list")
@@ -118,8 +41,8 @@ def tenants_list(url: Optional[str] = URL,
                  config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """List tenants (yours only, unless admin)."""
     url = url_of(url, config)
-    with _client(url, key) as client:
-        _show(_call(client, "GET", "/admin/tenants").json()["data"], ["id", "name", "rpm", "tpm", "budget_usd"],
+    with open_client(url, key) as client:
+        show(call(client, "GET", "/admin/tenants").json()["data"], ["id", "name", "rpm", "tpm", "budget_usd"],
               as_json)
 
 
@@ -141,8 +64,8 @@ def keys_create(tenant: Optional[str] = typer.Option(None, help="Tenant id (defa
     body = {"tenant_id": tenant, "role": role, "name": name, "tier": tier, "expires_in_s": expires_in_s,
             "allowed_models": allowed_model or None, "rotation_period_days": rotation_period_days,
             **_limits(rpm, tpm, max_concurrent, budget_usd, budget_period)}
-    with _client(url, key) as client:
-        created = _call(client, "POST", "/admin/keys", json=body).json()
+    with open_client(url, key) as client:
+        created = call(client, "POST", "/admin/keys", json=body).json()
     _print_secret(created, as_json)
 
 
@@ -150,7 +73,7 @@ def _print_secret(created: dict, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(created, indent=2, default=str))
         return
-    _show(created, KEY_COLUMNS[:5], False)
+    show(created, KEY_COLUMNS[:5], False)
     console.print("[bold]Key (shown once, store it now):[/bold]")
     sys.stdout.write(created["key"] + "\n")
 
@@ -161,18 +84,18 @@ def keys_list(tenant: Optional[str] = None, url: Optional[str] = URL,
               as_json: bool = AS_JSON):
     """List keys (never their secrets)."""
     url = url_of(url, config)
-    with _client(url, key) as client:
+    with open_client(url, key) as client:
         params = {"tenant_id": tenant} if tenant else {}
-        _show(_call(client, "GET", "/admin/keys", params=params).json()["data"], KEY_COLUMNS, as_json)
+        show(call(client, "GET", "/admin/keys", params=params).json()["data"], KEY_COLUMNS, as_json)
 
 
 @keys_app.command("show")
-def keys_show(key_id: str, url: Optional[str] = URL,
+def keysshow(key_id: str, url: Optional[str] = URL,
               config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Show one key."""
     url = url_of(url, config)
-    with _client(url, key) as client:
-        _show(_call(client, "GET", f"/admin/keys/{key_id}").json(), KEY_COLUMNS, as_json)
+    with open_client(url, key) as client:
+        show(call(client, "GET", f"/admin/keys/{key_id}").json(), KEY_COLUMNS, as_json)
 
 
 @keys_app.command("rotate")
@@ -184,8 +107,8 @@ def keys_rotate(key_id: str,
     """Issue a new secret for a key; the old one works for the grace period."""
     url = url_of(url, config)
     body = {} if grace_period_s is None else {"grace_period_s": grace_period_s}
-    with _client(url, key) as client:
-        rotated = _call(client, "POST", f"/admin/keys/{key_id}/rotate", json=body).json()
+    with open_client(url, key) as client:
+        rotated = call(client, "POST", f"/admin/keys/{key_id}/rotate", json=body).json()
     _print_secret(rotated, as_json)
 
 
@@ -194,8 +117,8 @@ def keys_revoke(key_id: str, url: Optional[str] = URL,
                 config: Optional[Path] = CONFIG, key: Optional[str] = KEY, as_json: bool = AS_JSON):
     """Revoke a key, at once, on every replica."""
     url = url_of(url, config)
-    with _client(url, key) as client:
-        _show(_call(client, "POST", f"/admin/keys/{key_id}/revoke").json(), KEY_COLUMNS, as_json)
+    with open_client(url, key) as client:
+        show(call(client, "POST", f"/admin/keys/{key_id}/revoke").json(), KEY_COLUMNS, as_json)
 
 
 def usage(tenant: Optional[str] = None, key_id: Optional[str] = typer.Option(None, "--key-id"),
@@ -210,11 +133,11 @@ def usage(tenant: Optional[str] = None, key_id: Optional[str] = typer.Option(Non
                                 "end": end}.items() if v}
     if group_by:
         params["group_by"] = group_by
-    with _client(url, key) as client:
+    with open_client(url, key) as client:
         if csv:
-            sys.stdout.write(_call(client, "GET", "/admin/usage", params={**params, "format": "csv"}).text)
+            sys.stdout.write(call(client, "GET", "/admin/usage", params={**params, "format": "csv"}).text)
             return
-        rows = _call(client, "GET", "/admin/usage", params=params).json()["data"]
+        rows = call(client, "GET", "/admin/usage", params=params).json()["data"]
     columns = [*(group_by or ["tenant_id", "key_id", "model"]), "requests", "prompt_tokens", "completion_tokens",
                "cost_usd"]
-    _show(rows, columns, as_json)
+    show(rows, columns, as_json)
