@@ -43,7 +43,7 @@ MONITOR_ON = {"slos": [{"name": "chat", "deployment": "demo", "ttft_ms": 2000}],
 
 def request_path_cost(requests: int, tokens: int = 32) -> dict:
     """Microseconds per request spent in the monitoring hooks, on and off."""
-    from shipyard.api.openai_routes import FinishedRequest
+    from shipyard.hooks import FinishedRequest
     from shipyard.engines.base import Usage
     from shipyard.monitor.confidence import ConfidenceMonitor
     from shipyard.monitor.drift import DriftMonitor

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import func, select
 
-from shipyard.api.openai_routes import FinishedRequest
+from shipyard.hooks import FinishedRequest
 from shipyard.engines.base import ChatMessage, GenerationRequest, Prompt, SamplingParams
 from experiments_support import Clock, db  # noqa: F401 (db: a fixture)
 from shipyard.experiments.review import ReviewConfig, ReviewQueue

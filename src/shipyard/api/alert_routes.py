@@ -16,9 +16,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
-from shipyard.api.authorization import principal_of
+from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role
 from shipyard.monitor.alert_store import RuleExists

@@ -7,13 +7,10 @@ refused, so a new route cannot be reachable by accident. The principal lands in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from shipyard.gateway.auth import Principal
+from shipyard.gateway.auth import Caller
 from shipyard.gateway.errors import AuthenticationError, PermissionDenied
 from shipyard.gateway.roles import Permission, allows, refusal
 
@@ -118,19 +115,16 @@ def check_permission(key: tuple[str, str], principal) -> None:
         raise PermissionDenied(refusal(principal.role, permission))
 
 
-@dataclass
-class Caller:
-    """Who is calling, and how to check them again (the token stays inside the closure)."""
-
-    principal: Principal
-    reauthenticate: Callable[[], Awaitable[Principal]] = field(repr=False)
-
-
 def caller_of(conn: HTTPConnection) -> Caller:
     caller = getattr(conn.state, "caller", None)
     if caller is None:
         raise AuthenticationError("Missing API key.")
     return caller
+
+
+def services_of(conn: HTTPConnection):
+    """The process's services (inference/services.py), which every route works with."""
+    return conn.app.state.services
 
 
 def principal_of(request: Request):

@@ -10,9 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from shipyard.api.strict_json import StrictJSONRoute
 
-from shipyard.api.authorization import principal_of
+from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.cache.engine import CachingEngine
 from shipyard.cache.exact import CacheUnavailable
 from shipyard.gateway.errors import PermissionDenied

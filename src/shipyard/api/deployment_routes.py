@@ -15,8 +15,7 @@ from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import ValidationError
 
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
-from shipyard.api.authorization import principal_of
+from shipyard.api.authorization import principal_of, services_of
 from shipyard.engines.api_specs import check_api_spec
 from shipyard.routing.deployment import DeploymentEngine, ReplicaNameTaken
 

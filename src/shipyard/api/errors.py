@@ -22,6 +22,7 @@ from shipyard.engines.errors import (
     UpstreamError,
 )
 from shipyard.gateway.errors import GatewayError
+from shipyard.inference.pipeline import ShuttingDown
 from shipyard.routing.router import ModelNotFoundError
 
 log = logging.getLogger("shipyard.api")
@@ -88,6 +89,9 @@ def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
     """Map a lower layer's exception to the error clients see."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, ShuttingDown):
+        return APIError(503, "The server is shutting down; this response was cut short. Retry on another "
+                        "replica.", code="server_shutting_down", headers={"Retry-After": "1"})
     if isinstance(exc, GatewayError):
         return APIError(exc.status, str(exc), code=exc.code, headers=exc.headers)
     if isinstance(exc, ModelNotFoundError):
@@ -109,6 +113,16 @@ def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
     if store_error is not None:
         return store_error
     return APIError(500, "The server had an error while processing your request.", code="internal_error")
+
+
+def status_of(exc: BaseException) -> int:
+    """The status a failure is answered with (the pipeline records it on a refused request's usage)."""
+    return from_exception(exc).status
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error type for a status."""
+    return _TYPES.get(status, "server_error")
 
 
 def _store_error(exc: BaseException, retry_after_s: int) -> APIError | None:

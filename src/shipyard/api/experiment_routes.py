@@ -11,8 +11,8 @@ from fastapi import APIRouter, Body, Query, Request
 from shipyard.api.strict_json import StrictJSONRoute
 from sqlalchemy import case, func, select
 
+from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.experiments.registry import ExperimentError, ExperimentRegistry, utc_today
 from shipyard.experiments.replay import ReplayBusy, ReplayIn
 from shipyard.experiments.report import decision_report

@@ -6,9 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from shipyard.api.strict_json import StrictJSONRoute
 
-from shipyard.api.authorization import caller_of
+from shipyard.api.authorization import caller_of, services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.experiments.feedback import FeedbackIn, InvalidFeedback, to_score
 from shipyard.monitor.scores import ScoreStore, UnknownRequest
 

@@ -11,57 +11,15 @@ from collections.abc import Callable
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.api.errors import _TYPES, APIError
+from shipyard.api.errors import APIError, error_type
+from shipyard.inference.record import RequestRecord
 from shipyard.monitor.metrics import ServingMetrics, outcome_of
 
 access_log = logging.getLogger("shipyard.access")
-
-
-@dataclass
-class RequestRecord:
-    """Filled in by the handlers as the request travels; logged at the end."""
-
-    request_id: str
-    method: str
-    path: str
-    arrival: float = field(default_factory=time.monotonic)
-    model: str | None = None
-    tenant_id: str | None = None
-    key_id: str | None = None
-    stream: bool | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttft_ms: float | None = None
-    finish_reason: str | None = None
-    served_by: str | None = None  # routed requests: the replica, or the fallback that answered
-    cache: str | None = None  # what the caches did: hit, semantic, miss or bypass
-    cache_similarity: float | None = None  # a semantic hit's cosine similarity
-    cache_header: str | None = None  # the client's Cache-Control header
-    user: str | None = None  # the body's `user` field: the caller's end user
-    evaluate: str | None = None  # the x-shipyard-evaluate header (honoured for admins only)
-    reference_context: str | None = None  # the body's `reference_context` (faithfulness)
-    episode: str | None = None  # the x-shipyard-episode-id header (sticky experiment assignment, feedback)
-    deployment: str | None = None  # the deployment that serves it (an experiment's arm, else the model)
-    variant: str | None = None  # "<experiment>/<arm>" when an experiment assigned it
-    variant_header: str | None = None  # x-shipyard-variant: the deployment, with the experiment and arm
-    response_id: str | None = None  # chatcmpl-… / cmpl-…
-    mirror: str | None = None  # the deployment a shadow copy goes to, once this is answered
-    mirror_arm: str | None = None
-    error_type: str | None = None
-    status: int = 0
-    metered: bool = False  # a usage row was written for it (admitted, or refused by the gateway)
-    client_supplied_id: bool = False
-    rate_limit_headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def usage_id(self) -> str:
-        """Unique per request even when clients reuse their x-request-id."""
-        return f"{self.request_id}/{uuid.uuid4().hex[:8]}" if self.client_supplied_id else self.request_id
 
 
 class BodyTooLarge(HTTPException):
@@ -201,7 +159,7 @@ def finish_record(record: RequestRecord, metrics: ServingMetrics) -> None:
     """One access-log line and the error metric for a finished request (HTTP or one on a socket)."""
     latency_ms = (time.monotonic() - record.arrival) * 1000
     if record.status >= 400:
-        record.error_type = record.error_type or _TYPES.get(record.status, "server_error")
+        record.error_type = record.error_type or error_type(record.status)
         model = metrics.model_label(record.deployment or record.model)  # never a client's made-up name
         metrics.errors.labels(model, record.error_type, str(record.status)).inc()
     if record.model is not None and record.stream is not None:  # an inference request: its outcome

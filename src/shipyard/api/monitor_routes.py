@@ -19,9 +19,8 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
-from shipyard.api.authorization import principal_of
+from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role
 from shipyard.monitor.gpu import gpu_stats

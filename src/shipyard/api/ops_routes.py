@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse, Response
 from shipyard.api.strict_json import StrictJSONRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 
 router = APIRouter(route_class=StrictJSONRoute)
 

@@ -11,9 +11,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
-from shipyard.api.authorization import principal_of
+from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.experiments.review_items import STATUSES, LabelIn, ReviewError, ReviewItems, item_view
 from shipyard.gateway.errors import PermissionDenied
 from shipyard.gateway.roles import Role

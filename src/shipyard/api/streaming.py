@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 
-from shipyard.api.errors import APIError
+from shipyard.api.errors import APIError, from_exception
+from shipyard.inference.pipeline import ShuttingDown
 from shipyard.api.formatting import (
     ChatFormatter,
     CompletionFormatter,
@@ -18,7 +20,7 @@ from shipyard.api.formatting import (
     chat_logprobs,
     completion_logprobs,
 )
-from shipyard.api.generation import Generation
+from shipyard.inference.generation import Generation
 from shipyard.engines.base import GenerationChunk
 
 DONE = "[DONE]"
@@ -28,8 +30,7 @@ def engine_failure(engine) -> APIError:
     if engine.remote:
         return APIError(502, "The upstream engine failed while generating this response.", code="upstream_error")
     return APIError(500, "The engine failed while generating this response.", code="engine_error")
-SHUTTING_DOWN = APIError(503, "The server is shutting down; this response was cut short. Retry on another "
-                         "replica.", code="server_shutting_down", headers={"Retry-After": "1"})
+SHUTTING_DOWN = from_exception(ShuttingDown())
 
 
 async def _events(gen: Generation, fmt: ChatFormatter | CompletionFormatter,
@@ -98,3 +99,35 @@ async def sse(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
         async for event in events:
             payload = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"), ensure_ascii=False)
             yield f"data: {payload}\n\n".encode()
+
+
+async def run_until_disconnect(receive, work):
+    """Await `work`, cancelling it if the client disconnects first (non-streamed requests).
+
+    The work runs in this task; only the watcher is a task of its own (one task per request,
+    not two plus asyncio.wait's bookkeeping)."""
+    current = asyncio.current_task()
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+                current.cancel()
+                return
+
+    watch_task = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if disconnected and current.uncancel() == 0:  # our own cancel, not the server's
+            raise ClientDisconnected() from None
+        raise
+    finally:
+        watch_task.cancel()
+
+
+class ClientDisconnected(Exception):
+    pass

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 from shipyard.api.protocol import Message, NullsAreDefaults
 from shipyard.engines.base import ChatMessage, Prompt
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from shipyard.api.strict_json import StrictJSONRoute
 
+from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError
-from shipyard.api.openai_routes import services_of
 
 router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/triggers", tags=["admin"])
 

@@ -20,10 +20,12 @@ from shipyard.api import strict_json
 from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import ValidationError
 
-from shipyard.api.authorization import Caller, caller_of
+from shipyard.api.authorization import caller_of, services_of
+from shipyard.gateway.auth import Caller
 from shipyard.api.errors import APIError, from_exception
-from shipyard.api.middleware import RequestRecord, finish_record
-from shipyard.api.openai_routes import episode_of, prepare_chat, prepare_completion, services_of
+from shipyard.api.middleware import finish_record
+from shipyard.inference.record import RequestRecord
+from shipyard.api.openai_routes import episode_of, prepare_chat, prepare_completion
 from shipyard.api.protocol import ChatCompletionRequest, CompletionRequest
 from shipyard.api.streaming import DONE, chat_events, completion_events
 from shipyard.gateway.errors import AuthenticationError, GatewayError

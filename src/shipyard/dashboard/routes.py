@@ -16,8 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
-from shipyard.api.authorization import bearer_token
-from shipyard.api.openai_routes import services_of
+from shipyard.api.authorization import bearer_token, services_of
 from shipyard.api.review_routes import ItemId
 from shipyard.dashboard import data, pages
 from shipyard.dashboard.review_page import review_page

@@ -10,7 +10,7 @@ import warnings
 
 # Pure-Python, side-effect-free modules with rich docstrings. A fixed list keeps the corpus
 # (and so the demo model) identical on every machine with the same Python version.
-_MODULES = (
+TRAINING_MODULES = (
     "abc argparse ast asyncio base64 bisect calendar cmd codecs collections colorsys "
     "concurrent.futures configparser contextlib copy csv dataclasses datetime decimal difflib "
     "dis email enum filecmp fnmatch fractions ftplib functools getopt gettext glob gzip hashlib "
@@ -24,7 +24,7 @@ _MODULES = (
 ).split()
 
 
-def _docstrings(module_name: str) -> list[str]:
+def docstrings(module_name: str) -> list[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -49,8 +49,8 @@ def build_corpus(max_chars: int | None = None) -> list[str]:
     from pydoc_data.topics import topics
 
     documents = [topics[key] for key in sorted(topics)]
-    for module_name in _MODULES:
-        documents.extend(_docstrings(module_name))
+    for module_name in TRAINING_MODULES:
+        documents.extend(docstrings(module_name))
     if max_chars is not None:
         kept, total = [], 0
         for doc in documents:

@@ -15,6 +15,7 @@ from shipyard.experiments.replay import Replayer
 from shipyard.experiments.review import ReviewQueue
 from shipyard.experiments.shadow import ShadowRunner
 from shipyard.experiments.triggers import RetrainingTriggers
+from shipyard.hooks import RequestHooks
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Improvement:
             await self.experiments.stop()
 
 
-def build_improvement(config, db, router, gateway, score_writer, monitor) -> Improvement:
+def build_improvement(config, db, router, gateway, score_writer, monitor, hooks: RequestHooks) -> Improvement:
     experiments = ExperimentRegistry(db, config.experiments, lambda: set(router.engines()))
     def cost_of(name, prompt, completion, compute_s):
         return gateway.cost_of(name, prompt, completion, 0, None, compute_s)
@@ -67,6 +68,7 @@ def build_improvement(config, db, router, gateway, score_writer, monitor) -> Imp
     observers = [shadow, ImplicitFeedback(score_writer, config.feedback.implicit_window_s)]
     if config.review.enabled:
         observers.append(review)
+    hooks.finished.extend(observers)
     return Improvement(experiments, shadow, canary, review, triggers, replays, observers)
 
 

@@ -20,7 +20,6 @@ from functools import partial
 import numpy as np
 
 from shipyard.aio import cancel_and_wait
-from shipyard.experiments.copies import compare
 
 log = logging.getLogger("shipyard.experiments")
 NICE = 10  # below every serving thread (0)
@@ -131,3 +130,13 @@ class PairComparer:
         self._pending.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def compare(primary: str, other: str, embed) -> dict[str, float]:
+    """Two answers' agreement: exact match, length ratio (other ÷ primary) and embedding cosine."""
+    scores = {"shadow.exact_match": float(primary.strip() == other.strip()),
+              "shadow.length_ratio": len(other) / max(1, len(primary))}
+    if embed is not None:
+        vectors = embed([primary or " ", other or " "])
+        scores["shadow.cosine"] = float(np.dot(vectors[0], vectors[1]))
+    return scores

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.engines.base import ChatMessage, Prompt, SamplingParams
-from shipyard.experiments.copies import copy_request, run_copy
+from shipyard.engines.side_requests import run_side, side_request
 from shipyard.experiments.report import REPLAY_PREFIX
 from shipyard.store.models import ShadowRecord
 
@@ -143,8 +143,8 @@ class Replayer:
         arms = spec.arms[:2]
         engines = self.engines()
         prompt = row.as_prompt()
-        results = await asyncio.gather(*(run_copy(engines.get(arm.deployment),
-                                                  copy_request(f"{request_id}-{arm.name}", prompt, params, TENANT))
+        results = await asyncio.gather(*(run_side(engines.get(arm.deployment),
+                                                  side_request(prompt, params, TENANT, f"{request_id}-{arm.name}"))
                                          for arm in arms))
         now = datetime.now(timezone.utc)
         records = [ShadowRecord(experiment=spec.name, arm=arm.name, deployment=arm.deployment, request_id=request_id,

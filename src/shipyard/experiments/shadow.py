@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from shipyard.aio import cancel_and_wait, every
 from shipyard.experiments.comparison import PairComparer
-from shipyard.experiments.copies import copy_request, run_copy
+from shipyard.engines.side_requests import run_side, side_request
 from shipyard.experiments.registry import ExperimentError, utc_today
 from shipyard.store.models import ShadowRecord
 
@@ -122,9 +122,9 @@ class ShadowRunner:
     async def _mirror(self, finished, spec) -> None:
         name, counts = spec.name, self.counts[spec.name]
         original = finished.engine_request
-        copy = copy_request(f"shadow-{original.request_id}", original.prompt, original.params, original.scope,
+        copy = side_request(original.prompt, original.params, original.scope, f"shadow-{original.request_id}",
                             spec.shadow.max_tokens)
-        result = await run_copy(self.engines().get(finished.mirror), copy)
+        result = await run_side(self.engines().get(finished.mirror), copy)
         if result.status != 200:  # counted, never shown to a user
             counts["failed"] += 1
             log.info("experiment %s: shadow copy of %s failed: %s", name, finished.request_id, result.error)

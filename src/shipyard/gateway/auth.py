@@ -15,7 +15,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from shipyard.gateway import keys
@@ -218,6 +219,14 @@ class Authenticator:
             if current is not None and int(current) != cached.row.generation:
                 raise unavailable from None  # rotated elsewhere: which secret is valid is unknown
         return cached
+
+
+@dataclass
+class Caller:
+    """Who is calling, and how to check them again (the token stays inside the closure)."""
+
+    principal: Principal
+    reauthenticate: Callable[[], Awaitable[Principal]] = field(repr=False)
 
 
 def generation_key(key_id: str) -> str:

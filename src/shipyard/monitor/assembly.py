@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shipyard.hooks import RequestHooks
 from shipyard.monitor.alert_store import AlertStore
 from shipyard.monitor.confidence import ConfidenceMonitor
 from shipyard.monitor.consistency import ConsistencyMonitor
@@ -17,13 +18,13 @@ from shipyard.monitor.sla import SLAMonitor
 
 
 def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path,
-                  score_writer: ScoreWriter) -> MonitorService:
-    """The monitors, listening to the request path through `metrics` (request ends) and the
-    observers (finished requests)."""
+                  score_writer: ScoreWriter, hooks: RequestHooks) -> MonitorService:
+    """The monitors, listening to the request path through its hooks (request ends, finished
+    requests)."""
     drift = DriftMonitor(settings.drift) if settings.drift.deployments else None
     monitor = MonitorService(settings, metrics.health, router.engines, AlertStore(db), SLAMonitor(db, settings.slos),
                              data_dir, drift)
-    metrics.request_listeners.append(monitor.on_request_end)
+    hooks.ended.append(monitor.on_request_end)
     # The raw engines, past the caches: a consistency sample must really be generated again.
     consistency = ConsistencyMonitor(settings.consistency, router.engines, score_writer)
     monitor.observers = [ConfidenceMonitor(score_writer), consistency]
@@ -37,6 +38,7 @@ def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path,
         monitor.observers.append(faithfulness)
         monitor.workers.append(faithfulness)
     monitor.text_deployments = frozenset(settings.drift.deployments) | frozenset(settings.consistency.deployments)
+    hooks.finished.extend(monitor.observers)
     return monitor
 
 

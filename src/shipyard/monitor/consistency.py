@@ -13,15 +13,14 @@ one request with the header `x-shipyard-evaluate: consistency` (the eval CLI doe
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 
 import numpy as np
 
-from shipyard.api.generation import new_engine_request_id
 from shipyard.embeddings import Embedder, shared_embedder
 from shipyard.engines.base import GenerationRequest
+from shipyard.engines.side_requests import run_side, side_request
 from shipyard.evaluation.metrics import token_f1
 from shipyard.monitor.scores import ScoreWriter
 from shipyard.monitor.settings import ConsistencyConfig
@@ -65,19 +64,13 @@ class ConsistencyMonitor:
         task.add_done_callback(self._tasks.discard)
 
     async def _sample(self, engine, request: GenerationRequest) -> str:
-        params = dataclasses.replace(request.params, n=1, temperature=self.settings.temperature, seed=None,
-                                     logprobs=False, top_logprobs=0, prompt_logprobs=None,
-                                     max_tokens=min(request.params.max_tokens or self.settings.max_tokens,
-                                                    self.settings.max_tokens))
-        extra = GenerationRequest(new_engine_request_id(), request.prompt, params, 0.0, request.prompt_ids,
-                                  priority=0, scope=request.scope)
-        text = []
-        async for chunk in engine.generate(extra):
-            if chunk.index == 0:
-                text.append(chunk.text)
-            if chunk.finish_reason == "error":
-                raise RuntimeError("the engine failed a consistency sample")
-        return "".join(text)
+        """The prompt again, on the same engine (so its token ids stand), near-greedy."""
+        extra = side_request(request.prompt, request.params, request.scope, max_tokens=self.settings.max_tokens,
+                             prompt_ids=request.prompt_ids, temperature=self.settings.temperature, seed=None)
+        result = await run_side(engine, extra)
+        if result.status != 200:
+            raise RuntimeError(f"a consistency sample failed: {result.error}")
+        return result.text
 
     async def _check(self, finished) -> None:
         engine = self.engines().get(finished.deployment)

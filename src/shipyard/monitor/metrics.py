@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shipyard.engines.base import Engine
+from shipyard.hooks import RequestEnded, RequestHooks
 from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.health import HealthWindows
 
@@ -136,7 +137,7 @@ def outcome_of(status: int, error_type: str | None, finish_reason: str | None) -
 
 class ServingMetrics:
     def __init__(self, engines: Callable[[], dict[str, Engine]], layers: Callable[[], dict] = dict,
-                 windows: bool = True, slice_s: float = 10.0):
+                 windows: bool = True, slice_s: float = 10.0, hooks: RequestHooks | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("shipyard:time_to_first_token_seconds", "Time to first token", ["model_name"],
@@ -158,8 +159,7 @@ class ServingMetrics:
         self.gauge_sources = self._engine_state.sources
         self._latency = {"ttft": self.ttft, "itl": self.itl, "e2e": self.e2e, "queue": self.queue}
         self.health = HealthWindows(slice_s=slice_s) if windows else None  # off: Prometheus only
-        # Told when an inference request ends: (deployment, tenant, status, ttft_s, latency_s).
-        self.request_listeners: list = []
+        self.hooks = hooks or RequestHooks()  # told when an inference request ends
         r.register(self._engine_state)
 
     # The request path reports here once; the Prometheus series and the sliding windows both see it.
@@ -199,8 +199,7 @@ class ServingMetrics:
         if self.health is None or model not in self._engine_state.engines():
             return
         self.health.of(model).outcomes.add(outcome)
-        for listener in self.request_listeners:
-            listener(model, tenant, status, ttft_s, latency_s)
+        self.hooks.request_ended(RequestEnded(model, tenant, status, ttft_s, latency_s))
 
     def render(self) -> bytes:
         """This process's metrics; with several server processes (PROMETHEUS_MULTIPROC_DIR set by

@@ -20,6 +20,7 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily
 
 from shipyard.aio import cancel_and_wait
+from shipyard.hooks import RequestEnded
 from shipyard.monitor.alert_store import AlertStore
 from shipyard.monitor.alerts import AlertBook, AlertEvent, evaluate_rule
 from shipyard.monitor.anomaly import AnomalyDetector
@@ -93,11 +94,11 @@ class MonitorService:
         self.clock = time.time
 
     # --- the request-path hook -------------------------------------------------------------
-    def on_request_end(self, deployment: str, tenant: str | None, status: int, ttft_s: float | None,
-                       latency_s: float) -> None:
+    def on_request_end(self, ended: RequestEnded) -> None:
         if self.anomaly is None:
             return
-        tenant = tenant or "-"
+        deployment, tenant, status = ended.deployment, ended.tenant_id or "-", ended.status
+        ttft_s, latency_s = ended.ttft_s, ended.latency_s
         metrics = self.settings.alerts.anomaly.metrics
         if "e2e" in metrics and status < 400:
             self.anomaly.observe(deployment, tenant, "e2e", latency_s)

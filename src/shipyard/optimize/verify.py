@@ -43,14 +43,14 @@ HELD_OUT_MODULES = ("xml.dom.minidom", "pdb", "bdb", "doctest", "pydoc", "locale
 def held_out_text(chars: int = 20_000) -> str:
     """Python documentation the demo model never saw: docstrings of standard modules outside its
     training corpus (shipyard.demo.corpus), in a fixed order."""
-    from shipyard.demo.corpus import _MODULES, _docstrings
+    from shipyard.demo.corpus import TRAINING_MODULES, docstrings
 
-    trained = set(_MODULES)
+    trained = set(TRAINING_MODULES)
     text: list[str] = []
     for name in HELD_OUT_MODULES:
         if name in trained:
             continue
-        text.extend(_docstrings(name))
+        text.extend(docstrings(name))
         if sum(map(len, text)) >= chars:
             break
     return "\n\n".join(text)[:chars]

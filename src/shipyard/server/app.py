@@ -13,13 +13,14 @@ from fastapi import FastAPI
 from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, experiment_routes,
                           feedback_routes, monitor_routes, openai_routes, ops_routes, review_routes, tokenize_routes,
                           trigger_routes, websocket)
-from shipyard.api.openai_routes import Services
+from shipyard.inference.services import Services
 from shipyard.config import RoutedDeployment, ShipyardConfig
 from shipyard.dashboard import routes as dashboard_routes
 from shipyard.dashboard.routes import Refused, refused
 from shipyard.dashboard.session import Sessions
 from shipyard.engines.base import Engine
 from shipyard.experiments.assembly import build_improvement, review_text_deployments
+from shipyard.api.errors import status_of
 from shipyard.gateway.admission import TieredAdmission
 from shipyard.gateway.auth import Authenticator, Limits
 from shipyard.gateway.keys import load_pepper
@@ -29,6 +30,7 @@ from shipyard.gateway.redis_limits import RedisLimiter, check_keeps_keys
 from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
 from shipyard.gateway.usage import UsageMeter
+from shipyard.hooks import RequestHooks
 from shipyard.monitor.assembly import build_monitor, compute_rate_of
 from shipyard.monitor.gpu import busiest_gpu
 from shipyard.monitor.metrics import ServingMetrics
@@ -84,7 +86,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     cache_redis = redis_client(cache_url) if cache_url else redis  # the limits' own, unless one is given
     caches = build_caches(config, engines, cache_redis)
     router = Router(engines, caches)
-    metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled,
+    hooks = RequestHooks()  # how monitoring and experiments observe the request path
+    metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled, hooks=hooks,
                              slice_s=config.monitor.window_slice_s)
     data_dir = config.store.resolved_data_dir()
     db = Database(config.store.url or default_url(data_dir))
@@ -112,9 +115,9 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                    if isinstance(spec, RoutedDeployment) and spec.autoscaling is not None}
     if autoscalers:
         metrics.gauge_sources.append(lambda: autoscaler_families(autoscalers))
-    monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer) if config.monitor.enabled
+    monitor = (build_monitor(config.monitor, metrics, router, db, data_dir, score_writer, hooks) if config.monitor.enabled
                else None)
-    improvement = build_improvement(config, db, router, gateway, score_writer, monitor)
+    improvement = build_improvement(config, db, router, gateway, score_writer, monitor, hooks)
     metrics.gauge_sources.append(improvement.shadow.families)
 
     @contextlib.asynccontextmanager
@@ -152,7 +155,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
 
     services = Services(router=router, metrics=metrics, gateway=gateway, keystore=keystore, db=db,
                         max_sequences_per_request=config.server.max_sequences_per_request,
-                        observers=[*(monitor.observers if monitor else []), *improvement.observers],
+                        hooks=hooks, api_launch=config.server.api_launch, status_of=status_of,
                         monitor=monitor,
                         text_deployments=(monitor.text_deployments if monitor else frozenset())
                         | review_text_deployments(config),

@@ -12,7 +12,7 @@ from shipyard import __version__
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.guard import RequestGuard
 from shipyard.api.middleware import RequestContextMiddleware
-from shipyard.api.openai_routes import Services
+from shipyard.inference.services import Services
 from shipyard.api.openapi import install_openapi
 from shipyard.config import ShipyardConfig
 

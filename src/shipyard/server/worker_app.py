@@ -7,7 +7,7 @@ import contextlib
 from fastapi import FastAPI
 
 from shipyard.api import openai_routes, ops_routes, tokenize_routes, websocket
-from shipyard.api.openai_routes import Services
+from shipyard.inference.services import Services
 from shipyard.config import ShipyardConfig
 from shipyard.engines.base import Engine
 from shipyard.gateway.admission import TieredAdmission

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from shipyard.api.drain import Drain
-from shipyard.api.middleware import RequestRecord
+from shipyard.inference.drain import Drain
+from shipyard.inference.record import RequestRecord
 from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, TokenLogprob, Usage
 from shipyard.monitor.metrics import ServingMetrics
 
 _INTERRUPTED = object()  # the drain's signal, queued like a chunk
-
-
-def new_engine_request_id() -> str:
-    return f"gen-{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -295,35 +290,3 @@ async def _prepend(first: GenerationChunk | None, stream: AsyncIterator[Generati
         yield first
     async for chunk in stream:
         yield chunk
-
-
-async def run_until_disconnect(receive, work):
-    """Await `work`, cancelling it if the client disconnects first (non-streamed requests).
-
-    The work runs in this task; only the watcher is a task of its own (one task per request,
-    not two plus asyncio.wait's bookkeeping)."""
-    current = asyncio.current_task()
-    disconnected = False
-
-    async def watch() -> None:
-        nonlocal disconnected
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-                current.cancel()
-                return
-
-    watch_task = asyncio.ensure_future(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if disconnected and current.uncancel() == 0:  # our own cancel, not the server's
-            raise ClientDisconnected() from None
-        raise
-    finally:
-        watch_task.cancel()
-
-
-class ClientDisconnected(Exception):
-    pass
