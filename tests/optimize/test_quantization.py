@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ServerProcess
-from shipyard.optimize.quantize import QuantizationError, quantize_model
+from shipyard.engines.transformers_engine.quantize import QuantizationError, quantize_model
 from shipyard.optimize.verify import compare, held_out_text, perplexity_gguf, perplexity_hf
 
 BOUND_PCT = 2.0

@@ -115,6 +115,13 @@ def from_exception(exc: BaseException, retry_after_s: int = 1) -> APIError:
     return APIError(500, "The server had an error while processing your request.", code="internal_error")
 
 
+def require(service, message: str, code: str):
+    """A service the route needs, or a 409 saying this server runs without it."""
+    if service is None:
+        raise APIError(409, message, code=code)
+    return service
+
+
 def status_of(exc: BaseException) -> int:
     """The status a failure is answered with (the pipeline records it on a refused request's usage)."""
     return from_exception(exc).status

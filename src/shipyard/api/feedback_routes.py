@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import caller_of, services_of
-from shipyard.api.errors import APIError
+from shipyard.api.errors import APIError, require
 from shipyard.experiments.feedback import FeedbackIn, InvalidFeedback, to_score
 from shipyard.monitor.scores import ScoreStore, UnknownRequest
 
@@ -17,8 +17,7 @@ router = APIRouter(route_class=StrictJSONRoute, tags=["feedback"])
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackIn, request: Request):
     services = services_of(request)
-    if services.db is None:
-        raise APIError(409, "This server keeps no responses to give feedback on.", code="feedback_off")
+    require(services.db, "This server keeps no responses to give feedback on.", "feedback_off")
     try:
         score = to_score(body, request.app.state.config.feedback)
     except InvalidFeedback as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from html import escape
 
 from shipyard.dashboard.data import Viewer
+from shipyard.gateway.roles import Permission, allows
 
 STYLE = ("<style>.item{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 14px;margin:10px 0}"
          ".turn{white-space:pre-wrap;background:#f9fafb;border-left:3px solid #d1d5db;padding:4px 8px;margin:4px 0}"
@@ -49,7 +50,7 @@ def item_html(item: dict, viewer: Viewer, claim_lapsed: bool, names: dict[str, s
 
 def review_page(items: list[tuple[dict, bool]], viewer: Viewer, error: str | None = None,
                 names: dict[str, str] | None = None) -> str:
-    if viewer.role not in ("admin", "tenant-admin"):
+    if not allows(viewer.role, Permission.REVIEW):
         return "<p class=muted>Reviewing takes a tenant-admin or admin key.</p>"
     message = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
     if not items:

@@ -17,12 +17,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import bearer_token, services_of
-from shipyard.api.review_routes import ItemId
+from shipyard.api.admin.review import ItemId
 from shipyard.dashboard import data, pages
 from shipyard.dashboard.review_page import review_page
-from shipyard.dashboard.session import COOKIE, SESSION_S, VIEW_ROLES
+from shipyard.dashboard.session import COOKIE, SESSION_S, may_view
 from shipyard.experiments.review_items import LabelIn, ReviewError, ReviewItems, item_view
 from shipyard.gateway.errors import GatewayError
+from shipyard.gateway.roles import Permission, allows
 from shipyard.gateway.usage_report import usage_totals
 from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.scores import UnknownRequest
@@ -67,7 +68,7 @@ async def viewer_of(request: Request) -> data.Viewer:
         viewer = await request.app.state.dashboard_sessions.viewer(request.cookies.get(COOKIE))
         if viewer is None:
             raise Refused(_html(pages.sign_in()))
-    if viewer.role not in VIEW_ROLES:
+    if not may_view(viewer.role):
         raise Refused(_html(pages.layout("Not allowed", f"<p>The role '{viewer.role}' may not read usage; "
                                           "use a viewer, tenant-admin or admin key.</p>", None), 403))
     return viewer
@@ -127,7 +128,7 @@ async def login(request: Request):
         principal = await services_of(request).gateway.authenticate(key or None)
     except GatewayError:
         return _html(pages.sign_in("That API key is not valid."), 401)
-    if principal.role not in VIEW_ROLES:
+    if not may_view(principal.role):
         return _html(pages.sign_in(f"The role '{principal.role}' may not read the dashboard."), 403)
     response = RedirectResponse("/dashboard", status_code=303, headers=HEADERS)
     response.set_cookie(COOKIE, request.app.state.dashboard_sessions.issue(principal.key_id, principal.generation),
@@ -252,7 +253,7 @@ def _review_items(request: Request) -> ReviewItems:
 
 async def _review_html(request: Request, viewer: data.Viewer, error: str | None = None, status: int = 200):
     items = []
-    if viewer.role in ("admin", "tenant-admin"):
+    if allows(viewer.role, Permission.REVIEW):
         store = _review_items(request)
         claimed = await store.list(viewer.scope, "claimed", limit=25)
         mine = [r for r in claimed if r.claimed_by == viewer.key_id]  # the reviewer's own work first
@@ -275,7 +276,7 @@ async def review(request: Request, viewer: data.Viewer = Depends(viewer_of)):
 async def review_export(request: Request, viewer: data.Viewer = Depends(viewer_of)):
     """The labelled items as fine-tuning JSONL, for a signed-in reviewer (the admin API's export
     takes an API key in a header, which a link from this page cannot send)."""
-    if viewer.role not in ("admin", "tenant-admin"):
+    if not allows(viewer.role, Permission.REVIEW):
         return await _review_html(request, viewer, status=403)
     lines = _review_items(request).export(viewer.scope)
     return StreamingResponse(lines, media_type="application/jsonl",
@@ -285,7 +286,7 @@ async def review_export(request: Request, viewer: data.Viewer = Depends(viewer_o
 @router.post("/review/{item_id}")
 async def review_action(request: Request, item_id: ItemId, viewer: data.Viewer = Depends(viewer_of)):
     """The page's forms: claim, release, skip, label. Same rules as the admin API (review_items.py)."""
-    if viewer.role not in ("admin", "tenant-admin"):
+    if not allows(viewer.role, Permission.REVIEW):
         return await _review_html(request, viewer, status=403)
     if cross_site(request):
         return await _review_html(request, viewer, "Forms are taken from this server's own pages only.", 403)

@@ -21,11 +21,16 @@ from sqlalchemy.exc import IntegrityError
 
 from shipyard.dashboard.data import Viewer
 from shipyard.gateway.keystore import aware
+from shipyard.gateway.roles import Permission, allows
 from shipyard.store.models import RevokedSession
 
 COOKIE = "shipyard_dashboard"
 SESSION_S = 8 * 3600
-VIEW_ROLES = ("admin", "tenant-admin", "viewer")  # those that may read usage
+
+
+def may_view(role: str) -> bool:
+    """The dashboard is usage: the roles that may read it (gateway/roles.py's one table)."""
+    return allows(role, Permission.USAGE_READ)
 
 
 class Sessions:
@@ -87,7 +92,7 @@ class Sessions:
             return None
         if key.expires_at is not None and aware(key.expires_at) <= datetime.now(timezone.utc):
             return None
-        if key.role not in VIEW_ROLES:
+        if not may_view(key.role):
             return None
         return Viewer(key.id, key.tenant_id, key.role)
 

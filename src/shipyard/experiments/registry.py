@@ -25,6 +25,7 @@ from shipyard.store.models import ExperimentEvent, ExperimentRow
 
 log = logging.getLogger("shipyard.experiments")
 LIVE = ("running", "paused")
+ACTIONS = ("pause", "resume", "promote", "rollback")  # an admin's transitions
 MIRRORED = ("shadow", "champion_challenger")  # the challenger gets copies of the champion's requests
 
 
@@ -185,6 +186,32 @@ class ExperimentRegistry:
         await self.refresh()
         self._announce(name, kind, actor, detail or {})
         return updated
+
+    async def act(self, name: str, action: str, actor: str, arm: str | None = None) -> ExperimentSpec:
+        """An admin's transition: pause (the split stays, nothing moves automatically), resume,
+        promote (`arm`, default the first challenger: every request to it), rollback (every request
+        to the champion). Checked against the stored experiment as it applies: racing calls cannot
+        both succeed, and an ended experiment moves no more."""
+        if action not in ACTIONS:
+            raise ExperimentError(404, f"No action '{action}': {', '.join(ACTIONS)}.", "not_found")
+        detail: dict = {}
+
+        def change(spec: ExperimentSpec) -> ExperimentSpec:
+            if spec.status in ("promoted", "rolled_back"):
+                raise ExperimentError(409, f"'{spec.name}' has ended ({spec.status}); create a new experiment.",
+                                      "conflict")
+            if action == "pause" and spec.status == "paused" or action == "resume" and spec.status == "running":
+                raise ExperimentError(409, f"'{spec.name}' is {spec.status} already.", "conflict")
+            if action == "promote":
+                chosen = arm or spec.arms[1].name
+                if chosen not in [a.name for a in spec.arms]:
+                    raise ExperimentError(400, f"'{spec.name}' has no arm '{chosen}'.", "invalid_value")
+                detail["arm"] = chosen
+                return spec.model_copy(update={"status": "promoted", "promoted_arm": chosen})
+            return spec.model_copy(update={"status": {"pause": "paused", "resume": "running",
+                                                      "rollback": "rolled_back"}[action]})
+
+        return await self.transition(name, action, actor, change, detail)
 
     def _announce(self, name: str, kind: str, actor: str, detail: dict) -> None:
         for listener in self.listeners:  # the alert webhooks: every transition, once

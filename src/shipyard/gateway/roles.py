@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from shipyard.gateway.errors import PermissionDenied
+
 
 class Role(str, enum.Enum):
     ADMIN = "admin"  # everything, every tenant
@@ -73,6 +75,21 @@ def refusal(role: str, permission: Permission) -> str:
 
 # Roles only an admin may hand out: they see or do more than one tenant's share.
 ADMIN_GRANTED = frozenset({Role.ADMIN, Role.METRICS})
+
+
+def tenant_scope(principal, asked: str | None, what: str) -> str | None:
+    """The tenant a read or a change is limited to: an admin may name any tenant, or none (None:
+    every tenant); anyone else gets their own, and naming another is refused (403)."""
+    if principal.role == Role.ADMIN.value:
+        return asked
+    if asked is not None and asked != principal.tenant_id:
+        raise PermissionDenied(f"You may only {what} of your own tenant.")
+    return principal.tenant_id
+
+
+def owns(principal, tenant_id: str) -> bool:
+    """Whether the caller may see a resource of this tenant (others' answer 404, as if absent)."""
+    return principal.role == Role.ADMIN.value or tenant_id == principal.tenant_id
 
 
 def allows(role: str, permission: Permission) -> bool:

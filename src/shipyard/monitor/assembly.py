@@ -40,21 +40,3 @@ def build_monitor(settings: MonitorConfig, metrics, router, db, data_dir: Path,
     monitor.text_deployments = frozenset(settings.drift.deployments) | frozenset(settings.consistency.deployments)
     hooks.finished.extend(monitor.observers)
     return monitor
-
-
-def compute_rate_of(router, prices: dict[str, float]):
-    """model → USD per engine-second, from the configured hardware prices and what each embedded
-    engine runs on (GPUs, or CPU cores = its threads); None for upstreams or without a price."""
-    if not prices:
-        return lambda model: None
-
-    def rate(model: str) -> float | None:
-        engine = router.engines().get(model)
-        units = engine.compute_units() if engine is not None else None
-        if units is None:
-            return None
-        kind, count = units
-        hourly = prices.get("gpu_hour") if kind == "gpu" else prices.get("cpu_core_hour")
-        return None if hourly is None else hourly * count / 3600
-
-    return rate

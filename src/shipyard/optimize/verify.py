@@ -61,7 +61,7 @@ def perplexity_hf(model_dir: str | Path, text: str, quantization: str = "none", 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shipyard.optimize.quantize import quantize_model
+    from shipyard.engines.transformers_engine.quantize import quantize_model
 
     torch_device = torch.device(device)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else torch.bfloat16,

@@ -241,8 +241,7 @@ class _RoutedStream:
         self._replica: Replica | None = None
         self._first: GenerationChunk | None = None
         self._total = Watchdog(deployment.policy.total_timeout_s, idle=False)  # one timer, not one per chunk
-        self._texts: dict[int, list[str]] = {}
-        self._finishes: dict[int, str] = {}
+        self._recorded: list[GenerationChunk] = []  # a deterministic answer, for the response store
         self._closed = False
 
     def __aiter__(self):
@@ -379,15 +378,12 @@ class _RoutedStream:
         return UpstreamError(f"Every replica of '{deployment.name}' failed: {last_error}")
 
     def _remember(self, chunk: GenerationChunk) -> None:
-        if self.deployment.store is None or self.request.params.temperature > 0 and self.request.params.seed is None:
+        store = self.deployment.store
+        if store is None or not store.keeps(self.request):
             return  # only answers that the same question would get again
-        self._texts.setdefault(chunk.index, []).append(chunk.text)
-        if chunk.finish_reason is not None:
-            self._finishes[chunk.index] = chunk.finish_reason
-        if chunk.usage is not None and self._finishes and all(f in ("stop", "length") for f in self._finishes.values()):
-            choices = [("".join(self._texts.get(i, [])), self._finishes.get(i, "stop"))
-                       for i in range(self.request.params.n)]
-            self.deployment.store.remember(answer_key(self.deployment.name, self.request), choices)
+        self._recorded.append(chunk)
+        if chunk.usage is not None:
+            store.remember(answer_key(self.deployment.name, self.request), self._recorded)
 
     def _release(self) -> None:
         if self._replica is not None:

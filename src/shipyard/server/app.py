@@ -10,9 +10,15 @@ import sys
 
 from fastapi import FastAPI
 
-from shipyard.api import (admin_routes, alert_routes, cache_routes, deployment_routes, experiment_routes,
-                          feedback_routes, monitor_routes, openai_routes, ops_routes, review_routes, tokenize_routes,
-                          trigger_routes, websocket)
+from shipyard.api import feedback_routes, openai_routes, ops_routes, tokenize_routes, websocket
+from shipyard.api.admin import accounts as accounts_routes
+from shipyard.api.admin import alerts as alert_routes
+from shipyard.api.admin import cache as cache_routes
+from shipyard.api.admin import deployments as deployment_routes
+from shipyard.api.admin import experiments as experiment_routes
+from shipyard.api.admin import monitor as monitor_routes
+from shipyard.api.admin import review as review_routes
+from shipyard.api.admin import triggers as trigger_routes
 from shipyard.inference.services import Services
 from shipyard.config import RoutedDeployment, ShipyardConfig
 from shipyard.dashboard import routes as dashboard_routes
@@ -29,9 +35,9 @@ from shipyard.gateway.limits import InProcessLimiter
 from shipyard.gateway.redis_limits import RedisLimiter, check_keeps_keys
 from shipyard.gateway.roles import Role
 from shipyard.gateway.service import Gateway
-from shipyard.gateway.usage import UsageMeter
+from shipyard.gateway.usage import UsageMeter, compute_rate_of
 from shipyard.hooks import RequestHooks
-from shipyard.monitor.assembly import build_monitor, compute_rate_of
+from shipyard.monitor.assembly import build_monitor
 from shipyard.monitor.gpu import busiest_gpu
 from shipyard.monitor.metrics import ServingMetrics
 from shipyard.monitor.scores import ScoreWriter
@@ -104,7 +110,7 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     deployment_limits = {name: Limits(rpm=l.rpm, tpm=l.tpm, max_concurrent=l.max_concurrent)
                          for name, l in gw.deployment_limits.items()}
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
-                      gw.default_completion_estimate, compute_rate_of(router, config.monitor.compute_prices))
+                      gw.default_completion_estimate, compute_rate_of(router.engines, config.monitor.compute_prices))
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
     autoscalers = {name: RayServeAutoscaler(engines[name], spec.autoscaling, replica_token(pepper, name),
                                             ray_application())
@@ -161,10 +167,10 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                         | review_text_deployments(config),
                         autoscalers=autoscalers, experiments=improvement.experiments, canary=improvement.canary,
                         triggers=improvement.triggers, replays=improvement.replays)
-    app = assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, admin_routes,
-                                                 deployment_routes, cache_routes, monitor_routes, alert_routes,
-                                                 dashboard_routes, feedback_routes, experiment_routes, review_routes,
-                                                 trigger_routes))
+    app = assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, feedback_routes,
+                                                 accounts_routes, deployment_routes, cache_routes, monitor_routes,
+                                                 alert_routes, experiment_routes, review_routes, trigger_routes,
+                                                 dashboard_routes))
     app.state.dashboard_sessions = Sessions(pepper, keystore)
     app.add_exception_handler(Refused, refused)
     return app

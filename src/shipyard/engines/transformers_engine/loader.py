@@ -87,7 +87,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", max_
     )
     model.to(torch_device).eval()
     if quantization != "none":
-        from shipyard.optimize.quantize import quantize_model
+        from shipyard.engines.transformers_engine.quantize import quantize_model
 
         quantize_model(model, quantization, torch_device)
     config = model.config.get_text_config()

@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
-
 import aiohttp
 
 from shipyard.engines.base import (
@@ -33,9 +31,6 @@ from shipyard.engines.errors import (
 )
 from shipyard.engines.watchdog import Watchdog
 
-if TYPE_CHECKING:
-    from shipyard.engines.upstream.openai_http import OpenAIHTTPEngine
-
 log = logging.getLogger("shipyard.upstream")
 
 _FINISH = {"stop": "stop", "length": "length", "eos_token": "stop", "stop_sequence": "stop", "abort": "abort",
@@ -44,7 +39,7 @@ _MAX_ERROR_BODY = 64 * 1024
 
 
 class UpstreamStream:
-    def __init__(self, engine: OpenAIHTTPEngine, request: GenerationRequest, path: str, body: dict):
+    def __init__(self, engine, request: GenerationRequest, path: str, body: dict):  # its OpenAIHTTPEngine
         self._engine = engine
         self._request = request
         self._path, self._body = path, body

@@ -14,19 +14,14 @@ from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError
 from shipyard.cache.engine import CachingEngine
 from shipyard.cache.exact import CacheUnavailable
-from shipyard.gateway.errors import PermissionDenied
-from shipyard.gateway.roles import Role
+from shipyard.gateway.roles import tenant_scope
 
 router = APIRouter(route_class=StrictJSONRoute, prefix="/admin", tags=["admin"])
 
 
 @router.delete("/cache")
 async def invalidate_cache(request: Request, deployment: str | None = None, tenant_id: str | None = None):
-    principal = principal_of(request)
-    if principal.role != Role.ADMIN.value:
-        if tenant_id is not None and tenant_id != principal.tenant_id:
-            raise PermissionDenied("You may only clear your own tenant's cached answers.")
-        tenant_id = principal.tenant_id
+    tenant_id = tenant_scope(principal_of(request), tenant_id, "clear the cached answers")
     if deployment is None and tenant_id is None:
         raise APIError(400, "Name a deployment, a tenant_id, or both.", param="deployment", code="missing_scope")
     router_ = services_of(request).router

@@ -17,9 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
-from shipyard.api.errors import APIError
-from shipyard.gateway.errors import PermissionDenied
-from shipyard.gateway.roles import Role
+from shipyard.api.errors import APIError, require
+from shipyard.gateway.roles import Role, tenant_scope
 from shipyard.monitor.alert_store import RuleExists
 from shipyard.monitor.export import grafana_dashboard, prometheus_rules
 from shipyard.monitor.service import MonitorService
@@ -29,20 +28,14 @@ router = APIRouter(route_class=StrictJSONRoute, prefix="/admin", tags=["admin"])
 
 
 def _monitor(request: Request) -> MonitorService:
-    monitor = services_of(request).monitor
-    if monitor is None:
-        raise APIError(409, "Monitoring is off on this server (monitor.enabled: false).", code="monitoring_off")
-    return monitor
+    return require(services_of(request).monitor, "Monitoring is off on this server (monitor.enabled: false).",
+                   "monitoring_off")
 
 
 def _scope(request: Request, tenant_id: str | None) -> tuple[str | None, bool]:
     """(tenant to filter on, whether the caller is limited to it)."""
     principal = principal_of(request)
-    if principal.role == Role.ADMIN.value:
-        return tenant_id, False
-    if tenant_id is not None and tenant_id != principal.tenant_id:
-        raise PermissionDenied("You may only read your own tenant's alerts and SLAs.")
-    return principal.tenant_id, True
+    return tenant_scope(principal, tenant_id, "read the alerts and SLAs"), principal.role != Role.ADMIN.value
 
 
 @router.get("/alerts")

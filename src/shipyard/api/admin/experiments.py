@@ -5,30 +5,25 @@ traffic."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from fastapi import APIRouter, Body, Query, Request
 from shipyard.api.strict_json import StrictJSONRoute
-from sqlalchemy import case, func, select
 
 from shipyard.api.authorization import services_of
-from shipyard.api.errors import APIError
-from shipyard.experiments.registry import ExperimentError, ExperimentRegistry, utc_today
+from shipyard.api.errors import APIError, require
+from shipyard.experiments.registry import ExperimentError, ExperimentRegistry
 from shipyard.experiments.replay import ReplayBusy, ReplayIn
 from shipyard.experiments.report import decision_report
 from shipyard.experiments.spec import ExperimentSpec
 from shipyard.experiments.statistics import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, sample_ratio
+from shipyard.experiments.status import arm_counts, shadow_summary
 from shipyard.gateway.auth import Principal
-from shipyard.store.models import ShadowRecord, UsageRecord
 
 router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/experiments", tags=["admin"])
 
 
 def _registry(request: Request) -> ExperimentRegistry:
-    registry = services_of(request).experiments
-    if registry is None:
-        raise APIError(409, "This server runs no experiments (it keeps no store).", code="experiments_off")
-    return registry
+    return require(services_of(request).experiments, "This server runs no experiments (it keeps no store).",
+                   "experiments_off")
 
 
 def _actor(request: Request) -> str:
@@ -66,13 +61,13 @@ async def create_experiment(request: Request, spec: ExperimentSpec = Body(...)):
 async def experiment_status(name: str, request: Request):
     registry = _registry(request)
     spec = await _spec(request, name)
-    counts = await _arm_counts(request, spec)
+    counts = await arm_counts(services_of(request).db, spec)
     srm = None
     if spec.mode == "ab" and spec.status in ("running", "paused"):  # fixed weights: the split must match them
         ratio = sample_ratio([counts.get(a.name, 0) for a in spec.arms], spec.serving_weights())
         srm = {"p_value": ratio.p_value, "mismatch": ratio.mismatch}
     return {**_view(registry, spec), "requests": counts, "sample_ratio": srm,
-            "shadow": await _shadow_summary(request, spec), "canary": _canary_analysis(request, spec),
+            "shadow": await shadow_summary(services_of(request).db, spec), "canary": _canary_analysis(request, spec),
             "events": await registry.events(name)}
 
 
@@ -81,31 +76,6 @@ def _canary_analysis(request: Request, spec: ExperimentSpec) -> dict | None:
     if spec.mode != "canary" or controller is None:
         return None
     return {"steps": spec.canary.steps, "share": spec.serving_weights()[1], "last_analysis": controller.last.get(spec.name)}
-
-
-async def _shadow_summary(request: Request, spec: ExperimentSpec) -> dict:
-    """The copies sent to the challenger: all of them and today's (UTC), from every process."""
-    midnight = datetime.fromisoformat(utc_today()).replace(tzinfo=timezone.utc)
-    tokens = ShadowRecord.prompt_tokens + ShadowRecord.completion_tokens
-    ok = func.sum(case((ShadowRecord.status == 200, 1), else_=0))
-    query = select(func.count(), ok, func.sum(tokens), func.sum(ShadowRecord.cost_usd),
-                   func.sum(case((ShadowRecord.created_at >= midnight, tokens), else_=0)),
-                   func.sum(case((ShadowRecord.created_at >= midnight, ShadowRecord.cost_usd), else_=0.0))
-                   ).where(ShadowRecord.experiment == spec.name)
-    async with services_of(request).db.session() as session:
-        copies, answered, total, cost, today_tokens, today_cost = (await session.execute(query)).one()
-    return {"copies": copies, "answered": int(answered or 0), "failed": copies - int(answered or 0),
-            "tokens": int(total or 0), "cost_usd": float(cost or 0.0), "tokens_today": int(today_tokens or 0),
-            "cost_usd_today": float(today_cost or 0.0), "capped_day": spec.shadow_capped_day}
-
-
-async def _arm_counts(request: Request, spec: ExperimentSpec) -> dict[str, int]:
-    variants = [f"{spec.name}/{a.name}" for a in spec.arms]
-    query = (select(UsageRecord.variant, func.count()).where(UsageRecord.variant.in_(variants))
-             .group_by(UsageRecord.variant))
-    async with services_of(request).db.session() as session:
-        rows = (await session.execute(query)).all()
-    return {variant.split("/", 1)[1]: count for variant, count in rows}
 
 
 @router.get("/{name}/report")
@@ -153,30 +123,11 @@ async def experiment_action(name: str, action: str, request: Request, body: dict
     """pause (the split stays, nothing moves automatically), resume, promote (`{"arm": ...}`, default
     the first challenger: every request to it), rollback (every request to the champion). Checked
     against the stored experiment as the transition applies, so racing calls cannot both succeed."""
-    if action not in ("pause", "resume", "promote", "rollback"):
-        raise APIError(404, f"No action '{action}': pause, resume, promote or rollback.", code="not_found")
     wanted = (body or {}).get("arm")
     if wanted is not None and not isinstance(wanted, str):
         raise APIError(400, "'arm' is an arm's name.", param="arm", code="invalid_value")
-    detail: dict = {}
-
-    def change(spec: ExperimentSpec) -> ExperimentSpec:
-        if spec.status in ("promoted", "rolled_back"):
-            raise ExperimentError(409, f"'{spec.name}' has ended ({spec.status}); create a new experiment.",
-                                  "conflict")
-        if action == "pause" and spec.status == "paused" or action == "resume" and spec.status == "running":
-            raise ExperimentError(409, f"'{spec.name}' is {spec.status} already.", "conflict")
-        if action == "promote":
-            arm = wanted or spec.arms[1].name
-            if arm not in [a.name for a in spec.arms]:
-                raise ExperimentError(400, f"'{spec.name}' has no arm '{arm}'.", "invalid_value")
-            detail["arm"] = arm
-            return spec.model_copy(update={"status": "promoted", "promoted_arm": arm})
-        status = {"pause": "paused", "resume": "running", "rollback": "rolled_back"}[action]
-        return spec.model_copy(update={"status": status})
-
     try:
-        updated = await _registry(request).transition(name, action, _actor(request), change, detail)
+        updated = await _registry(request).act(name, action, _actor(request), wanted)
     except ExperimentError as exc:
         raise _failed(exc) from None
     return _view(_registry(request), updated)

@@ -21,7 +21,7 @@ from shipyard.gateway.auth import Principal
 from shipyard.gateway.auth import rotation_due as is_rotation_due
 from shipyard.gateway.errors import NotFound, PermissionDenied
 from shipyard.gateway.keystore import KeySpec, aware
-from shipyard.gateway.roles import ADMIN_GRANTED, Role
+from shipyard.gateway.roles import ADMIN_GRANTED, Role, owns, tenant_scope
 from shipyard.gateway.usage_report import usage_totals
 from shipyard.store.models import ApiKey, Tenant
 
@@ -79,7 +79,7 @@ def _keystore(request: Request):
 
 
 def _own_tenant(principal: Principal, tenant_id: str) -> None:
-    if principal.role != Role.ADMIN.value and tenant_id != principal.tenant_id:
+    if not owns(principal, tenant_id):
         raise NotFound(f"No tenant '{tenant_id}'.")
 
 
@@ -125,8 +125,7 @@ async def update_tenant(tenant_id: str, body: TenantUpdate, request: Request):
 
 @router.get("/tenants")
 async def list_tenants(request: Request):
-    p = principal_of(request)
-    only = None if p.role == Role.ADMIN.value else p.tenant_id
+    only = tenant_scope(principal_of(request), None, "read the tenants")
     return {"object": "list", "data": [tenant_view(t) for t in await _keystore(request).list_tenants(only)]}
 
 
@@ -159,10 +158,9 @@ async def create_key(body: KeyCreate, request: Request):
 async def list_keys(request: Request, tenant_id: str | None = None,
                     rotation_due: bool | None = Query(None, description="only keys past (or within) their policy")):
     p = principal_of(request)
-    if p.role != Role.ADMIN.value:
-        if tenant_id is not None:
-            _own_tenant(p, tenant_id)
-        tenant_id = p.tenant_id
+    if tenant_id is not None:
+        _own_tenant(p, tenant_id)
+    tenant_id = tenant_scope(p, tenant_id, "list the keys")
     views = [key_view(k) for k in await _keystore(request).list_keys(tenant_id)]
     if rotation_due is not None:
         views = [v for v in views if v["rotation_due"] == rotation_due]
@@ -172,7 +170,7 @@ async def list_keys(request: Request, tenant_id: str | None = None,
 async def _own_key(request: Request, key_id: str) -> ApiKey:
     row = await _keystore(request).get_key(key_id)
     p = principal_of(request)
-    if p.role != Role.ADMIN.value and row.tenant_id != p.tenant_id:
+    if not owns(p, row.tenant_id):
         raise NotFound(f"No API key '{key_id}'.")
     return row
 
@@ -218,10 +216,9 @@ async def usage(
 ):
     """Totals per group (default: tenant, key and model) over a time range."""
     p = principal_of(request)
-    if p.role != Role.ADMIN.value:
-        if tenant_id is not None:
-            _own_tenant(p, tenant_id)
-        tenant_id = p.tenant_id
+    if tenant_id is not None:
+        _own_tenant(p, tenant_id)
+    tenant_id = tenant_scope(p, tenant_id, "read the usage")
     rows = await usage_totals(request.app.state.services.db, group_by, tenant_id, key_id, model, user, start, end)
     if format == "csv":
         out = io.StringIO()

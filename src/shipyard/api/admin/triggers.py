@@ -8,16 +8,14 @@ from fastapi import APIRouter, Query, Request
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import services_of
-from shipyard.api.errors import APIError
+from shipyard.api.errors import APIError, require
 
 router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/triggers", tags=["admin"])
 
 
 def _triggers(request: Request):
-    triggers = services_of(request).triggers
-    if triggers is None:
-        raise APIError(409, "This server evaluates no retraining triggers (it keeps no store).", code="triggers_off")
-    return triggers
+    return require(services_of(request).triggers, "This server evaluates no retraining triggers (it keeps no store).",
+                   "triggers_off")
 
 
 @router.get("")

@@ -20,9 +20,8 @@ from fastapi.responses import JSONResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
-from shipyard.api.errors import APIError
-from shipyard.gateway.errors import PermissionDenied
-from shipyard.gateway.roles import Role
+from shipyard.api.errors import APIError, require
+from shipyard.gateway.roles import Role, tenant_scope
 from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.scores import ScoreIn, ScoreStore, UnknownRequest, is_system_score
 
@@ -36,9 +35,9 @@ async def health(request: Request, deployment: str | None = None,
     engines = services.router.engines()
     if deployment is not None:
         services.router.engine(deployment)  # 404 for an unknown model
-    if services.metrics.health is None:
-        raise APIError(409, "Monitoring is off on this server (monitor.enabled: false).", code="monitoring_off")
-    return {"object": "list", "data": services.metrics.health.summary(window_s, engines, deployment),
+    health = require(services.metrics.health, "Monitoring is off on this server (monitor.enabled: false).",
+                     "monitoring_off")
+    return {"object": "list", "data": health.summary(window_s, engines, deployment),
             "gpus": await asyncio.to_thread(gpu_stats)}
 
 
@@ -75,11 +74,7 @@ async def list_scores(request: Request, deployment: str | None = None, name: str
                       source: Literal["monitor", "eval", "annotation", "api", "feedback"] | None = None,
                       tenant_id: str | None = None, start: datetime | None = None, end: datetime | None = None,
                       limit: int = Query(100, ge=1, le=1000)):
-    principal = principal_of(request)
-    if principal.role != Role.ADMIN.value:
-        if tenant_id is not None and tenant_id != principal.tenant_id:
-            raise PermissionDenied("You may only read your own tenant's scores.")
-        tenant_id = principal.tenant_id
+    tenant_id = tenant_scope(principal_of(request), tenant_id, "read the scores")
     rows = await _store(request).query(tenant_id, deployment, name, request_id, source, start, end, limit)
     return {"object": "list", "data": rows}
 

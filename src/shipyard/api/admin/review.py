@@ -12,10 +12,9 @@ from fastapi.responses import StreamingResponse
 from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
-from shipyard.api.errors import APIError
+from shipyard.api.errors import APIError, require
 from shipyard.experiments.review_items import STATUSES, LabelIn, ReviewError, ReviewItems, item_view
-from shipyard.gateway.errors import PermissionDenied
-from shipyard.gateway.roles import Role
+from shipyard.gateway.roles import tenant_scope
 from shipyard.monitor.scores import UnknownRequest
 
 router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/review", tags=["admin"])
@@ -24,20 +23,13 @@ ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _items(request: Request) -> ReviewItems:
-    services = services_of(request)
-    if services.db is None:
-        raise APIError(409, "This server keeps no review queue (it keeps no store).", code="review_off")
-    return ReviewItems(services.db, request.app.state.config.review.claim_ttl_s)
+    db = require(services_of(request).db, "This server keeps no review queue (it keeps no store).", "review_off")
+    return ReviewItems(db, request.app.state.config.review.claim_ttl_s)
 
 
 def _scope(request: Request, tenant_id: str | None = None) -> str | None:
     """The tenant whose items the caller may see: any (None) for admins, else their own."""
-    principal = principal_of(request)
-    if principal.role == Role.ADMIN.value:
-        return tenant_id
-    if tenant_id is not None and tenant_id != principal.tenant_id:
-        raise PermissionDenied("You may only review your own tenant's responses.")
-    return principal.tenant_id
+    return tenant_scope(principal_of(request), tenant_id, "review the responses")
 
 
 def _failed(exc: ReviewError) -> APIError:
