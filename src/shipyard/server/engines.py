@@ -17,18 +17,18 @@ from pydantic import TypeAdapter
 from shipyard.cache.engine import CachingEngine
 from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
-from shipyard.config import Replica as ReplicaSpec
-from shipyard.config import (
+from shipyard.config import ShipyardConfig
+from shipyard.routing.settings import (
     BreakerConfig,
     LaunchedReplica,
     LlamaCppDeployment,
     LlamaCppReplica,
-    ShipyardConfig,
     TransformersDeployment,
     TransformersReplica,
     TritonDeployment,
     UpstreamDeployment,
 )
+from shipyard.routing.settings import Replica as ReplicaSpec
 from shipyard.engines.base import Engine
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
