@@ -41,8 +41,12 @@ def _child(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+    # As a fresh interpreter starts: SIGPIPE ignored (a write to a socket the client closed is an
+    # EPIPE error, not the process's death), SIGINT as KeyboardInterrupt, the rest by default.
+    for sig in (signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import random
 
     random.seed()  # not the fork server's sequence

@@ -94,7 +94,7 @@ async def add_replica(name: str, request: Request, spec: dict[str, Any] = Body(.
     if deployment.make_replica is None:
         raise APIError(409, f"Replicas of '{name}' cannot be added here.", code="not_replicated")
     launch = spec.get("engine") == "launch"
-    if launch and not request.app.state.config.server.api_launch:
+    if launch and not services_of(request).api_launch:
         raise APIError(403, "Launching replicas over the API is off on this server (server.api_launch): it runs "
                        "programs on the gateway's host. Declare the replica in shipyard.yaml, or attach a "
                        "running server with engine: openai_http.", code="api_launch_disabled")
