@@ -73,6 +73,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/scaling_runtime.py
 	$(BIN)/python bench/experiments.py --shadow
+	$(BIN)/python bench/redesign.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

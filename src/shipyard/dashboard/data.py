@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from shipyard.gateway.keystore import aware
+from shipyard.gateway.roles import tenant_scope
 from shipyard.gateway.usage_report import usage_totals
 from shipyard.store.db import Database
 from shipyard.store.models import Score, UsageRecord
@@ -31,8 +32,8 @@ class Viewer:
 
     @property
     def scope(self) -> str | None:
-        """The tenant the viewer's data is limited to (None: every tenant)."""
-        return None if self.admin else self.tenant_id
+        """The tenant the viewer's data is limited to (None: every tenant), as for every admin route."""
+        return tenant_scope(self, None, "read the data")
 
 
 def _steps(window_s: float, step_s: float, now: datetime) -> tuple[datetime, int]:
