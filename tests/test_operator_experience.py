@@ -212,3 +212,8 @@ def test_the_review_export_link_works_from_a_signed_in_session(site):
     export = httpx.get(f"{site.base_url}/dashboard/review/export", cookies={"shipyard_dashboard": session},
                        timeout=30)
     assert export.status_code == 200 and export.headers["content-type"].startswith("application/jsonl")
+    admin = AdminClient(site.base_url)
+    viewer = admin.key(admin.tenant("export-viewer"), role="viewer")["key"]
+    refused = httpx.get(f"{site.base_url}/dashboard/review/export", headers={"authorization": f"Bearer {viewer}"},
+                        timeout=30)
+    assert refused.status_code == 403 and "application/jsonl" not in refused.headers["content-type"]
