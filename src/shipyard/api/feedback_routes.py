@@ -4,10 +4,10 @@ there). Any key that may call the models may send it, for its own tenant's respo
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import caller_of, services_of
 from shipyard.api.errors import APIError, require
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.experiments.feedback import FeedbackIn, InvalidFeedback, to_score
 from shipyard.monitor.scores import ScoreStore, UnknownRequest
 

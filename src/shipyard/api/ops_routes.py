@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from shipyard.api.strict_json import StrictJSONRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError
+from shipyard.api.strict_json import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute)
 

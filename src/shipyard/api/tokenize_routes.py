@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError
 from shipyard.api.protocol import Message, NullsAreDefaults
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.engines.base import ChatMessage, Prompt
 
 router = APIRouter(route_class=StrictJSONRoute)

@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import bearer_token, services_of
 from shipyard.api.admin.review import ItemId
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.dashboard import data, pages
 from shipyard.dashboard.review_page import review_page
 from shipyard.dashboard.session import COOKIE, SESSION_S, may_view

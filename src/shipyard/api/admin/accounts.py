@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.api.authorization import principal_of
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.gateway.auth import Principal
 from shipyard.gateway.auth import rotation_due as is_rotation_due
 from shipyard.gateway.errors import NotFound, PermissionDenied

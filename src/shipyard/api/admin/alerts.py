@@ -14,10 +14,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError, require
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.gateway.roles import Role, tenant_scope
 from shipyard.monitor.alert_store import RuleExists
 from shipyard.monitor.export import grafana_dashboard, prometheus_rules

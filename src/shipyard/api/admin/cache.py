@@ -8,10 +8,10 @@ shares the Redis cache (generation numbers, see cache/exact.py).
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.cache.engine import CachingEngine
 from shipyard.cache.exact import CacheUnavailable
 from shipyard.gateway.roles import tenant_scope

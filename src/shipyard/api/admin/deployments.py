@@ -11,11 +11,11 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
-from shipyard.api.strict_json import StrictJSONRoute
 from pydantic import ValidationError
 
 from shipyard.api.errors import APIError
 from shipyard.api.authorization import principal_of, services_of
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.engines.api_specs import check_api_spec
 from shipyard.routing.deployment import DeploymentEngine, ReplicaNameTaken
 

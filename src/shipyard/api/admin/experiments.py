@@ -6,10 +6,10 @@ traffic."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Query, Request
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError, require
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.experiments.registry import ExperimentError, ExperimentRegistry
 from shipyard.experiments.replay import ReplayBusy, ReplayIn
 from shipyard.experiments.report import decision_report

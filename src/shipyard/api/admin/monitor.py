@@ -17,10 +17,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError, require
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.gateway.roles import Role, tenant_scope
 from shipyard.monitor.gpu import gpu_stats
 from shipyard.monitor.scores import ScoreIn, ScoreStore, UnknownRequest, is_system_score

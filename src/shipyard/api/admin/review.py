@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.errors import APIError, require
+from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.experiments.review_items import STATUSES, LabelIn, ReviewError, ReviewItems, item_view
 from shipyard.gateway.roles import tenant_scope
 from shipyard.monitor.scores import UnknownRequest

@@ -5,10 +5,10 @@ triggers watch every tenant's scores."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
-from shipyard.api.strict_json import StrictJSONRoute
 
 from shipyard.api.authorization import services_of
 from shipyard.api.errors import APIError, require
+from shipyard.api.strict_json import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute, prefix="/admin/triggers", tags=["admin"])
 
