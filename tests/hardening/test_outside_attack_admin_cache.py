@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import time
 
-import httpx
 import numpy as np
 import pytest
 import redis as redis_sync
@@ -72,38 +70,36 @@ def test_a_replica_that_cannot_load_is_a_400_naming_why(site):
     admin = AdminClient(site.base_url)
     response = admin.post("/admin/deployments/routed/replicas", json={"engine": "transformers", "model": "/etc"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "replica_start_failed"
-    assert "backing store" not in response.text
+    assert "backing store" not in response.text and "(refused)" in site.log()  # audited all the same
     added = admin.post("/admin/deployments/routed/replicas",
                        json={"engine": "openai_http", "url": "http://127.0.0.1:9", "name": "spare",
                              "api_key_env": "SHIPYARD_UPSTREAM_SPARE"})
     assert added.status_code == 201, added.text
-    assert "replica spare added to routed by key" in site.log()  # the audit line
+    assert "replica spare of routed added by key" in site.log() and "(running)" in site.log()  # the audit line
     assert admin.http.delete("/admin/deployments/routed/replicas/spare").status_code == 200
 
 
 # ---------------------------------------------------------------- 2. the embedder's own thread
-class _SlowEmbedder:
-    """Stands for MiniLM on a busy core: each call takes a while."""
+def test_embeddings_never_hold_the_default_thread_pool():
+    """The real MiniLM embedder: eight long texts queued on its own thread, a ninth refused at once,
+    and tokenization's pool (one thread here) free all along. On a loop of its own: the shared test
+    loop keeps its default pool."""
+    from shipyard.embeddings import Embedder
 
-    def __call__(self, texts):
-        time.sleep(0.05)
-        return np.ones((len(texts), 4), dtype=np.float32) / 2
+    asyncio.run(_embeddings_beside_tokenization(Embedder(None, 1, max_waiting=8)))
 
 
-async def test_embeddings_never_hold_the_default_thread_pool():
-    from shipyard.embeddings import Embedder, EmbedderBusy
+async def _embeddings_beside_tokenization(embedder) -> None:
+    from shipyard.embeddings import EmbedderBusy
 
-    embedder = Embedder.__new__(Embedder)  # the real class, its model swapped for a slow stand-in
-    slow = _SlowEmbedder()
-    embedder.model, embedder._lock, embedder.num_threads = None, __import__("threading").Lock(), 1
-    embedder.max_waiting, embedder._waiting, embedder.refused = 8, 0, 0
-    embedder._executor = concurrent.futures.ThreadPoolExecutor(1)
     loop = asyncio.get_running_loop()
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))  # tokenization's pool, one thread
     finished: list[str] = []
+    text = " ".join(f"word{i}" for i in range(200))
 
     async def embed(i: int):
-        await embedder.run(slow, [f"prompt {i}"])
+        vectors = await embedder.embed([f"{text} {i}"])
+        assert vectors.shape == (1, 384)
         finished.append(f"embed {i}")
 
     async def tokenize():
@@ -113,10 +109,11 @@ async def test_embeddings_never_hold_the_default_thread_pool():
     embeds = [asyncio.create_task(embed(i)) for i in range(8)]
     await asyncio.sleep(0)
     with pytest.raises(EmbedderBusy):  # a ninth waits nowhere: refused at once (a cache miss)
-        await embedder.run(slow, ["one too many"])
+        await embedder.embed(["one too many"])
     await tokenize()
     await asyncio.gather(*embeds)
     assert finished.index("tokenize") < finished.index("embed 7")  # not queued behind the embeddings
+    assert embedder.refused == 1
 
 
 @pytest.fixture()

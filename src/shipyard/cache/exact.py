@@ -211,8 +211,15 @@ class ExactCache:
                 await self._bump(name)
 
     async def close(self) -> None:
+        """At shutdown: one last try of any invalidation Redis has not taken (it is only in this
+        process's memory), then stop retrying."""
         if self._retrying is not None:
             self._retrying.cancel()
+        for name in list(self.pending):
+            await self._bump(name)
+        if self.pending:
+            log.error("cache invalidations lost at shutdown, Redis never took them: %s; clear those scopes "
+                      "again", ", ".join(sorted(self.pending))[:500])
 
 
 class CacheUnavailable(RuntimeError):

@@ -126,21 +126,27 @@ def _period_start(period: str, now: datetime) -> datetime:
     return start if period == "day" else start.replace(day=1)
 
 
-async def names_and_budgets(keystore, db: Database, tenant: str | None) -> tuple[dict[str, str], list[dict]]:
-    """Tenant and key ids → names people gave them ("name (id)"), and every budget in view with
-    what was spent of it this period (its usage records, as the limiter counts them)."""
-    now = datetime.now(timezone.utc)
+async def owners(keystore, tenant: str | None) -> tuple[list, list, dict[str, str]]:
+    """The tenants and keys in view, and their ids → the names people gave them ("name (id)")."""
     tenants = await keystore.list_tenants(tenant)
     keys = await keystore.list_keys(tenant)
     names = {t.id: f"{t.name} ({t.id})" if t.name and t.name != t.id else t.id for t in tenants}
     names.update({k.id: f"{k.name} ({k.id})" if k.name else k.id for k in keys})
-    budgets = []
-    for whose, rows, column in (("tenant", tenants, "tenant_id"), ("key", keys, "key_id")):
-        for row in rows:
-            if row.budget_usd is None:
-                continue
-            period = row.budget_period or "month"
-            spent = await usage_totals(db, [], **{column: row.id}, start=_period_start(period, now))
-            budgets.append({"whose": whose, "name": names[row.id], "budget_usd": row.budget_usd, "period": period,
-                            "spent_usd": spent[0]["cost_usd"] if spent else 0.0})
-    return names, budgets
+    return tenants, keys, names
+
+
+async def budgets(db: Database, tenant: str | None, tenants: list, keys: list, names: dict[str, str]) -> list[dict]:
+    """Every budget in view with what was spent of it this period (its usage records, as the
+    limiter counts them): one usage sum per period and grouping, however many budgets there are."""
+    now = datetime.now(timezone.utc)
+    held = [("tenant", "tenant_id", row) for row in tenants if row.budget_usd is not None]
+    held += [("key", "key_id", row) for row in keys if row.budget_usd is not None]
+    spent: dict[tuple[str, str, str], float] = {}
+    for period in {row.budget_period or "month" for _, _, row in held}:
+        for column in {column for _, column, _ in held}:
+            for total in await usage_totals(db, [column], tenant, start=_period_start(period, now)):
+                spent[(period, column, total[column])] = total["cost_usd"]
+    return [{"whose": whose, "name": names[row.id], "budget_usd": row.budget_usd,
+             "period": row.budget_period or "month",
+             "spent_usd": spent.get((row.budget_period or "month", column, row.id), 0.0)}
+            for whose, column, row in held]

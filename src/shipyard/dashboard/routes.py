@@ -185,8 +185,9 @@ async def cost(request: Request, viewer: data.Viewer = Depends(viewer_of)):
     by_key = await usage_totals(db, ["key_id"], viewer.scope, start=since)
     by_user = await usage_totals(db, ["user"], viewer.scope, start=since)
     by_tenant = await usage_totals(db, ["tenant_id"], start=since) if viewer.admin else None
-    names, budgets = await data.names_and_budgets(services_of(request).keystore, db, viewer.scope)
-    body = pages.cost_page(by_key, by_user, by_tenant, names, budgets)
+    tenants, keys, names = await data.owners(services_of(request).keystore, viewer.scope)
+    in_view = await data.budgets(db, viewer.scope, tenants, keys, names)
+    body = pages.cost_page(by_key, by_user, by_tenant, names, in_view)
     return _html(pages.layout("Cost and usage", body, viewer, "/dashboard/cost"))
 
 
@@ -260,8 +261,7 @@ async def _review_html(request: Request, viewer: data.Viewer, error: str | None 
         rows = mine + await store.list(viewer.scope, "pending", limit=25) + [r for r in claimed if r not in mine]
         now = datetime.now(timezone.utc)
         items = [(item_view(r), r.status == "claimed" and store.claim_lapsed(r, now)) for r in rows]
-    names, _ = await data.names_and_budgets(services_of(request).keystore, services_of(request).db, viewer.scope) \
-        if items else ({}, [])
+    names = (await data.owners(services_of(request).keystore, viewer.scope))[2] if items else {}
     page = pages.layout("Review queue", review_page(items, viewer, error, names), viewer, "/dashboard/review",
                         refresh=False)
     return _html(page, status)

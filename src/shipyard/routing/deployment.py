@@ -40,7 +40,7 @@ from shipyard.engines.errors import (
 from shipyard.engines.watchdog import Watchdog
 from shipyard.routing.affinity import PrefixAffinity, prefix_blocks
 from shipyard.routing.balancer import Balancer
-from shipyard.routing.replica import Replica
+from shipyard.routing.replica import Replica, ReplicaNameTaken
 from shipyard.routing.resilience import Backoff
 from shipyard.routing.response_store import ResponseStore, answer_key, replay
 
@@ -64,10 +64,6 @@ class RoutingCounters:
     fallbacks: int = 0
     store_answers: int = 0
     no_replica: int = 0
-
-
-class ReplicaNameTaken(ValueError):
-    pass
 
 
 class DeploymentEngine(Engine):

@@ -26,3 +26,7 @@ class Replica:
     def load(self) -> float:
         stats = self.engine.stats()
         return stats.num_waiting + stats.num_running + self.outstanding
+
+
+class ReplicaNameTaken(ValueError):
+    """A deployment already has (or is adding, or removing) a replica of this name."""

@@ -17,7 +17,8 @@ from shipyard.api.errors import APIError
 from shipyard.api.authorization import principal_of, services_of
 from shipyard.api.strict_json import StrictJSONRoute
 from shipyard.engines.api_specs import check_api_spec
-from shipyard.routing.deployment import DeploymentEngine, ReplicaNameTaken
+from shipyard.routing.deployment import DeploymentEngine
+from shipyard.routing.replica import ReplicaNameTaken
 
 audit = logging.getLogger("shipyard.audit")
 log = logging.getLogger("shipyard.api")
@@ -107,7 +108,6 @@ async def add_replica(name: str, request: Request, spec: dict[str, Any] = Body(.
     except ValueError as exc:
         raise APIError(400, f"Invalid replica: {exc}", code="invalid_value") from None
     actor = principal_of(request).key_id
-    audit.warning("replica %s added to %s by key %s: %s", replica.name, name, actor, _audited(spec))
     try:
         await deployment.add_replica(replica)
     except ReplicaNameTaken as exc:
@@ -117,6 +117,9 @@ async def add_replica(name: str, request: Request, spec: dict[str, Any] = Body(.
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise APIError(400, f"Replica '{replica.name}' did not start: {first_line}"[:500],
                        code="replica_start_failed") from None
+    finally:  # the audit names every attempt, whatever its outcome
+        audit.warning("replica %s of %s added by key %s (%s): %s", replica.name, name, actor,
+                      "running" if any(r is replica for r in deployment.replicas) else "refused", _audited(spec))
     return _view(name, deployment)
 
 
