@@ -118,6 +118,18 @@ class FakeVLLM:
         return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": status}},
                                  status=status)
 
+    async def _send_tool_call(self, body, send) -> None:
+        """vLLM's streamed tool call (serving_chat.py, `DeltaToolCall` dumped without unset
+        fields): id, type and name first, then the arguments in pieces."""
+        choice = body.get("tool_choice")
+        name = choice["function"]["name"] if isinstance(choice, dict) else body["tools"][0]["function"]["name"]
+        first = {"id": f"chatcmpl-tool-{self.name}{len(self.requests)}", "type": "function", "index": 0,
+                 "function": {"name": name, "arguments": ""}}
+        await send([{"index": 0, "delta": {"tool_calls": [first]}, "logprobs": None, "finish_reason": None}])
+        for piece in ('{"city": ', '"Paris"}'):
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            await send([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
     async def _triton(self, request):
         body = await request.json()
         self.requests.append(body)
@@ -164,6 +176,13 @@ class FakeVLLM:
             if chat:
                 await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None}])
+            if chat and body.get("tools") and body.get("tool_choice", "auto") != "none":
+                await self._send_tool_call(body, send)
+                count = 0
+            elif chat and body.get("response_format", {}).get("type") in ("json_object", "json_schema", "json"):
+                for piece in ('{"answer": ', f'"{self.name}"', "}"):
+                    await send([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
+                count = 0
             for i in range(count):
                 text = f"{self.name}-{i} "
                 await send([{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}] if chat
@@ -174,7 +193,8 @@ class FakeVLLM:
                     request.transport.close()  # and the connection just ends
                     return response
                 await asyncio.sleep(self.delay_s if self.mode == "slow_stream" else 0)
-            finish = {"index": 0, "logprobs": None, "finish_reason": "length", "stop_reason": None}
+            reason = "length" if count else ("tool_calls" if chat and body.get("tools") else "stop")
+            finish = {"index": 0, "logprobs": None, "finish_reason": reason, "stop_reason": None}
             await send([{**finish, "delta": {}} if chat else {**finish, "text": ""}])
             if (body.get("stream_options") or {}).get("include_usage"):
                 await send([], {"prompt_tokens": 7, "total_tokens": 7 + count, "completion_tokens": count})

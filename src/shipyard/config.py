@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shipyard.cache.settings import CacheConfig
+from shipyard.engines.settings import EmbeddingEngineConfig
 from shipyard.experiments.feedback import FeedbackConfig
 from shipyard.experiments.review import ReviewConfig
 from shipyard.experiments.spec import ExperimentSpec
@@ -40,6 +41,8 @@ from shipyard.routing.settings import (
 from shipyard.scaling.settings import AutoscalingConfig
 from shipyard.store.settings import StoreConfig
 
+
+BUILTIN_EMBEDDING_NAME = "shipyard-embed"
 
 __all__ = ["AutoscalingConfig", "Deployment", "RoutedDeployment", "ServerConfig", "ShipyardConfig",
            "TransformersDeployment"]
@@ -111,6 +114,9 @@ class ShipyardConfig(BaseModel):
     cache: CacheConfig = CacheConfig()
     monitor: MonitorConfig = MonitorConfig()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
+    embeddings: dict[str, EmbeddingEngineConfig] = Field(
+        default_factory=dict, description="embedding models served on /v1/embeddings (sentence-transformers "
+                                          "folders, or 'builtin': the shipped all-MiniLM-L6-v2)")
     experiments: list[ExperimentSpec] = Field(default_factory=list, description="shadow, canary, A/B and "
                                               "champion-challenger over deployments (docs/experiments.md); "
                                               "seeded into the store at start")
@@ -125,6 +131,23 @@ class ShipyardConfig(BaseModel):
             return cls()
         data = yaml.safe_load(Path(path).read_text()) or {}
         return cls.model_validate(data)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> ShipyardConfig:
+        both = set(self.deployments) & set(self.embeddings)
+        if both:
+            raise ValueError(f"{sorted(both)} name both a deployment and an embedding model")
+        return self
+
+    def with_embedding_model(self, model: str) -> ShipyardConfig:
+        """Add an embedding model: 'builtin' serves the shipped MiniLM as `shipyard-embed`; a folder
+        is served under its folder's name."""
+        name = BUILTIN_EMBEDDING_NAME if model == "builtin" else Path(model).expanduser().resolve().name
+        path = model if model == "builtin" else str(Path(model).expanduser())
+        base = self.embeddings.get(name)
+        settings = {**(base.model_dump() if base is not None else {}), "model": path}
+        embeddings = {**self.embeddings, name: EmbeddingEngineConfig.model_validate(settings)}
+        return self.model_copy(update={"embeddings": embeddings})
 
     def with_model(self, model_path: str, name: str | None = None) -> ShipyardConfig:
         """Add (or replace) a deployment serving `model_path`, named after its folder by default."""

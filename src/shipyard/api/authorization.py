@@ -26,6 +26,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission | None] = {
     ("GET", "/metrics"): Permission.METRICS_READ,
     ("POST", "/v1/chat/completions"): Permission.INFERENCE,
     ("POST", "/v1/completions"): Permission.INFERENCE,
+    ("POST", "/v1/embeddings"): Permission.INFERENCE,
     ("WS", "/v1/chat/completions"): Permission.INFERENCE,
     ("WS", "/v1/completions"): Permission.INFERENCE,
     ("POST", "/v1/feedback"): Permission.INFERENCE,  # on the caller's own tenant's responses only

@@ -6,6 +6,7 @@ import codecs
 
 from shipyard import __version__
 from shipyard.engines.base import TokenLogprob, Usage
+from shipyard.engines.structured import ToolCall
 
 SYSTEM_FINGERPRINT = f"shipyard-{__version__}"
 
@@ -112,10 +113,15 @@ class ChatFormatter(_Formatter):
         return {**self.base, "object": "chat.completion", "choices": choices, "usage": usage_dict(usage)}
 
     @staticmethod
-    def choice(index: int, text: str, finish_reason: str, logprobs: list[TokenLogprob] | None) -> dict:
+    def choice(index: int, text: str, finish_reason: str, logprobs: list[TokenLogprob] | None,
+               tool_calls: list[ToolCall] | None = None) -> dict:
+        message = {"role": "assistant", "content": text, "refusal": None}
+        if tool_calls:  # OpenAI's shape: the calls, and no content unless the model wrote some
+            message["tool_calls"] = [call.openai() for call in tool_calls]
+            message["content"] = text if text.strip() else None
         return {
             "index": index,
-            "message": {"role": "assistant", "content": text, "refusal": None},
+            "message": message,
             "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
             "finish_reason": finish_reason,
         }

@@ -45,7 +45,7 @@ def _is_valid_request_id(value: str) -> bool:
     return 0 < len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value)
 
 
-METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 class RequestContextMiddleware:

@@ -119,7 +119,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                                  caller_of(request))
 
     async def build_body(results):
-        choices = [ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None)
+        choices = [ChatFormatter.choice(i, "".join(c.text), c.finish_reason, c.logprobs if want_logprobs else None,
+                                        c.tool_calls)
                    for i, c in enumerate(results)]
         response = fmt.response(choices, gen.usage)
         if body.prompt_logprobs is not None:

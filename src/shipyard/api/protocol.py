@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shipyard.api.errors import APIError
+from shipyard.api.tools_protocol import ToolCallIn, output_shape
 from shipyard.engines.base import ChatMessage, Prompt, SamplingParams
 
 
@@ -48,7 +49,21 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=128)
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _tool_turns(self):
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a message with role 'tool' must have a tool_call_id (the call it answers)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages may carry tool_calls")
+        return self
+
+    def engine_message(self) -> ChatMessage:
+        return ChatMessage(role=self.role, content=self.text(), name=self.name, tool_call_id=self.tool_call_id,
+                           tool_calls=[c.engine_call() for c in self.tool_calls] if self.tool_calls else None)
 
     def text(self) -> str:
         if self.content is None:
@@ -204,6 +219,7 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool = True
     response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -213,21 +229,19 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
     def to_engine(self) -> tuple[Prompt, SamplingParams]:
-        if self.tools and self.tool_choice != "none":
-            raise APIError(400, "Tool calling is not supported by this deployment; omit 'tools' or set "
-                           "tool_choice to 'none'.", param="tools", code="unsupported_parameter")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise APIError(400, "Only response_format type 'text' is supported by this deployment.",
-                           param="response_format", code="unsupported_parameter")
+        shape = output_shape(self.tools, self.tool_choice, self.response_format)
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs",
                            code="invalid_value")
-        messages = [ChatMessage(role=m.role, content=m.text()) for m in self.messages]
+        messages = [m.engine_message() for m in self.messages]
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         if max_tokens is not None and max_tokens < 1:
             raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens",
                            code="invalid_value")
-        return Prompt(messages=messages), self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
+        params = self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
+        params.response_format, params.tool_choice, params.tool_name = shape.response_format, shape.choice, shape.name
+        params.parallel_tool_calls = self.parallel_tool_calls
+        return Prompt(messages=messages, tools=shape.tools), params
 
 
 class CompletionRequest(_SamplingFields):

@@ -70,6 +70,8 @@ def chat_events(gen: Generation, fmt: ChatFormatter, want_logprobs: bool) -> Asy
         if chunk.text or (want_logprobs and chunk.logprobs):
             logprobs = chat_logprobs(chunk.logprobs) if want_logprobs and chunk.logprobs else None
             events.append(fmt.chunk(chunk.index, {"content": chunk.text}, logprobs=logprobs))
+        if chunk.tool_calls:
+            events.append(fmt.chunk(chunk.index, {"tool_calls": [d.openai() for d in chunk.tool_calls]}))
         if chunk.finish_reason is not None:
             events.append(fmt.chunk(chunk.index, {}, finish_reason=chunk.finish_reason))
         return events

@@ -22,7 +22,7 @@ from shipyard.cache import keys, recording
 from shipyard.cache.exact import ExactCache
 from shipyard.cache.semantic import SemanticCache
 from shipyard.embeddings import EmbedderBusy
-from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, Prompt
+from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, Prompt, SamplingParams
 
 log = logging.getLogger("shipyard.cache")
 
@@ -78,6 +78,9 @@ class CachingEngine(Engine):
 
     async def encode(self, prompt: Prompt, add_special_tokens: bool = True):
         return await self.inner.encode(prompt, add_special_tokens)
+
+    async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
+        await self.inner.prepare(prompt, params)
 
     async def decode(self, token_ids: list[int]) -> str:
         return await self.inner.decode(token_ids)

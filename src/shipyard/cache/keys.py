@@ -23,13 +23,15 @@ def canonical_params(params: SamplingParams) -> str:
 
 
 def canonical_prompt(request: GenerationRequest) -> str:
-    """Token ids where the server has them (the chat template applied), else the prompt as sent."""
-    if request.prompt_ids is not None:
-        return json.dumps({"ids": request.prompt_ids}, separators=(",", ":"))
+    """Token ids where the server has them (the chat template applied), else the prompt as sent;
+    the tools offered either way (what a call may name is part of the question)."""
     prompt = request.prompt
-    return json.dumps({"text": prompt.text, "ids": prompt.token_ids,
-                       "messages": [[m.role, m.content] for m in prompt.messages] if prompt.messages else None},
-                      separators=(",", ":"))
+    tools = [dataclasses.asdict(t) for t in prompt.tools] if prompt.tools else None
+    if request.prompt_ids is not None:
+        return json.dumps({"ids": request.prompt_ids, "tools": tools}, separators=(",", ":"), sort_keys=True)
+    messages = [dataclasses.asdict(m) for m in prompt.messages] if prompt.messages else None
+    return json.dumps({"text": prompt.text, "ids": prompt.token_ids, "messages": messages, "tools": tools},
+                      separators=(",", ":"), sort_keys=True)
 
 
 def partition(scope: str, deployment: str, identity: str, params: SamplingParams) -> str:
@@ -46,5 +48,9 @@ def request_key(partition_id: str, request: GenerationRequest) -> str:
 
 
 def prompt_text(request: GenerationRequest) -> str | None:
-    """The prompt as text, for embedding (None for token-id prompts)."""
-    return request.prompt.as_text()
+    """The prompt as text, for embedding (None for token-id prompts, and for chats with tools: a
+    similar question with other tools or results is not the same question)."""
+    prompt = request.prompt
+    if prompt.tools or any(m.tool_calls or m.tool_call_id for m in prompt.messages or []):
+        return None
+    return prompt.as_text()

@@ -23,14 +23,27 @@ def serve_command(
                                           "here) or ray (Ray Serve on a Ray cluster; every model becomes an "
                                           "autoscaled deployment)"),
     ray_address: Optional[str] = typer.Option(None, help="The Ray cluster's head (host:port) for --runtime ray"),
+    embedding_model: Optional[str] = typer.Option(None, "--embedding-model",
+                                                  help="Also serve an embedding model on /v1/embeddings: 'builtin' "
+                                                       "(the shipped all-MiniLM-L6-v2, as shipyard-embed) or a "
+                                                       "sentence-transformers folder (under its folder's name)"),
 ):
     """Serve models over an OpenAI-compatible API (the built-in demo model if none is given)."""
     cfg = configure(config, model, served_model_name, host, port, log_format, num_threads, demo_default=True)
+    if embedding_model is not None:
+        cfg = with_embedding_model(cfg, embedding_model)
     if runtime is not None or ray_address is not None:
         cfg = _on_runtime(cfg, runtime or "ray", ray_address)
     if workers is not None:
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"workers": workers})})
     run_gateway(cfg)
+
+
+def with_embedding_model(cfg, model: str):
+    if model != "builtin" and not Path(model).expanduser().is_dir():
+        raise typer.BadParameter(f"{model} is not a folder (give a sentence-transformers folder, or 'builtin')",
+                                 param_hint="--embedding-model")
+    return cfg.with_embedding_model(model)
 
 
 def run_gateway(cfg) -> None:

@@ -10,13 +10,15 @@ HTTP, llama.cpp in-process), never in this shape: routing, caching and the api l
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from shipyard.engines.errors import InvalidRequestError
+from shipyard.engines.structured import ResponseFormat, Tool, ToolCall, ToolCallDelta
 
-FinishReason = Literal["stop", "length", "abort", "error"]
+FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 
 @dataclass(slots=True)
@@ -41,12 +43,20 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # Logprobs of every prompt token (the first has none): None = not wanted, k = with the top k.
     prompt_logprobs: int | None = None
+    # The output's shape (engines/structured.py): a JSON schema to keep to, and how tools are called
+    response_format: ResponseFormat | None = None
+    tool_choice: str = "auto"  # "none" | "auto" | "required" | "named" (then `tool_name`)
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
 
 
 @dataclass(slots=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +66,7 @@ class Prompt:
     text: str | None = None
     token_ids: list[int] | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[Tool] | None = None  # the functions a chat's model may call (rendered into its prompt)
 
     def as_text(self) -> str | None:
         """The prompt as text, for embeddings and descriptors (None for token-id prompts)."""
@@ -150,6 +161,8 @@ class GenerationChunk:
     # On a choice's last chunk, from engines that measure it: mean_logprob, min_logprob,
     # mean_entropy and tokens (the model's confidence in what it wrote; see monitor/confidence.py)
     confidence: dict | None = None
+    # Tool calls, parsed from the output (or an upstream's deltas), in OpenAI's streamed shape
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 @dataclass(slots=True)
@@ -226,6 +239,11 @@ class Engine(abc.ABC):
         result as `GenerationRequest.prompt_ids` spares the engine a second tokenization."""
         return None
 
+    async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
+        """Before `generate()`: whatever the request's output shape needs built (a grammar,
+        compiled off the event loop and remembered), refused here with `InvalidRequestError`
+        when it cannot be. Engines that keep no grammar (upstreams) pass it on as it is."""
+
     async def decode(self, token_ids: list[int]) -> str:
         """Token ids → text (vLLM's /detokenize)."""
         raise InvalidRequestError("This engine cannot detokenize.", "tokens", "unsupported")
@@ -272,4 +290,7 @@ def estimate_prompt_tokens(prompt: Prompt) -> int:
     if prompt.token_ids is not None:
         return len(prompt.token_ids)
     texts = [prompt.text or ""] if prompt.messages is None else [m.content for m in prompt.messages]
+    for message in prompt.messages or []:
+        texts += [call.name + call.arguments for call in message.tool_calls or []]
+    texts += [json.dumps(tool.openai()) for tool in prompt.tools or []]
     return max(1, (sum(len(t) for t in texts) + 3) // 4 + (4 * len(prompt.messages or [])))

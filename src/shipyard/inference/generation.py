@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from shipyard.inference.drain import Drain
 from shipyard.inference.record import RequestRecord
 from shipyard.engines.base import Engine, GenerationChunk, GenerationRequest, TokenLogprob, Usage
+from shipyard.engines.structured import ToolCall, ToolCallDelta, merge_deltas
 from shipyard.monitor.metrics import ServingMetrics
 
 _INTERRUPTED = object()  # the drain's signal, queued like a chunk
@@ -28,6 +29,11 @@ class ChoiceResult:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    tool_call_deltas: list[ToolCallDelta] = field(default_factory=list)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return merge_deltas(self.tool_call_deltas)
 
 
 class Generation:
@@ -280,6 +286,8 @@ class Generation:
             choice.text.append(chunk.text)
             if chunk.logprobs is not None:
                 choice.logprobs = (choice.logprobs or []) + chunk.logprobs
+            if chunk.tool_calls:
+                choice.tool_call_deltas += chunk.tool_calls
             if chunk.finish_reason is not None:
                 choice.finish_reason = chunk.finish_reason
         return results

@@ -55,6 +55,8 @@ async def start(services: Services, caller: Caller, record: RequestRecord, engin
                                   f"n={params.n}); the limit is {services.max_sequences_per_request} per request.",
                                   "prompt", "too_many_sequences")
     prompt_ids = [await engine.encode(prompt) for prompt in prompts]
+    for prompt in prompts:  # a grammar for the output's shape, compiled off the event loop
+        await engine.prepare(prompt, params)
     prompt_tokens = sum(len(ids) if ids is not None else estimate_prompt_tokens(prompt)
                         for prompt, ids in zip(prompts, prompt_ids))
     on_finish, on_error = await _admit(services, caller, record, prompt_tokens, params.max_tokens, len(prompts),
@@ -85,6 +87,29 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
     """Take the limits and an admission slot; wire the accounting to the end of the response."""
     gateway = services.gateway
     usage_id = record.usage_id
+    principal, ticket = await take_ticket(services, caller, record, usage_id, prompt_tokens, max_tokens, prompts,
+                                          choices)
+
+    async def on_finish(gen: Generation, status: int) -> None:
+        await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
+                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache,
+                             gen.usage.compute_s, record.response_id, record.variant, record.episode)
+        if services.hooks.finished:
+            services.hooks.request_finished(_finished(gen, status, usage_id, principal, record))
+
+    async def on_error(exc: BaseException) -> None:
+        status = services.status_of(exc)  # as the client is told (api/errors.py maps it)
+        await gateway.finish(ticket, usage_id, status, prompt_tokens, 0, 0, monotonic_ms(record.arrival), None,
+                             response_id=record.response_id, variant=record.variant, episode=record.episode)
+
+    return on_finish, on_error
+
+
+async def take_ticket(services: Services, caller: Caller, record: RequestRecord, usage_id: str, prompt_tokens: int,
+                      max_tokens: int | None, prompts: int, choices: int):
+    """The gateway's admission (limits, tiered queue), with one re-authentication when another
+    replica changed the key; a refusal is metered. Returns (principal, ticket)."""
+    gateway = services.gateway
     principal = caller.principal
     try:
         try:
@@ -101,20 +126,7 @@ async def _admit(services: Services, caller: Caller, record: RequestRecord, prom
         raise
     record.metered = True  # finish() writes its usage row, however it ends
     record.rate_limit_headers = ticket.headers()
-
-    async def on_finish(gen: Generation, status: int) -> None:
-        await gateway.finish(ticket, usage_id, status, gen.usage.prompt_tokens, gen.usage.completion_tokens,
-                             gen.usage.cached_tokens, monotonic_ms(record.arrival), record.ttft_ms, record.cache,
-                             gen.usage.compute_s, record.response_id, record.variant, record.episode)
-        if services.hooks.finished:
-            services.hooks.request_finished(_finished(gen, status, usage_id, principal, record))
-
-    async def on_error(exc: BaseException) -> None:
-        status = services.status_of(exc)  # as the client is told (api/errors.py maps it)
-        await gateway.finish(ticket, usage_id, status, prompt_tokens, 0, 0, monotonic_ms(record.arrival), None,
-                             response_id=record.response_id, variant=record.variant, episode=record.episode)
-
-    return on_finish, on_error
+    return principal, ticket
 
 
 def _finished(gen: Generation, status: int, usage_id: str, principal, record: RequestRecord) -> FinishedRequest:

@@ -27,6 +27,7 @@ from shipyard.engines.base import (
     GenerationRequest,
     ModelInfo,
     Prompt,
+    SamplingParams,
     Usage,
     estimate_prompt_tokens,
 )
@@ -134,6 +135,11 @@ class DeploymentEngine(Engine):
     async def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int] | None:
         engine = self._any_engine()  # scaled to zero: no tokenizer to ask, the gateway estimates
         return await engine.encode(prompt, add_special_tokens) if engine is not None else None
+
+    async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
+        engine = self._any_engine()
+        if engine is not None:
+            await engine.prepare(prompt, params)
 
     async def decode(self, token_ids: list[int]) -> str:
         engine = self._any_engine()

@@ -7,6 +7,8 @@ the same `resolve()` so that the api layer never learns about them.
 from __future__ import annotations
 
 from shipyard.engines.base import Engine, ModelInfo
+from shipyard.engines.embedding_engine import EmbeddingEngine
+from shipyard.engines.errors import InvalidRequestError
 
 
 class ModelNotFoundError(LookupError):
@@ -16,8 +18,10 @@ class ModelNotFoundError(LookupError):
 
 
 class Router:
-    def __init__(self, engines: dict[str, Engine], front: dict[str, Engine] | None = None):
+    def __init__(self, engines: dict[str, Engine], front: dict[str, Engine] | None = None,
+                 embedders: dict[str, EmbeddingEngine] | None = None):
         self._engines = dict(engines)
+        self._embedders = dict(embedders or {})  # embedding models: /v1/embeddings only
         # Layers in front of a deployment's engine (the cache): requests go through them, while
         # the admin routes, metrics and lifecycle see the engine itself.
         self.front = dict(front or {})
@@ -26,8 +30,28 @@ class Router:
         """The engine that serves requests for `model` (behind its layers)."""
         engine = self.front.get(model) or self._engines.get(model)
         if engine is None:
+            if model in self._embedders:
+                raise InvalidRequestError(f"'{model}' is an embedding model: call /v1/embeddings with it.", "model",
+                                          "wrong_endpoint")
             raise ModelNotFoundError(model)
         return engine
+
+    def embedder(self, model: str) -> EmbeddingEngine:
+        """The embedding model called `model` (/v1/embeddings)."""
+        engine = self._embedders.get(model)
+        if engine is None:
+            if model in self._engines:
+                raise InvalidRequestError(f"'{model}' generates text and makes no embeddings; name an embedding "
+                                          "model.", "model", "wrong_endpoint")
+            raise ModelNotFoundError(model)
+        return engine
+
+    def embedders(self) -> dict[str, EmbeddingEngine]:
+        return dict(self._embedders)
+
+    def watched(self) -> dict:
+        """Every model whose queue and load the metrics show: chat deployments and embedding models."""
+        return {**self._engines, **self._embedders}
 
     def engine(self, model: str) -> Engine:
         """The deployment's own engine, without the layers in front."""
@@ -37,18 +61,19 @@ class Router:
         return engine
 
     def models(self) -> list[ModelInfo]:
-        return [engine.model for engine in self._engines.values()]
+        return [engine.model for engine in (*self._engines.values(), *self._embedders.values())]
 
     def engines(self) -> dict[str, Engine]:
         return dict(self._engines)
 
     def ready(self) -> bool:
-        return bool(self._engines) and all(e.ready() for e in self._engines.values())
+        every = self.watched()
+        return bool(every) and all(e.ready() for e in every.values())
 
     async def start(self) -> None:
-        for engine in self._engines.values():
+        for engine in self.watched().values():
             await engine.start()
 
     async def stop(self) -> None:
-        for engine in self._engines.values():
+        for engine in self.watched().values():
             await engine.stop()

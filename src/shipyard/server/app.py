@@ -10,7 +10,7 @@ import sys
 
 from fastapi import FastAPI
 
-from shipyard.api import feedback_routes, openai_routes, ops_routes, tokenize_routes, websocket
+from shipyard.api import embeddings_routes, feedback_routes, openai_routes, ops_routes, tokenize_routes, websocket
 from shipyard.api.admin import accounts as accounts_routes
 from shipyard.api.admin import alerts as alert_routes
 from shipyard.api.admin import cache as cache_routes
@@ -45,8 +45,8 @@ from shipyard.routing.router import Router
 from shipyard.scaling.local import LocalAutoscaler, autoscaler_families
 from shipyard.scaling.ray_runtime import RayServeAutoscaler, replica_token
 from shipyard.server.assembly import assemble
-from shipyard.server.engines import (build_caches, build_engines, cache_redis_url_of, engines_running, redis_client,
-                                     redis_url_of)
+from shipyard.server.engines import (build_caches, build_embedders, build_engines, cache_redis_url_of,
+                                     engines_running, redis_client, redis_url_of)
 from shipyard.store.db import Database, default_url
 
 log = logging.getLogger("shipyard.app")
@@ -91,9 +91,9 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     cache_url = cache_redis_url_of(config)
     cache_redis = redis_client(cache_url) if cache_url else redis  # the limits' own, unless one is given
     caches = build_caches(config, engines, cache_redis)
-    router = Router(engines, caches)
+    router = Router(engines, caches, build_embedders(config))
     hooks = RequestHooks()  # how monitoring and experiments observe the request path
-    metrics = ServingMetrics(router.engines, lambda: router.front, windows=config.monitor.enabled, hooks=hooks,
+    metrics = ServingMetrics(router.watched, lambda: router.front, windows=config.monitor.enabled, hooks=hooks,
                              slice_s=config.monitor.window_slice_s)
     data_dir = config.store.resolved_data_dir()
     db = Database(config.store.url or default_url(data_dir))
@@ -106,11 +106,11 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
     spool = f"usage-spool-{os.getpid()}.jsonl" if os.environ.get(WORKER_PROCESS_ENV) else "usage-spool.jsonl"
     meter = UsageMeter(db, data_dir / spool, gw.usage_flush_interval_s)
     admissions = {name: TieredAdmission(gw.max_inflight, gw.max_queue, gw.queue_timeout_s,
-                                        config.server.retry_after_s) for name in config.deployments}
+                                        config.server.retry_after_s) for name in (*config.deployments, *config.embeddings)}
     deployment_limits = {name: Limits(rpm=l.rpm, tpm=l.tpm, max_concurrent=l.max_concurrent)
                          for name, l in gw.deployment_limits.items()}
     gateway = Gateway(authenticator, limiter, meter, admissions, deployment_limits, gw.prices,
-                      gw.default_completion_estimate, compute_rate_of(router.engines, config.monitor.compute_prices))
+                      gw.default_completion_estimate, compute_rate_of(router.watched, config.monitor.compute_prices))
     score_writer = ScoreWriter(db, gw.usage_flush_interval_s)
     autoscalers = {name: RayServeAutoscaler(engines[name], spec.autoscaling, replica_token(pepper, name),
                                             ray_application())
@@ -167,8 +167,8 @@ def build_app(config: ShipyardConfig, engines: dict[str, Engine] | None = None) 
                         | review_text_deployments(config),
                         autoscalers=autoscalers, experiments=improvement.experiments, canary=improvement.canary,
                         triggers=improvement.triggers, replays=improvement.replays)
-    app = assemble(config, services, lifespan, (openai_routes, tokenize_routes, websocket, ops_routes, feedback_routes,
-                                                 accounts_routes, deployment_routes, cache_routes, monitor_routes,
+    app = assemble(config, services, lifespan, (openai_routes, embeddings_routes, tokenize_routes, websocket,
+                                                 ops_routes, feedback_routes, accounts_routes, deployment_routes, cache_routes, monitor_routes,
                                                  alert_routes, experiment_routes, review_routes, trigger_routes,
                                                  dashboard_routes))
     app.state.dashboard_sessions = Sessions(pepper, keystore)

@@ -30,6 +30,7 @@ from shipyard.routing.settings import (
 )
 from shipyard.routing.settings import Replica as ReplicaSpec
 from shipyard.engines.base import Engine
+from shipyard.engines.embedding_engine import EmbeddingEngine
 from shipyard.engines.launch import LaunchedEngine
 from shipyard.engines.llamacpp_engine import LlamaCppEngine
 from shipyard.engines.transformers_engine import TransformersEngine
@@ -133,6 +134,10 @@ def redis_client(url: str | None):
     pool = redis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=10.0, socket_timeout=1.0,
                                                  socket_connect_timeout=1.0, health_check_interval=30)
     return redis.Redis(connection_pool=pool)
+
+
+def build_embedders(config: ShipyardConfig) -> dict[str, EmbeddingEngine]:
+    return {name: EmbeddingEngine(spec, model_id=name) for name, spec in config.embeddings.items()}
 
 
 def build_caches(config: ShipyardConfig, engines: dict[str, Engine], redis) -> dict[str, CachingEngine]:

@@ -142,17 +142,32 @@ class EngineCore:
                 seq.output_counts = self.sampler.new_counts()
             seq.output_counts[token] += 1
 
-        if token in seq.eos_token_ids and not seq.params.ignore_eos:
+        eos = token in seq.eos_token_ids
+        if seq.matcher is not None and not eos and not seq.matcher.consume_token(token):
+            self._finish(seq, "error", None, now)  # the mask allowed it: the grammar's state broke
+        elif eos and not seq.params.ignore_eos:
             self._finish(seq, "stop", None, now)
         elif token in seq.params.stop_token_ids:
             self._finish(seq, "stop", token, now)
         else:
             text, stop = seq.stop_matcher.feed(seq.detokenizer.add(token))
-            seq.pending_text += text
+            self._add_text(seq, text)
             if stop is not None:
                 self._finish(seq, "stop", stop, now, flush=False)
+            elif seq.matcher is not None and seq.matcher.is_stopped():  # the grammar is complete
+                self._finish(seq, "stop", None, now)
             elif len(seq.output_ids) >= seq.max_tokens or seq.length >= self.max_model_len:
                 self._finish(seq, "length", None, now)
+
+    @staticmethod
+    def _add_text(seq: Sequence, text: str) -> None:
+        """Text after stop strings; with tools, calls are taken out of it as they are written."""
+        if seq.tool_parser is None:
+            seq.pending_text += text
+            return
+        content, calls = seq.tool_parser.feed(text)
+        seq.pending_text += content
+        seq.pending_tool_calls += calls
 
     def _finish(self, seq: Sequence, reason: str, stop_reason: str | int | None, now: float, flush: bool = True):
         if flush:  # text held for a possible stop string, or a partial character, is real output
@@ -161,7 +176,13 @@ class EngineCore:
                 reason, stop_reason = "stop", stop
             else:
                 text += seq.stop_matcher.flush()
-            seq.pending_text += text
+            self._add_text(seq, text)
+        if seq.tool_parser is not None:
+            content, calls = seq.tool_parser.flush()
+            seq.pending_text += content
+            seq.pending_tool_calls += calls
+            if reason == "stop" and seq.tool_parser.calls:
+                reason = "tool_calls"
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         seq.stop_reason = stop_reason
@@ -181,8 +202,11 @@ class EngineCore:
                 stop_reason=seq.stop_reason,
                 timings=seq.timings,
                 confidence=seq.confidence() if seq.finish_reason is not None else None,
+                tool_calls=seq.pending_tool_calls or None,
             )
             seq.pending_text, seq.pending_ids, seq.pending_logprobs = "", [], []
+            if seq.pending_tool_calls:
+                seq.pending_tool_calls = []
             group = self.scheduler.groups.get(seq.request_id)
             if group is not None and group.prompt_logprobs is not None:  # once, on the first chunk
                 chunk.prompt_logprobs, group.prompt_logprobs = group.prompt_logprobs, None

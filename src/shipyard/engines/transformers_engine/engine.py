@@ -19,6 +19,7 @@ from shipyard.engines.base import (
     GenerationRequest,
     ModelInfo,
     Prompt,
+    SamplingParams,
     Timings,
     path_identity,
 )
@@ -39,6 +40,9 @@ from shipyard.engines.transformers_engine.scheduler import Scheduler
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup
 from shipyard.engines.settings import TransformersEngineConfig
 from shipyard.engines.stop_strings import StopStringMatcher, StopStrings
+from shipyard.engines.tools.formats import HERMES, detect_format, template_knows_tools
+from shipyard.engines.tools.parser import ToolCallParser
+from shipyard.engines.tools.prompt import has_tool_turns, template_inputs
 
 log = logging.getLogger("shipyard.engine")
 
@@ -62,6 +66,10 @@ class TransformersEngine(Engine):
         self._ready = False
         self._failed: BaseException | None = None
         self._identity: str | None = None
+        self._tool_format = HERMES
+        self._native_tools = False
+        self._grammars = None  # GrammarCompiler, made on the first constrained request
+        self._grammars_lock = threading.Lock()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -74,11 +82,15 @@ class TransformersEngine(Engine):
             raise
         loaded = self._loaded
         self.model.max_model_len = loaded.max_model_len
+        template = getattr(loaded.tokenizer, "chat_template", None)
+        self._tool_format = detect_format(template if isinstance(template, str) else None, self.config.tool_parser)
+        self._native_tools = template_knows_tools(template if isinstance(template, str) else None)
         self._token_text = TokenTextCache(loaded.tokenizer)
         self._core = EngineCore(
             runner,
             Scheduler(runner.cache, self.config.max_num_seqs, self.config.max_prefill_tokens),
-            Sampler(loaded.vocab_size, self._token_text, loaded.device, self.config.confidence_scores),
+            Sampler(loaded.vocab_size, self._token_text, loaded.device, self.config.confidence_scores,
+                    loaded.max_model_len),
             loaded.max_model_len,
             self._prefix_cache(runner),
         )
@@ -158,9 +170,14 @@ class TransformersEngine(Engine):
             return ids
         try:
             if prompt.messages is not None:
-                messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+                tools = None
+                if has_tool_turns(prompt):
+                    messages, tools = template_inputs(prompt, self._tool_format, self._native_tools)
+                else:
+                    messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
                 try:
-                    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                    ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                        tokenize=True)
                 except Exception as exc:  # a template may reject role orders it does not support
                     raise InvalidRequestError(f"The model's chat template rejected these messages: {exc}",
                                               "messages") from exc
@@ -190,6 +207,35 @@ class TransformersEngine(Engine):
         self.check_prompt_size(prompt)
         self.tokenizer  # noqa: B018 - not loaded yet: EngineUnavailableError before the thread hop
         return await asyncio.to_thread(self.encode_prompt, prompt, add_special_tokens)
+
+    def _compiler(self):
+        """This tokenizer's grammar compiler (its vocabulary read once, ~15 ms to ~1 s)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from shipyard.engines.grammar import GrammarCompiler
+
+                loaded = self._loaded
+                self._grammars = GrammarCompiler(loaded.tokenizer, loaded.vocab_size, loaded.eos_token_ids)
+                self._core.sampler.grammars = self._grammars
+            return self._grammars
+
+    def _grammar(self, prompt: Prompt, params: SamplingParams) -> str | None:
+        """Blocking: the request's grammar, compiled and remembered (call through `prepare`)."""
+        from shipyard.engines.grammar import check_grammar, needs_grammar
+
+        if not needs_grammar(prompt, params):
+            return None
+        grammar = check_grammar(prompt, params, self._tool_format)
+        if grammar is not None:
+            self._compiler().matcher(grammar)  # compiled now, so generate() only copies it
+        return grammar
+
+    async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
+        from shipyard.engines.grammar import needs_grammar
+
+        if needs_grammar(prompt, params):
+            self.tokenizer  # noqa: B018 - not loaded yet: EngineUnavailableError before the thread hop
+            await asyncio.to_thread(self._grammar, prompt, params)
 
     async def decode(self, token_ids: list[int]) -> str:
         tokenizer = self.tokenizer
@@ -249,6 +295,10 @@ class TransformersEngine(Engine):
         max_tokens = params.max_tokens if params.max_tokens is not None else self.model.max_model_len - len(prompt_ids)
         sequences = []
         stops = StopStrings(params.stop)  # one automaton, shared by the request's choices
+        grammar = self._grammar(request.prompt, params)  # remembered since prepare(): a copy
+        calls_tools = bool(request.prompt.tools) and params.tool_choice != "none"
+        # Call markers that are special tokens must reach the parser as text
+        skip_special = params.skip_special_tokens and not (calls_tools and self._tool_format.special_start)
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -263,10 +313,13 @@ class TransformersEngine(Engine):
                     params=params,
                     max_tokens=max_tokens,
                     eos_token_ids=self._loaded.eos_token_ids,
-                    detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens),
+                    detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, skip_special),
                     stop_matcher=StopStringMatcher(stops),
                     timings=Timings(arrival=request.arrival_time or time.monotonic()),
                     generator=generator,
+                    matcher=self._compiler().matcher(grammar) if grammar is not None else None,
+                    tool_parser=ToolCallParser(self._tool_format, single=not params.parallel_tool_calls)
+                    if calls_tools else None,
                 )
             )
         return SequenceGroup(request_id=request.request_id, sequences=sequences, prompt_ids=prompt_ids,

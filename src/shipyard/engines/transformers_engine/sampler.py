@@ -22,13 +22,15 @@ _GREEDY_BELOW = 1e-5
 
 class Sampler:
     def __init__(self, vocab_size: int, token_text: TokenTextCache, device: torch.device | None = None,
-                 confidence: bool = False):
+                 confidence: bool = False, max_model_len: int = 1 << 30):
         self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
         self.token_text = token_text
         self.device = device or torch.device("cpu")
         # Every chosen token's logprob and its distribution's entropy (before penalties and
         # temperature: the model's own confidence), kept per sequence for the monitors.
         self.confidence = confidence
+        self.grammars = None  # the engine's GrammarCompiler, set when it first constrains a request
 
     def new_counts(self) -> torch.Tensor:
         """A sequence's output-token counts (for penalties), kept beside the logits."""
@@ -42,6 +44,7 @@ class Sampler:
         if self.confidence or any(s.params.logprobs for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties_and_bias(logits, seqs)
+        logits = self._apply_grammar(logits, seqs)
 
         picks = torch.empty(len(seqs), dtype=torch.long, device=device)
         greedy = [i for i, s in enumerate(seqs) if s.params.temperature < _GREEDY_BELOW]
@@ -96,6 +99,25 @@ class Sampler:
             if p.logit_bias:
                 ids = torch.tensor(list(p.logit_bias.keys()), dtype=torch.long, device=row.device)
                 row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device))
+        return logits
+
+    def _apply_grammar(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Rows with a grammar keep only the tokens it allows next (structured outputs)."""
+        rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if not rows:
+            return logits
+        from shipyard.engines.grammar import CLOSING_BUDGET, allowed_tokens
+
+        allowed = allowed_tokens([seqs[i].matcher for i in rows], self.vocab_size, self.grammars.executor)
+        for j, i in enumerate(rows):  # near the token limit: close what is open, where the grammar lets it
+            seq = seqs[i]
+            if min(seq.max_tokens - len(seq.output_ids), self.max_model_len - seq.length) <= CLOSING_BUDGET:
+                closing = allowed[j] & self.grammars.closing
+                if closing.any():
+                    allowed[j] = closing
+        index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+        logits = logits.clone()
+        logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
         return logits
 
     def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from shipyard.engines.base import SamplingParams, Timings, TokenLogprob
 from shipyard.engines.detokenizer import IncrementalDetokenizer
 from shipyard.engines.stop_strings import StopStringMatcher
+from shipyard.engines.structured import ToolCallDelta
+from shipyard.engines.tools.parser import ToolCallParser
 
 
 class SequenceStatus(enum.Enum):
@@ -47,6 +50,10 @@ class Sequence:
     entropy_sum: float = 0.0
     scored_tokens: int = 0
     compute_s: float = 0.0  # its share of the steps it took part in
+    # Structured output: the grammar's matcher (llguidance) and the tool-call parser, when asked
+    matcher: Any = None
+    tool_parser: ToolCallParser | None = None
+    pending_tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
     def confidence(self) -> dict | None:
         if not self.scored_tokens:
@@ -79,6 +86,7 @@ class SequenceGroup:
     cache_salt: str = ""  # the request's partition (its tenant): prefix blocks are never shared across it
     prompt_logprobs: list[TokenLogprob] | None = None  # computed at prefill, sent once
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    grammar: str | None = None  # the output's grammar: each sequence gets a matcher on the engine thread
 
     @property
     def finished(self) -> bool:

@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shipyard.engines.base import Engine, EngineStats, GenerationRequest, ModelInfo, Prompt
 from shipyard.engines.errors import EngineUnavailableError, InvalidRequestError
+from shipyard.engines.tools.formats import detect_format, template_knows_tools
+from shipyard.engines.tools.prompt import has_tool_turns, template_inputs
+from shipyard.engines.upstream import shapes
 from shipyard.engines.upstream.flavors import FLAVORS, VLLM_EXTRAS, Flavor
 from shipyard.engines.upstream.stream import UpstreamStream
 
@@ -195,8 +198,10 @@ class OpenAIHTTPEngine(Engine):
         if prompt.token_ids is not None:
             return list(prompt.token_ids)
         if prompt.messages is not None:
-            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-            ids = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            template = self._tokenizer.chat_template
+            messages, tools = template_inputs(prompt, detect_format(template), template_knows_tools(template)) \
+                if has_tool_turns(prompt) else ([{"role": m.role, "content": m.content} for m in prompt.messages], None)
+            ids = self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return self._tokenizer.encode(prompt.text or "", add_special_tokens=add_special_tokens)
 
@@ -205,7 +210,9 @@ class OpenAIHTTPEngine(Engine):
         if style == "vllm":
             body = {"model": self.upstream_model}
             if prompt.messages is not None:
-                body["messages"] = [{"role": m.role, "content": m.content} for m in prompt.messages]
+                body["messages"] = [shapes.message(m) for m in prompt.messages]
+                if prompt.tools:
+                    body["tools"] = [tool.openai() for tool in prompt.tools]
             else:
                 body["prompt"] = prompt.text or ""
             status, answer = await client.post_json("/tokenize", body)
@@ -241,7 +248,8 @@ class OpenAIHTTPEngine(Engine):
         body: dict = {"model": self.upstream_model, "stream": True, "stream_options": {"include_usage": True}}
         if prompt.messages is not None:
             path = "/v1/chat/completions"
-            body["messages"] = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            body["messages"] = [shapes.message(m) for m in prompt.messages]
+            body.update(shapes.shape_fields(request, flavor.name, self.model.id))
             if p.logprobs:
                 body["logprobs"] = True
                 if p.top_logprobs:

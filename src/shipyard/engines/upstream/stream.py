@@ -29,12 +29,13 @@ from shipyard.engines.errors import (
     InvalidRequestError,
     UpstreamError,
 )
+from shipyard.engines.structured import ToolCallDelta
 from shipyard.engines.watchdog import Watchdog
 
 log = logging.getLogger("shipyard.upstream")
 
 _FINISH = {"stop": "stop", "length": "length", "eos_token": "stop", "stop_sequence": "stop", "abort": "abort",
-           "content_filter": "stop", "tool_calls": "stop"}
+           "content_filter": "stop", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -133,16 +134,17 @@ class UpstreamStream:
             text = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
             logprobs = _logprobs(choice.get("logprobs"))
             reason = choice.get("finish_reason")
-            if not text and reason is None and not logprobs:
+            calls = _tool_calls(delta.get("tool_calls") if isinstance(delta, dict) else None)
+            if not text and reason is None and not logprobs and not calls:
                 continue  # a role-only opening delta
-            tokens = len(logprobs) if logprobs else (1 if text else 0)
+            tokens = len(logprobs) if logprobs else (1 if text or calls else 0)
             self._sent_tokens += tokens
             self._last_index = index
             self._ready.append(GenerationChunk(
                 request_id=request.request_id, index=index, text=text, token_ids=[], num_tokens=tokens,
                 logprobs=logprobs if request.params.logprobs else None,
                 finish_reason=_FINISH.get(reason, "stop") if reason is not None else None,
-                stop_reason=choice.get("stop_reason")))
+                stop_reason=choice.get("stop_reason"), tool_calls=calls))
         usage = event.get("usage")
         if isinstance(usage, dict) and "completion_tokens" in usage:
             self._usage = Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -222,6 +224,23 @@ async def _error_from(response: aiohttp.ClientResponse, flavor: str) -> Exceptio
     if status in (401, 403):
         return UpstreamError(f"The upstream engine ({flavor}) refused this server's credentials.")
     return UpstreamError(f"The upstream engine ({flavor}) answered {status}: {message}")
+
+
+def _tool_calls(raw) -> list[ToolCallDelta] | None:
+    """OpenAI's streamed `delta.tool_calls` (vLLM's `DeltaToolCall`) as ours."""
+    if not isinstance(raw, list) or not raw:
+        return None
+    deltas = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            continue
+        function = entry.get("function") if isinstance(entry.get("function"), dict) else {}
+        name, arguments = function.get("name"), function.get("arguments")
+        deltas.append(ToolCallDelta(index=int(entry.get("index") or 0),
+                                    id=entry.get("id") if isinstance(entry.get("id"), str) else None,
+                                    name=name if isinstance(name, str) else None,
+                                    arguments=arguments if isinstance(arguments, str) else ""))
+    return deltas or None
 
 
 def _logprobs(raw) -> list[TokenLogprob] | None:
