@@ -1,4 +1,4 @@
-# `make serve`: install, build the demo model if missing, serve it on 127.0.0.1:8000.
+# `make serve`: install, build the demo model if missing, serve it (and the built-in MiniLM embeddings) on 127.0.0.1:8000.
 # `make test`:  install with test extras, run the whole suite.
 PYTHON ?= python3
 VENV   := .venv
@@ -39,7 +39,7 @@ demo-model: install
 
 serve: demo-model
 	@echo "API key for this server (set SHIPYARD_ADMIN_KEY to choose your own): $$SHIPYARD_ADMIN_KEY"
-	$(BIN)/shipyard serve --host $(HOST) --port $(PORT)
+	$(BIN)/shipyard serve --host $(HOST) --port $(PORT) --embedding-model builtin
 
 # Tests start their own Redis and PostgreSQL servers, drive Chromium (the dashboard's pages) and
 # validate KEDA manifests with node (scripts/keda-schema.sh); install them from Debian when missing.
@@ -69,6 +69,7 @@ bench: install-test demo-model system-deps
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/optimization.py
 	$(BIN)/python bench/caching.py
+	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/scaling_runtime.py

@@ -115,6 +115,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("models") / "tiny", TINY, corpus_chars=200_000)
 
 
+@pytest.fixture(scope="session")
+def long_context_model(tmp_path_factory) -> Path:
+    """The tiny model with a 2,048-token context: a tool list is a long prompt for its small vocabulary."""
+    import dataclasses
+
+    from shipyard.demo.build import TINY, build_model
+
+    return build_model(tmp_path_factory.mktemp("models") / "tiny", dataclasses.replace(TINY, max_position_embeddings=2048),
+                       corpus_chars=200_000)
+
+
 def deployment(model: Path, **settings) -> dict:
     return {"engine": "transformers", "model": str(model), "max_num_seqs": 32, "num_threads": 1, **settings}
 

@@ -1,5 +1,5 @@
 """The in-process `llamacpp` engine: the GGUF conversion of the tiny model passes the very same
-`openai`-client tests as the embedded PyTorch engine (imported below and run against this
+`openai`-client tests (and structured-output tests) as the embedded PyTorch engine (imported below and run against this
 server), plus what is particular to llama.cpp: several sequences in one decode, and a tokenizer
 read from the GGUF file itself."""
 
@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MODEL_NAME, ServerProcess
 from test_openai_client import *  # noqa: F401,F403 - every test there, run against this server
+from test_structured_outputs import *  # noqa: F401,F403 - structured outputs: the same grammar, llama.cpp's logits
 
 pytest.importorskip("llama_cpp")
 

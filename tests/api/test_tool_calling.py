@@ -28,15 +28,8 @@ SCHEMAS = {"get_weather": WEATHER, "get_time": CLOCK,
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    """The tiny model with a longer context: a tool list is a long prompt for its 1,024-token vocabulary."""
-    import dataclasses
-
-    from shipyard.demo.build import TINY, build_model
-
-    model = build_model(tmp_path_factory.mktemp("tools-model") / "tiny",
-                        dataclasses.replace(TINY, max_position_embeddings=2048), corpus_chars=200_000)
-    config = {"auth": "disabled", "deployments": {MODEL_NAME: deployment(model)}}
+def client(long_context_model, tmp_path_factory):
+    config = {"auth": "disabled", "deployments": {MODEL_NAME: deployment(long_context_model)}}
     with ServerProcess(config, tmp_path_factory.mktemp("tools")) as server:
         with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
             yield c

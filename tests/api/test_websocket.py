@@ -59,3 +59,15 @@ async def test_websocket_bad_input(server, payload):
         error = json.loads(await ws.recv())
         assert error["error"]["type"] == "invalid_request_error"
         assert await ws.recv() == "[DONE]"
+
+
+async def test_structured_output_over_websocket(server):
+    url = server.base_url.replace("http", "ws") + "/v1/chat/completions"
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+    async with websockets.connect(url) as ws:
+        events = await _exchange(ws, body)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert json.loads(text) in ({"ok": True}, {"ok": False})

@@ -16,7 +16,7 @@ router = APIRouter(route_class=StrictJSONRoute)
 @router.get("/health")
 async def health(request: Request):
     """Liveness: the process answers and no engine loop has died."""
-    engines = services_of(request).router.engines()
+    engines = services_of(request).router.watched()
     for name, engine in engines.items():
         if not await engine.health():
             raise APIError(503, f"Engine for '{name}' is not healthy.", code="engine_unhealthy")
@@ -27,7 +27,7 @@ async def health(request: Request):
 async def ready(request: Request):
     """Readiness: 503 until every deployment's model is loaded."""
     services = services_of(request)
-    models = {m.id: services.router.resolve(m.id).ready() for m in services.router.models()}
+    models = {name: engine.ready() for name, engine in services.router.watched().items()}
     if not services.router.ready():
         return JSONResponse({"status": "loading", "models": models}, status_code=503, headers={"Retry-After": "1"})
     return {"status": "ready", "models": models}

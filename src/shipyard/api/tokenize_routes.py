@@ -37,10 +37,10 @@ class DetokenizeRequest(BaseModel):
 def _engine(request: Request, model: str | None):
     services = services_of(request)
     if model is None:
-        models = services.router.models()
+        models = list(services.router.engines())  # the text models (embedding models have their own route)
         if len(models) != 1:
             raise APIError(400, "Name the model: this server has several.", param="model", code="invalid_value")
-        model = models[0].id
+        model = models[0]
     return services.router.resolve(model)
 
 

@@ -201,11 +201,12 @@ CLOSING_BUDGET = 32
 def allowed_tokens(matchers: list, vocab_size: int, executor):
     """A bool [rows, vocab] mask of the tokens each matcher allows next, computed for all rows in
     one call (llguidance's threads, without the GIL)."""
+    import numpy as np
     import torch
 
     words = (vocab_size + 31) // 32
-    bitmask = torch.full((len(matchers), words), -1, dtype=torch.int32)
-    executor.unsafe_compute_mask_ptr([(m, i) for i, m in enumerate(matchers)], bitmask.data_ptr(), words * 4,
+    bitmask = np.full((len(matchers), words), -1, dtype=np.int32)
+    executor.unsafe_compute_mask_ptr([(m, i) for i, m in enumerate(matchers)], bitmask.ctypes.data, words * 4,
                                      len(matchers))
-    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-    return bits.view(len(matchers), -1)[:, :vocab_size].bool()
+    bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab_size]
+    return torch.from_numpy(bits).bool()

@@ -45,6 +45,7 @@ class EngineCore:
         # Sequences already running decode one token; newly admitted prompts are prefilled in the
         # same forward and get their first token from it, joining the decode rows next step.
         decoding = list(self.scheduler.running)
+        masks = self.sampler.start_masks(decoding)  # grammar masks, beside the forward
         admitted = self.scheduler.admit()
         if admitted:
             now = time.monotonic()
@@ -76,7 +77,7 @@ class EngineCore:
         if admitted:
             touched += self._start_groups(admitted, prefill_logits)
         if decoding:
-            self._accept(decoding, self.sampler(decode_logits, decoding))
+            self._accept(decoding, self.sampler(decode_logits, decoding, masks))
             touched += decoding
         finished = [s for s in self.scheduler.running if s.status is SequenceStatus.FINISHED]
         if finished:

@@ -31,20 +31,37 @@ class Sampler:
         # temperature: the model's own confidence), kept per sequence for the monitors.
         self.confidence = confidence
         self.grammars = None  # the engine's GrammarCompiler, set when it first constrains a request
+        self._mask_thread = None
 
     def new_counts(self) -> torch.Tensor:
         """A sequence's output-token counts (for penalties), kept beside the logits."""
         return torch.zeros(self.vocab_size, device=self.device)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[int, TokenLogprob | None]]:
-        """`logits` [B, V] float32, row i for `seqs[i]`. Returns (token id, logprob entry) per row."""
+    def start_masks(self, seqs: list[Sequence]):
+        """The grammar masks of these rows' next tokens, computed on another thread while the
+        step's forward runs (their matchers' states are final since the last step); None when
+        no row has a grammar. Hand the result to `__call__` with the same rows."""
+        matchers = [s.matcher for s in seqs if s.matcher is not None]
+        if not matchers:
+            return None
+        if self._mask_thread is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="shipyard-grammar")
+        from shipyard.engines.grammar import allowed_tokens
+
+        return self._mask_thread.submit(allowed_tokens, matchers, self.vocab_size, self.grammars.executor)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], masks=None) -> list[tuple[int, TokenLogprob | None]]:
+        """`logits` [B, V] float32, row i for `seqs[i]`; `masks` from `start_masks(seqs)`, if
+        started. Returns (token id, logprob entry) per row."""
         logits = logits[:, : self.vocab_size]
         device = logits.device
         raw_logprobs = None
         if self.confidence or any(s.params.logprobs for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties_and_bias(logits, seqs)
-        logits = self._apply_grammar(logits, seqs)
+        logits = self._apply_grammar(logits, seqs, masks)
 
         picks = torch.empty(len(seqs), dtype=torch.long, device=device)
         greedy = [i for i, s in enumerate(seqs) if s.params.temperature < _GREEDY_BELOW]
@@ -101,20 +118,25 @@ class Sampler:
                 row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device))
         return logits
 
-    def _apply_grammar(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _apply_grammar(self, logits: torch.Tensor, seqs: list[Sequence], masks=None) -> torch.Tensor:
         """Rows with a grammar keep only the tokens it allows next (structured outputs)."""
         rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
         if not rows:
             return logits
         from shipyard.engines.grammar import CLOSING_BUDGET, allowed_tokens
 
-        allowed = allowed_tokens([seqs[i].matcher for i in rows], self.vocab_size, self.grammars.executor)
+        if masks is not None:
+            allowed = masks.result()
+        else:
+            allowed = allowed_tokens([seqs[i].matcher for i in rows], self.vocab_size, self.grammars.executor)
         for j, i in enumerate(rows):  # near the token limit: close what is open, where the grammar lets it
             seq = seqs[i]
             if min(seq.max_tokens - len(seq.output_ids), self.max_model_len - seq.length) <= CLOSING_BUDGET:
                 closing = allowed[j] & self.grammars.closing
                 if closing.any():
                     allowed[j] = closing
+        if len(rows) == len(seqs):  # every row constrained (logits are this step's own: masked in place)
+            return logits.masked_fill_(~allowed.to(logits.device), float("-inf"))
         index = torch.tensor(rows, dtype=torch.long, device=logits.device)
         logits = logits.clone()
         logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
