@@ -101,7 +101,7 @@ def test_oversize_chunked_body(server):
 
 def test_unsupported_features_are_clear_400s(server):
     for body, param in [
-        ({"model": MODEL_NAME, "messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"model": MODEL_NAME, "messages": CHAT, "tools": [{"type": "retrieval"}]}, "tools[0]"),
         ({"model": MODEL_NAME, "prompt": "x", "suffix": "y"}, "suffix"),
         ({"model": MODEL_NAME, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "messages"),
