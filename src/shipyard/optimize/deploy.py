@@ -137,6 +137,37 @@ def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> 
                     ", ".join(f"{t['precision']} {t['loss_pct']:.2f}%" for t in tried))
 
 
+def deploy_measured(model_path: Path, objective: str, bound_pct: float, max_ttft_ms: float,
+                    progress=None) -> tuple[Deployed, object]:
+    """The measured choice (optimize/measure.py) as a deployment: what was measured is what is
+    served, with the batch size and threads that measured best. Returns (deployed, selection)."""
+    from shipyard.optimize.measure import engine_settings, select
+
+    hardware, model, predicted = make_plan(model_path, "auto")
+    selection = select(model_path, objective, bound_pct, max_ttft_ms, progress, hardware)
+    chosen = selection.chosen
+    if chosen is None:
+        raise PlanError("no candidate measured within the bounds: " + "; ".join(selection.reasons))
+    candidate = chosen.candidate
+    artifact = Path(chosen.artifact) if chosen.artifact else None
+    max_len = min(model.context_length, predicted.max_model_len)
+    predicted.engine, predicted.precision = candidate.engine, candidate.precision
+    predicted.max_num_seqs, predicted.max_model_len = candidate.max_num_seqs, max_len
+    predicted.kv_cache_tokens = candidate.max_num_seqs * max_len
+    predicted.kv_cache_bytes = predicted.kv_cache_tokens * model.kv_bytes_per_token(4)
+    predicted.weight_bytes = artifact.stat().st_size if artifact else predicted.weight_bytes
+    predicted.reasons = predicted.reasons[:2] + selection.reasons
+    predicted.fallbacks = []
+    deployment = engine_settings(candidate, model_path, artifact, max_len)
+    verification = [{"precision": m.candidate.precision, "perplexity": m.perplexity, "loss_pct": m.loss_pct,
+                     "reference_perplexity": selection.reference_perplexity, "bound_pct": bound_pct,
+                     "kept": m.within_bound} for m in selection.measurements if m.candidate.threads == 1
+                    and m.candidate.max_num_seqs == 16]
+    deployed = Deployed(deployment_name(model_path), predicted, deployment, verification,
+                        str(artifact) if artifact else None)
+    return deployed, selection
+
+
 def _replan(hardware: HardwareProfile, model: ModelProfile, precision: str) -> Plan:
     option = precision if precision in ("int8", "gguf-q8_0", "gguf-q4_k_m", "fp8", "gptq", "awq") else "none"
     return plan(hardware, model, option)

@@ -49,12 +49,13 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def convert_to_gguf(model_dir: Path, outtype: str = "f16", out_file: Path | None = None,
-                    timeout_s: float = 1800) -> Path:
+                    timeout_s: float = 1800, base: str = "f16") -> Path:
     """Convert `model_dir` to one GGUF file (cached by content hash unless `out_file` is given).
-    k-quants (q4_k_m ...) are made from the f16 conversion by llama.cpp's quantizer."""
+    k-quants (q4_k_m ...) are made from the `base` conversion by llama.cpp's quantizer (f32 for
+    weights already on a 4-bit grid, which f16 would round off it)."""
     if outtype in QUANTIZED:
-        source = convert_to_gguf(model_dir, "f16", timeout_s=timeout_s)
-        target = out_file or source.with_name(source.name.replace("-f16.gguf", f"-{outtype}.gguf"))
+        source = convert_to_gguf(model_dir, base, timeout_s=timeout_s)
+        target = out_file or source.with_name(source.name.replace(f"-{base}.gguf", f"-{outtype}.gguf"))
         return quantize_gguf(source, outtype, target)
     if outtype not in OUTTYPES:
         raise GGUFError(f"outtype must be one of {', '.join(OUTTYPES + QUANTIZED)}, not {outtype!r}")

@@ -134,6 +134,12 @@ class ModelProfile:
     file_format: str = "hf"  # or "gguf"
     extra: dict = field(default_factory=dict)
 
+    @property
+    def architecture_is_llama_like(self) -> bool:
+        """Decoder blocks with q/k/v_proj and gate/up/down_proj (what AWQ's scale folding knows)."""
+        return self.file_format == "hf" and any(name in self.architecture for name in
+                                                ("Llama", "Qwen2", "Mistral", "Qwen3"))
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """Keys and values of one token in every layer."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes

@@ -57,16 +57,29 @@ def held_out_text(chars: int = 20_000) -> str:
 
 
 def perplexity_hf(model_dir: str | Path, text: str, quantization: str = "none", device: str = "cpu",
-                  window: int = WINDOW) -> Quality:
+                  window: int = WINDOW, max_memory_bytes: int | None = None) -> Quality:
+    """Perplexity of the Hugging Face model on `text`. With `max_memory_bytes` (the unquantized
+    reference, on a CPU), weights that do not fit that budget are read from disk layer by layer as
+    the forward reaches them (accelerate's offload of memory-mapped safetensors), so checking a
+    plan never needs more memory than the plan itself."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from shipyard.engines.transformers_engine.quantize import quantize_model
 
     torch_device = torch.device(device)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if device == "cpu" else torch.bfloat16,
-                                                 attn_implementation="sdpa").to(torch_device).eval()
-    quantize_model(model, quantization, torch_device)  # as the engine does at load time
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    streamed = max_memory_bytes is not None and device == "cpu" and quantization == "none"
+    if streamed:  # weights past the budget stay on disk (memory-mapped safetensors), a layer at a time
+        import tempfile
+
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="sdpa", device_map="auto",
+            max_memory={"cpu": int(max_memory_bytes)}, offload_folder=tempfile.mkdtemp(prefix="shipyard-offload-")).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                     attn_implementation="sdpa").to(torch_device).eval()
+        quantize_model(model, quantization, torch_device)  # as the engine does at load time
     ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
     nll, count = 0.0, 0
     with torch.inference_mode():
@@ -78,7 +91,9 @@ def perplexity_hf(model_dir: str | Path, text: str, quantization: str = "none", 
             losses = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
             nll += float(losses)
             count += chunk.shape[1] - 1
-    return Quality(math.exp(nll / count), count, _decode_speed_hf(model, torch_device))
+    speed = None if streamed and getattr(model, "hf_device_map", None) and "disk" in model.hf_device_map.values() \
+        else _decode_speed_hf(model, torch_device)
+    return Quality(math.exp(nll / count), count, speed)
 
 
 def _decode_speed_hf(model, device, steps: int = 32) -> float:
