@@ -22,7 +22,7 @@ def _deploy(*args: str, data_dir, cwd) -> subprocess.CompletedProcess:
 
 
 def test_plan_prints_and_exits_without_converting(tiny_model, tmp_path):
-    result = _deploy(str(tiny_model), "--plan", data_dir=tmp_path / "data", cwd=tmp_path)
+    result = _deploy(str(tiny_model), "--plan", "--no-measure", data_dir=tmp_path / "data", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for field in ("engine", "precision", "KV cache", "max_num_seqs", "max_model_len", "transformers", "fp32"):
         assert field in result.stdout
@@ -33,6 +33,46 @@ def test_plan_prints_and_exits_without_converting(tiny_model, tmp_path):
 def test_a_gpu_only_choice_on_a_cpu_is_a_clear_refusal(tiny_model, tmp_path):
     result = _deploy(str(tiny_model), "--optimize", "awq", "--plan", data_dir=tmp_path / "data", cwd=tmp_path)
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
+
+
+def test_measured_plan_has_a_row_per_candidate_and_a_second_deploy_is_instant(tiny_model, tmp_path):
+    from shipyard.optimize.measure import OBJECTIVES
+
+    first = _deploy(str(tiny_model), "--plan", "--remeasure", data_dir=tmp_path / "data", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = [line for line in first.stdout.splitlines() if "/" in line and " t" in line and "│" in line]
+    labels = {row.split("│")[2].strip() for row in rows}
+    assert {"transformers/fp32 t1 s16", "llamacpp/gguf-q8_0 t1 s16", "llamacpp/gptq t1 s16",
+            "llamacpp/awq t1 s16"} <= labels
+    assert sum("→" in row for row in rows) == 1 and "chose " in first.stdout
+    for row in rows:  # every measured row has its speeds and its perplexity
+        cells = [c.strip() for c in row.split("│")]
+        assert float(cells[3].replace(",", "")) > 0 and float(cells[7]) > 0
+    assert not (tmp_path / "shipyard.yaml").exists() and not (tmp_path / "data").exists()
+    for objective in OBJECTIVES:  # from the cache: nothing is measured again
+        again = _deploy(str(tiny_model), "--plan", "--objective", objective, data_dir=tmp_path / "data", cwd=tmp_path)
+        assert again.returncode == 0 and "measured earlier on this machine" in again.stdout
+        assert f"for {objective}" in again.stdout
+    bad = _deploy(str(tiny_model), "--plan", "--objective", "vibes", data_dir=tmp_path / "data", cwd=tmp_path)
+    assert bad.returncode == 2
+
+
+def test_measured_deploy_writes_what_it_measured_and_it_serves(tiny_model, tmp_path):
+    data_dir = tmp_path / "data"
+    result = _deploy(str(tiny_model), "--objective", "latency", "--no-serve", "--name", "fast", data_dir=data_dir,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    deployment = yaml.safe_load((tmp_path / "shipyard.yaml").read_text())["deployments"]["fast"]
+    assert deployment["engine"] in ("transformers", "llamacpp") and deployment["num_threads"] >= 1
+    config = {"deployments": {"fast": deployment}}
+    with ServerProcess(config, tmp_path, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "SHIPYARD_DATA_DIR": str(data_dir)}
+                       ) as server:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=ADMIN_KEY, max_retries=0) as client:
+            reply = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=4)
+            assert 1 <= reply.usage.completion_tokens <= 4
+        plan = call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/fast/plan").json()
+        assert any("for latency" in reason for reason in plan["plan"]["reasons"])
 
 
 def test_deploy_to_gguf_verifies_writes_and_serves(tiny_model, tmp_path):

@@ -63,6 +63,7 @@ def deploy(
                                                      "latency (one stream's tokens/s) | memory (least resident)"),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="--no-measure: the predicted plan, nothing run "
                                  "(for models too large to try quickly)"),
+    remeasure: bool = typer.Option(False, help="Measure again even where this machine measured this model before"),
     config: Path = typer.Option(Path("shipyard.yaml"), "--config", "-c", help="Where the deployment is written"),
     name: Optional[str] = typer.Option(None, help="The deployment's name (default: the model's folder name)"),
     max_perplexity_loss: float = typer.Option(2.0, min=0, help="Quality bound, percent of the unquantized perplexity"),
@@ -86,7 +87,7 @@ def deploy(
         if predicted_because is None:
             with console.status("measuring") as status:
                 deployed, selection = deploy_measured(model_path, objective, max_perplexity_loss, max_ttft_ms,
-                                                      progress=status.update)
+                                                      progress=status.update, refresh=remeasure)
             if plan_only:
                 cached = " (measured earlier on this machine)" if selection.cached else ""
                 console.print(measured_table(selection, f"Measured for {model_path.name}: objective {objective}"

@@ -239,7 +239,10 @@ def quantize(model_dir: Path, method: str, out_dir: Path | None = None, text: st
         hessians, _ = _collect(model, batches, layers)
         with torch.inference_mode():
             for name, module in layers.items():
-                module.weight.copy_(gptq_q4(module.weight.float(), hessians[name]))
+                # rtn_q4 leaves GPTQ's values as they are, except the few blocks whose largest weight
+                # moved during the error updates: those it puts on the grid llama.cpp will use, so the
+                # folder and the Q4_0 GGUF made from it hold the same weights
+                module.weight.copy_(rtn_q4(gptq_q4(module.weight.float(), hessians[name])))
     else:
         _, samples = _collect(model, batches, layers, keep_rows=2048)
         report["alphas"] = awq_q4(model, samples)

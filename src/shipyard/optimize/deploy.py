@@ -138,13 +138,13 @@ def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> 
 
 
 def deploy_measured(model_path: Path, objective: str, bound_pct: float, max_ttft_ms: float,
-                    progress=None) -> tuple[Deployed, object]:
+                    progress=None, refresh: bool = False) -> tuple[Deployed, object]:
     """The measured choice (optimize/measure.py) as a deployment: what was measured is what is
     served, with the batch size and threads that measured best. Returns (deployed, selection)."""
     from shipyard.optimize.measure import engine_settings, select
 
     hardware, model, predicted = make_plan(model_path, "auto")
-    selection = select(model_path, objective, bound_pct, max_ttft_ms, progress, hardware)
+    selection = select(model_path, objective, bound_pct, max_ttft_ms, progress, hardware, refresh)
     chosen = selection.chosen
     if chosen is None:
         raise PlanError("no candidate measured within the bounds: " + "; ".join(selection.reasons))
