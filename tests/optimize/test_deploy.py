@@ -31,7 +31,7 @@ def test_plan_prints_and_exits_without_converting(tiny_model, tmp_path):
 
 
 def test_a_gpu_only_choice_on_a_cpu_is_a_clear_refusal(tiny_model, tmp_path):
-    result = _deploy(str(tiny_model), "--optimize", "awq", "--plan", data_dir=tmp_path / "data", cwd=tmp_path)
+    result = _deploy(str(tiny_model), "--optimize", "fp8", "--plan", data_dir=tmp_path / "data", cwd=tmp_path)
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
 
 

@@ -38,7 +38,7 @@ LLAMA_70B = _llama(70e9, 80, 8192, 8)
     (GPU_80, QWEN_05B, "vllm", "bf16"),
     (GPU_80, LLAMA_7B, "vllm", "bf16"),
     (GPU_80, LLAMA_70B, "vllm", "fp8"),  # bf16 is 130 GiB; fp8 (65 GiB) leaves ~17k tokens of KV cache
-    (L40S_48, LLAMA_70B, "vllm", "awq"),  # fp8 (65 GiB) does not fit 48 GiB: 4-bit AWQ does
+    (L40S_48, LLAMA_70B, "vllm", "bnb-4bit"),  # fp8 (65 GiB) does not fit 48 GiB: vLLM's in-flight 4-bit does
     (A100_40_NO_VLLM, LLAMA_7B, "transformers", "bf16"),  # no vLLM: the embedded engine on the GPU
 ])
 def test_the_plan_a_careful_engineer_would_pick_and_it_fits(hardware, model, engine, precision):
@@ -61,9 +61,9 @@ def test_gpu_plans_have_the_hand_computed_numbers():
     assert (small.budget_bytes, small.weight_bytes) == (budget, 14_000_000_000)
     assert small.kv_cache_tokens == (budget - 14_000_000_000) // (2 * 32 * 8 * 128 * 2)
     assert small.max_num_seqs == min(256, small.kv_cache_tokens // 2048)
-    awq = plan(L40S_48, LLAMA_70B)  # 0.56 bytes a parameter with the group scales
-    assert awq.weight_bytes == int(70e9 * 0.56) and awq.fallbacks == []
-    assert "not fp8" in " ".join(awq.reasons) and "not bf16" in " ".join(awq.reasons)
+    four = plan(L40S_48, LLAMA_70B)  # 0.56 bytes a parameter with the scales
+    assert four.weight_bytes == int(70e9 * 0.56) and four.fallbacks == []
+    assert "not fp8" in " ".join(four.reasons) and "not bf16" in " ".join(four.reasons)
 
 
 def test_a_tiny_model_stays_fp32_on_a_cpu():
@@ -88,15 +88,17 @@ def test_an_impossible_case_is_refused_with_the_numbers(hardware, model, needle)
 def test_an_fp8_checkpoint_keeps_its_quantization_and_gpu_only_paths_need_a_gpu():
     fp8 = ModelProfile("m", "LlamaForCausalLM", int(8e9), 32, 4096, 8, 128, 8192, "float8", int(8e9), "fp8")
     assert plan(GPU_80, fp8).precision == "fp8"
-    for option in ("fp8", "gptq", "awq"):
+    for option in ("fp8", "bnb-4bit"):
         with pytest.raises(PlanError, match="needs a CUDA GPU"):
             plan(CPU_BOX, QWEN_05B, option)
+    for option in ("gptq", "awq"):  # on a CPU: calibrated here, served by llama.cpp's 4-bit kernels
+        assert (plan(CPU_BOX, QWEN_05B, option).engine, plan(CPU_BOX, QWEN_05B, option).precision) == ("llamacpp", option)
 
 
 def test_overrides_are_honoured():
     assert plan(CPU_BOX, QWEN_05B, "none").precision == "fp32"
     assert plan(CPU_BOX, QWEN_05B, "gguf-q8_0").engine == "llamacpp"
-    assert plan(GPU_80, LLAMA_7B, "int8").precision == "int8"
+    assert plan(A100_40_NO_VLLM, LLAMA_7B, "int8").precision == "int8"  # torchao on the embedded engine
     import dataclasses
 
     gpu_with_llamacpp = dataclasses.replace(GPU_80, llamacpp_installed=True)
@@ -111,3 +113,25 @@ def test_a_gguf_file_is_served_by_llama_cpp_on_any_machine():
         assert chosen.weight_bytes == int(4.1e9)  # the file's own size
     odd = ModelProfile("m.gguf", "llama", int(7e9), 32, 4096, 8, 128, 8192, "gguf", int(5e9), "q5_k_s", "gguf")
     assert plan(CPU_BOX, odd).precision == "gguf-q5_k_s"
+
+
+def test_gpu_plans_never_claim_a_quantization_they_cannot_serve():
+    """The three faults of the old GPU plan: 4-bit AWQ offered for unquantized weights (vLLM refuses
+    `--quantization awq` on fp16 weights), a quantization silently dropped without vLLM, and a
+    compressed-tensors checkpoint served as GPTQ."""
+    for option in ("awq", "gptq", "int8"):
+        with pytest.raises(PlanError, match="beforehand"):
+            plan(GPU_80, LLAMA_7B, option)
+    gptq = ModelProfile("m", "LlamaForCausalLM", int(7e9), 32, 4096, 8, 128, 8192, "int32", int(4e9), "gptq")
+    assert (plan(GPU_80, gptq).engine, plan(GPU_80, gptq).precision) == ("vllm", "gptq")
+    with pytest.raises(PlanError, match="install vLLM"):
+        plan(A100_40_NO_VLLM, gptq)
+    compressed = ModelProfile("m", "LlamaForCausalLM", int(7e9), 32, 4096, 8, 128, 8192, "int32", int(4e9),
+                              "compressed-tensors")
+    assert plan(GPU_80, compressed).precision == "compressed-tensors"
+    for hardware in (GPU_24, GPU_80, L40S_48, A100_40_NO_VLLM):
+        for model in (QWEN_05B, LLAMA_7B):
+            chosen = plan(hardware, model)
+            assert chosen.precision not in ("awq", "gptq")  # never a pre-quantized format for plain weights
+            if chosen.engine == "transformers":
+                assert chosen.precision in ("bf16", "fp16", "fp8", "int8")  # what the embedded engine applies

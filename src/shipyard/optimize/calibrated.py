@@ -28,6 +28,7 @@ GROUP = 32  # Q4_0's block
 CALIBRATION_WINDOWS = 32
 CALIBRATION_TOKENS = 256
 METHODS = ("gptq", "awq")
+FORMAT = 2  # what quantize() writes: a change makes new folders rather than reading old ones
 
 
 class CalibrationError(RuntimeError):
@@ -225,7 +226,7 @@ def quantize(model_dir: Path, method: str, out_dir: Path | None = None, text: st
         raise CalibrationError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     model_dir = Path(model_dir)
     text = text if text is not None else default_calibration_text()
-    key = hashlib.sha256(f"{model_fingerprint(model_dir)}:{method}:{GROUP}:{text}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model_fingerprint(model_dir)}:{method}:{GROUP}:{FORMAT}:{text}".encode()).hexdigest()[:16]
     out_dir = out_dir or cache_root() / "quantized" / f"{model_dir.name}-{method}-{key}"
     if (out_dir / "shipyard-quantization.json").is_file():
         return out_dir

@@ -26,7 +26,9 @@ from shipyard.optimize.profile import HardwareProfile, ModelProfile
 from shipyard.optimize.select import Plan, PlanError, plan
 
 FULL_PRECISION = {"fp32", "bf16", "fp16"}
-VLLM_QUANTIZATION = {"fp8": "fp8", "gptq": "gptq", "awq": "awq", "int8": "bitsandbytes"}
+# our precision → vLLM's `--quantization` (vllm/model_executor/layers/quantization: QuantizationMethods)
+VLLM_QUANTIZATION = {"fp8": "fp8", "gptq": "gptq", "awq": "awq", "compressed-tensors": "compressed-tensors",
+                     "bnb-4bit": "bitsandbytes"}
 
 
 @dataclass
@@ -75,11 +77,11 @@ def apply(model_path: Path, chosen: Plan, progress=None) -> Path | None:
     """Convert or quantize what the plan needs on disk (cached); None when nothing is needed."""
     if chosen.engine != "llamacpp" or model_path.suffix == ".gguf":
         return None
-    from shipyard.optimize.gguf import convert_to_gguf
+    from shipyard.optimize.measure import Candidate, build
 
     if progress is not None:
         progress(f"converting to GGUF {chosen.precision.removeprefix('gguf-')}")
-    return convert_to_gguf(model_path, chosen.precision.removeprefix("gguf-"))
+    return build(model_path, Candidate("llamacpp", chosen.precision))
 
 
 def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: float, progress=None) -> dict | None:
@@ -91,7 +93,7 @@ def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: flo
         return None
     if progress is not None:
         progress(f"verifying {chosen.precision}: perplexity on held-out text")
-    text, reference = _reference(model_path)
+    text, reference = _reference(model_path, chosen.budget_bytes)
     if artifact is not None:
         candidate = perplexity_gguf(artifact, text)
     else:
@@ -105,12 +107,13 @@ def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: flo
 
 
 @functools.lru_cache(maxsize=4)
-def _reference(model_path: Path):
-    """The unquantized model on the held-out text, measured once however many choices are tried."""
+def _reference(model_path: Path, budget_bytes: int):
+    """The unquantized model on the held-out text, measured once however many choices are tried,
+    within the plan's memory budget (weights past it streamed from disk)."""
     from shipyard.optimize.verify import held_out_text, perplexity_hf
 
     text = held_out_text()
-    return text, perplexity_hf(model_path, text)
+    return text, perplexity_hf(model_path, text, max_memory_bytes=budget_bytes)
 
 
 def deploy(model_path: Path, optimize: str, bound_pct: float, progress=None) -> Deployed:

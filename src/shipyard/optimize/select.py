@@ -25,9 +25,11 @@ from shipyard.optimize.profile import GiB, HardwareProfile, ModelProfile
 # Bytes per parameter at each precision (4-bit formats with their group scales; GGUF's k-quants
 # at their average bits per weight).
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "gptq": 0.56, "awq": 0.56,
-                   "gguf-f16": 2.0, "gguf-q8_0": 1.0625, "gguf-q4_k_m": 0.61}
-OPTIONS = ("auto", "none", "int8", "fp8", "gptq", "awq", "gguf-q8_0", "gguf-q4_k_m")
-GPU_ONLY = {"fp8", "gptq", "awq"}
+                   "compressed-tensors": 0.56, "bnb-4bit": 0.56, "gguf-f16": 2.0, "gguf-q8_0": 1.0625,
+                   "gguf-q4_k_m": 0.61, "gguf-q4_0": 0.5625}
+OPTIONS = ("auto", "none", "int8", "fp8", "gptq", "awq", "bnb-4bit", "gguf-q8_0", "gguf-q4_k_m")
+GPU_ONLY = {"fp8", "bnb-4bit"}
+PREQUANTIZED = ("gptq", "awq", "fp8", "compressed-tensors")  # checkpoints vLLM serves as they are
 GPU_UTILIZATION = 0.90  # vLLM's default share of GPU memory
 GPU_RESERVE = 1.5 * GiB  # CUDA context, activations, graphs
 CPU_SHARE = 0.60
@@ -73,7 +75,7 @@ def plan(hardware: HardwareProfile, model: ModelProfile, optimize: str = "auto")
     if optimize in GPU_ONLY and gpu is None:
         raise PlanError(f"{optimize} needs a CUDA GPU and this machine has none ({hardware.describe()}); "
                         "use int8 or a GGUF quantization on a CPU.")
-    if optimize in ("gguf-q8_0", "gguf-q4_k_m") and not hardware.llamacpp_installed:
+    if optimize in ("gguf-q8_0", "gguf-q4_k_m") + ("gptq", "awq") * (gpu is None) and not hardware.llamacpp_installed:
         raise PlanError(f"{optimize} is served by llama.cpp, and llama-cpp-python is not installed "
                         "(scripts/llama-cpp.sh installs it).")
     candidates = _candidates(hardware, model, optimize, gpu)
@@ -130,22 +132,11 @@ def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) ->
         return [("llamacpp", f"gguf-{model.quantization or 'f16'}", "a GGUF file is served by llama.cpp")]
     if optimize.startswith("gguf"):
         return [("llamacpp", optimize, "asked for")]
+    if gpu is None and optimize in ("gptq", "awq"):
+        return [("llamacpp", optimize, f"{optimize.upper()} with a calibration set onto llama.cpp's Q4_0 grid, served "
+                                       "by its 4-bit CPU kernels (optimize/calibrated.py)")]
     if gpu is not None:
-        engine = "vllm" if hw.vllm_installed else "transformers"
-        half = "bf16" if gpu.bf16 else "fp16"
-        if optimize not in ("auto", "none"):
-            return [(engine, optimize, "asked for")]
-        if model.quantization in ("gptq", "awq", "fp8", "compressed-tensors"):
-            return [(engine, model.quantization if model.quantization in BYTES_PER_PARAM else "gptq",
-                     "the checkpoint is already quantized")]
-        if optimize == "none":
-            return [(engine, half, "no optimization asked")]
-        options = [(engine, half, "full quality, and it fits with room for the KV cache")]
-        if gpu.fp8:
-            options.append((engine, "fp8", f"{gpu.name} has fp8 tensor cores: half the weights, near-lossless"))
-        options.append((engine, "int8", "int8 weights halve the memory"))
-        options.append((engine, "awq", "4-bit AWQ: a quarter of the memory"))
-        return options
+        return _gpu_candidates(hw, model, optimize, gpu)
     if optimize == "none":
         return [("transformers", "fp32", "no optimization asked")]
     if optimize == "int8":
@@ -165,6 +156,47 @@ def _candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) ->
         options.append(("llamacpp", "gguf-q4_k_m", "llama.cpp's CPU kernels; 4-bit to fit the memory"))
     elif not options:
         options.append(("transformers", "int8", "llama-cpp-python is not installed; int8 is the smallest here"))
+    return options
+
+
+def _gpu_candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu) -> list[tuple[str, str, str]]:
+    """vLLM where installed: a checkpoint's own quantization as it is (GPTQ, AWQ, fp8,
+    compressed-tensors), else bf16, fp8 on fp8 tensor cores, then bitsandbytes' in-flight 4-bit.
+    Without vLLM, the embedded engine: bf16, fp8 and int8 (torchao), never a 4-bit format it
+    cannot run; a pre-quantized GPTQ/AWQ checkpoint then is a clear refusal, not a silent bf16."""
+    half = "bf16" if gpu.bf16 else "fp16"
+    quantized = model.quantization if model.quantization in PREQUANTIZED else None
+    if hw.vllm_installed:
+        if quantized:
+            return [("vllm", quantized, "the checkpoint is already quantized: vLLM serves it as it is")]
+        if optimize in ("gptq", "awq"):
+            raise PlanError(f"{optimize} serves a checkpoint quantized to {optimize.upper()} beforehand, and these "
+                            "weights are not: quantize them first (GPTQModel or llm-compressor on a GPU machine), "
+                            "or use fp8 or bnb-4bit, which vLLM quantizes as it loads")
+        if optimize == "int8":
+            raise PlanError("vLLM serves int8 (W8A8) from a checkpoint quantized beforehand, and these weights are "
+                            "not: use fp8 or bnb-4bit, which vLLM quantizes as it loads")
+        if optimize not in ("auto", "none"):
+            return [("vllm", optimize, "asked for")]
+        options = [("vllm", half, "full quality, and it fits with room for the KV cache")]
+        if optimize == "auto":
+            if gpu.fp8:
+                options.append(("vllm", "fp8", f"{gpu.name} has fp8 tensor cores: half the weights, near-lossless"))
+            options.append(("vllm", "bnb-4bit", "bitsandbytes quantizes to 4 bits as vLLM loads: a quarter of "
+                                                "the memory, no calibrated checkpoint needed"))
+        return options
+    if quantized:
+        raise PlanError(f"this checkpoint is {quantized}-quantized, which the embedded engine cannot run on a GPU; "
+                        "install vLLM (`pip install vllm`) to serve it as it is")
+    if optimize in ("gptq", "awq", "bnb-4bit"):
+        raise PlanError(f"{optimize} on a GPU is served by vLLM, which is not installed (`pip install vllm`)")
+    if optimize not in ("auto", "none"):
+        return [("transformers", optimize, "asked for")]
+    options = [("transformers", half, "full quality; vLLM is not installed, so the embedded engine serves it")]
+    if optimize == "auto":
+        if gpu.fp8:
+            options.append(("transformers", "fp8", f"{gpu.name} has fp8 tensor cores (torchao)"))
+        options.append(("transformers", "int8", "int8 weights (torchao) halve the memory"))
     return options
 
 
