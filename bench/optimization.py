@@ -1,4 +1,5 @@
-"""Optimization on the demo model: fp32, dynamic int8, GGUF f16 / q8_0 / q4_K_M.
+"""Optimization on the demo model: fp32, dynamic int8, GGUF f16 / q8_0 / q4_K_M / q4_0, GPTQ and
+AWQ (calibrated, on the Q4_0 grid), the deploy's measured choice, and llama.cpp's C++ server.
 
     python bench/optimization.py [--requests 8] [--max-tokens 64] [--repeat 3]
 
@@ -9,8 +10,14 @@ Each variant is served by `shipyard serve` (the embedded PyTorch engine for fp32
 in-process `llamacpp` engine for the GGUF files) and measured through the API with streamed
 chat completions at concurrency 1 and 8: decode tokens/s (completion tokens over wall time),
 time to first token, and the resident memory of the serving process tree. Perplexity on held-out
-text comes from shipyard.optimize.verify (the same windows for every format). Last, Shipyard's
-llama.cpp path is compared with llama.cpp's own server on the same q8_0 file, called directly.
+text comes from shipyard.optimize.verify (the same windows for every format).
+
+The deploy's choice (`shipyard deploy --objective throughput`, its measurements as cached for
+this machine, else made now) is served and measured the same way; `deploy_choice_vs_best_ratio`
+is its tokens/s at concurrency 8 over the best variant within the 2% perplexity bound. Last,
+llama.cpp's own C++ `llama-server` (built once from the vendored sources by
+scripts/llama-server.sh, 1 thread, 8 slots) serves the same q8_0 file, called directly:
+`llama_server_ratio_c1` / `_c8` are Shipyard's q8_0 path over it.
 Prints a table; writes bench/results/optimization.json.
 """
 
@@ -51,11 +58,13 @@ def _tree_rss(pid: int) -> int:
 
 
 def _llama_server(gguf: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """llama.cpp's C++ server on the file: one thread, 8 slots of the model's context each."""
+    binary = subprocess.run([str(ROOT / "scripts" / "llama-server.sh")], capture_output=True, text=True,
+                            check=True).stdout.strip().splitlines()[-1]
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "demo",
-                             "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024",
-                             "--interrupt_requests", "false"],  # as Shipyard launches it
-                            stdout=open(workdir / "llama-direct.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([binary, "-m", str(gguf), "-a", "demo", "--host", "127.0.0.1", "--port", str(port),
+                             "-t", "1", "-np", "8", "-c", str(8 * 1024), "--no-webui"],
+                            stdout=open(workdir / "llama-server.log", "w"), stderr=subprocess.STDOUT)
     _wait(f"http://127.0.0.1:{port}/v1/models", timeout=120)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -100,7 +109,9 @@ async def _load(url: str, key: str, concurrency: int, requests: int, max_tokens:
         while queue:
             await one(session, queue.pop())
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    # a connection per request: llama-server (cpp-httplib) closes a kept-alive one after a few requests
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
+                                     connector=aiohttp.TCPConnector(force_close=True)) as session:
         await one(session, -1)  # warm-up
         tokens, ttfts[:] = 0, []
         started = time.perf_counter()
@@ -137,7 +148,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="measurements per variant; figures are medians")
     args = parser.parse_args()
     from shipyard.demo.build import default_demo_path
-    from shipyard.optimize.gguf import convert_to_gguf
     from shipyard.optimize.verify import held_out_text, perplexity_gguf, perplexity_hf
 
     model = default_demo_path()
@@ -148,7 +158,10 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     args.no_stop = {str(tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|endoftext|>", "<|im_end|>")}
-    ggufs = {name: convert_to_gguf(model, name.removeprefix("gguf-")) for name in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m")}
+    from shipyard.optimize.measure import Candidate, build, engine_settings, select
+
+    names = ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0", "gptq", "awq")
+    ggufs = {name: build(model, Candidate("llamacpp", name)) for name in names}
     engine = {"engine": "transformers", "model": str(model), "num_threads": 1, "max_num_seqs": 16}
     variants = {
         "fp32": ({**engine}, lambda: perplexity_hf(model, text)),
@@ -158,12 +171,18 @@ def main() -> None:
                   lambda path=path: perplexity_gguf(path, text))
            for name, path in ggufs.items()},
     }
+    selection = select(model, "throughput", 2.0)  # what `shipyard deploy` (and make serve) chose on this machine
+    chosen = selection.chosen.candidate
+    artifact = Path(selection.chosen.artifact) if selection.chosen.artifact else None
+    variants["deploy choice"] = (engine_settings(chosen, model, artifact, 1024),
+                                 lambda: perplexity_gguf(artifact, text) if artifact else perplexity_hf(model, text))
     results: dict = {"model": model.name, "requests": args.requests, "max_tokens": args.max_tokens,
-                     "repeat": args.repeat, "date": time.strftime("%Y-%m-%d"), "variants": {}}
+                     "repeat": args.repeat, "date": time.strftime("%Y-%m-%d"), "deploy_choice": chosen.label,
+                     "deploy_measurements_cached": selection.cached, "variants": {}}
     with tempfile.TemporaryDirectory(prefix="shipyard-optimization-") as tmp:
         workdir = Path(tmp)
         for name, (deployment, quality) in variants.items():
-            proc, url = serve_deployment(deployment, workdir, name)
+            proc, url = serve_deployment(deployment, workdir, name.replace(" ", "-"))
             try:
                 figures = _median_of([_measure(proc, url, ADMIN, args) for _ in range(args.repeat)])
             finally:
@@ -173,23 +192,35 @@ def main() -> None:
             results["variants"][name] = figures
         proc, url = _llama_server(ggufs["gguf-q8_0"], workdir)
         try:
-            results["llamacpp_direct_q8_0"] = _median_of([_measure(proc, url, "none", args) for _ in range(args.repeat)])
+            results["llama_server_q8_0"] = _median_of([_measure(proc, url, "none", args) for _ in range(args.repeat)])
         finally:
             proc.terminate()
             proc.wait(60)
     v = results["variants"]
+    reference = v["fp32"]["perplexity"]
+    loss = {name: (f["perplexity"] - reference) / reference * 100 for name, f in v.items()}
+    within = [name for name in v if loss[name] <= 2.0]
+    best = max(within, key=lambda name: v[name]["c8"]["tokens_per_s"])
+    results["best_within_bound"] = best
+    results["deploy_choice_vs_best_ratio"] = v["deploy choice"]["c8"]["tokens_per_s"] / v[best]["c8"]["tokens_per_s"]
+    results["llama_server_ratio_c1"] = v["gguf-q8_0"]["c1"]["tokens_per_s"] / results["llama_server_q8_0"]["c1"]["tokens_per_s"]
+    results["llama_server_ratio_c8"] = v["gguf-q8_0"]["c8"]["tokens_per_s"] / results["llama_server_q8_0"]["c8"]["tokens_per_s"]
+    results["best_vs_llama_server_c8"] = v[best]["c8"]["tokens_per_s"] / results["llama_server_q8_0"]["c8"]["tokens_per_s"]
+    results["gptq_perplexity_loss_pct"] = loss["gptq"]
+    results["awq_perplexity_loss_pct"] = loss["awq"]
+    results["q4_0_rtn_perplexity_loss_pct"] = loss["gguf-q4_0"]
     results["int8_decode_speedup"] = v["int8"]["c1"]["tokens_per_s"] / v["fp32"]["c1"]["tokens_per_s"]
-    results["int8_perplexity_loss_pct"] = (v["int8"]["perplexity"] - v["fp32"]["perplexity"]) / v["fp32"]["perplexity"] * 100
-    results["llamacpp_via_shipyard_ratio"] = (v["gguf-q8_0"]["c1"]["tokens_per_s"] /
-                                              results["llamacpp_direct_q8_0"]["c1"]["tokens_per_s"])
-    print(f"\n{'':<22}{'tok/s c1':>10}{'tok/s c8':>10}{'TTFT c1 ms':>12}{'RSS MiB':>9}{'perplexity':>12}")
-    rows = {**v, "llama.cpp direct q8_0": {**results["llamacpp_direct_q8_0"], "perplexity": v["gguf-q8_0"]["perplexity"]}}
+    results["int8_perplexity_loss_pct"] = loss["int8"]
+    print(f"\n{'':<22}{'tok/s c1':>10}{'tok/s c8':>10}{'TTFT c1 ms':>12}{'RSS MiB':>9}{'perplexity':>12}{'loss %':>8}")
+    rows = {**v, "llama-server q8_0": {**results["llama_server_q8_0"], "perplexity": v["gguf-q8_0"]["perplexity"]}}
     for name, f in rows.items():
         print(f"{name:<22}{f['c1']['tokens_per_s']:>10.1f}{f['c8']['tokens_per_s']:>10.1f}"
-              f"{f['c1']['ttft_ms_p50'] or 0:>12.1f}{f['rss_mib']:>9.0f}{f['perplexity']:>12.3f}")
-    print(f"int8 decode speedup (c1) {results['int8_decode_speedup']:.2f}x, perplexity loss "
-          f"{results['int8_perplexity_loss_pct']:.3f}%; Shipyard's llama.cpp path / llama.cpp direct "
-          f"{results['llamacpp_via_shipyard_ratio']:.2f}x")
+              f"{f['c1']['ttft_ms_p50'] or 0:>12.1f}{f['rss_mib']:>9.0f}{f['perplexity']:>12.3f}"
+              f"{(f['perplexity'] - reference) / reference * 100:>8.3f}")
+    print(f"deploy choice {chosen.label}: {results['deploy_choice_vs_best_ratio']:.2f}x the best within the bound "
+          f"({best}); Shipyard's q8_0 / llama-server: {results['llama_server_ratio_c1']:.2f}x at c=1, "
+          f"{results['llama_server_ratio_c8']:.2f}x at c=8; GPTQ loss {results['gptq_perplexity_loss_pct']:.3f}%, "
+          f"AWQ loss {results['awq_perplexity_loss_pct']:.3f}%")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "optimization.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS / 'optimization.json'}")

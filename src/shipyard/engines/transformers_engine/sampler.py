@@ -171,8 +171,19 @@ class Sampler:
             if seq.generator is not None:  # the row's own generator (on the same device)
                 picks[i] = torch.multinomial(probs[i], 1, generator=seq.generator)[0]
         if unseeded:
-            rows = torch.tensor(unseeded, dtype=torch.long, device=device)
-            picks[rows] = torch.multinomial(probs[rows], 1).squeeze(1)
+            # Inverse-CDF sampling: one uniform draw per row against the running sum of its
+            # probabilities (torch.multinomial costs ~10× more per row on a CPU). Seeded rows keep
+            # multinomial, so a seed gives the same tokens as it always has.
+            rows = torch.tensor(unseeded, dtype=torch.long, device=device) if len(unseeded) < len(seqs) else None
+            cdf = (probs if rows is None else probs[rows]).cumsum(dim=1)
+            total = cdf[:, -1:]
+            draw = torch.minimum(torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=device) * total,
+                                 torch.nextafter(total, torch.zeros_like(total)))  # never past the last nonzero
+            drawn = torch.searchsorted(cdf, draw, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+            if rows is None:
+                picks = drawn
+            else:
+                picks[rows] = drawn
         if order is not None:
             picks = order.gather(1, picks.unsqueeze(1)).squeeze(1)
         return picks
