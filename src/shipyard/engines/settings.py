@@ -42,6 +42,8 @@ class LlamaCppEngineConfig(EmbeddedEngineConfig):
     tokenizer: str | None = Field(None, description="A Hugging Face tokenizer folder; default: the GGUF's own")
     max_num_seqs: int = Field(16, ge=1, le=LLAMA_MAX_SEQUENCES, description="llama.cpp sequences decoded together")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all) by a CUDA build")
+    flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp's flash attention (auto: "
+                                                     "llama.cpp decides; `shipyard deploy` measures both)")
 
 
 class EmbeddingEngineConfig(BaseModel):

@@ -35,7 +35,7 @@ OBJECTIVES = ("throughput", "latency", "memory")
 TARGET_CONCURRENCY = 8
 DECODE_TOKENS = 64
 REPEATS = 3  # short runs on a shared machine: the median of three
-METHOD = 2  # how candidates are measured: a change re-measures every cached model
+METHOD = 3  # how candidates are measured: a change re-measures every cached model
 QUALITY_TEXT_CHARS = 12_000
 
 
@@ -45,10 +45,12 @@ class Candidate:
     precision: str  # fp32 | int8 | gguf-f16 | gguf-q8_0 | gguf-q4_k_m | gguf-q4_0 | gptq | awq
     threads: int = 1
     max_num_seqs: int = 16
+    flash_attn: str = "auto"  # llama.cpp's
 
     @property
     def label(self) -> str:
-        return f"{self.engine}/{self.precision} t{self.threads} s{self.max_num_seqs}"
+        label = f"{self.engine}/{self.precision} t{self.threads} s{self.max_num_seqs}"
+        return label if self.flash_attn == "auto" else f"{label} fa-{self.flash_attn}"
 
 
 @dataclass
@@ -151,7 +153,8 @@ def engine_settings(candidate: Candidate, model_dir: Path, artifact: Path | None
     common = {"max_num_seqs": candidate.max_num_seqs, "num_threads": candidate.threads,
               "max_model_len": max_model_len}
     if candidate.engine == "llamacpp":
-        return {"engine": "llamacpp", "model": str(artifact), "tokenizer": str(model_dir), **common}
+        return {"engine": "llamacpp", "model": str(artifact), "tokenizer": str(model_dir),
+                "flash_attn": candidate.flash_attn, **common}
     return {"engine": "transformers", "model": str(model_dir), "device": "cpu",
             "quantization": "int8" if candidate.precision == "int8" else "none", **common}
 
@@ -353,6 +356,10 @@ def select(model_dir: Path, objective: str = "throughput", bound_pct: float = 2.
         variants = {Candidate(base.engine, base.precision, base.threads, seqs) for seqs in (TARGET_CONCURRENCY, 32)}
         if hardware.cpu_cores > 1:
             variants.add(Candidate(base.engine, base.precision, hardware.cpu_cores, base.max_num_seqs))
+        if base.engine == "llamacpp":  # llama.cpp's flash attention helps some shapes and hurts others
+            variants.add(Candidate(base.engine, base.precision, base.threads, base.max_num_seqs, "off"))
+            if hardware.cpu_cores > 1:
+                variants.add(Candidate(base.engine, base.precision, hardware.cpu_cores, base.max_num_seqs, "off"))
         for variant in sorted(variants - {base}, key=lambda c: c.label):
             say(f"measuring {variant.label}")
             measurements.append(measure(model_dir, variant, text, reference, bound_pct, prompt_ids, max_model_len,

@@ -29,7 +29,8 @@ class LlamaCppEngine(TransformersEngine):
         tokenizer = load_tokenizer(path, config.tokenizer)
         native = NativeLlama(path, n_seq=config.max_num_seqs, seq_len=config.max_model_len,
                              n_batch=config.max_prefill_tokens + config.max_num_seqs,
-                             n_threads=config.num_threads, n_gpu_layers=config.gpu_layers)
+                             n_threads=config.num_threads, n_gpu_layers=config.gpu_layers,
+                             flash_attn=config.flash_attn)
         loaded = LoadedModel(
             model=native,
             tokenizer=tokenizer,

@@ -16,13 +16,18 @@ import numpy as np
 from shipyard.engines.settings import LLAMA_MAX_SEQUENCES as MAX_SEQUENCES
 
 
+# llama_flash_attn_type: auto (llama.cpp decides), enabled, disabled. Which is faster depends on the
+# model and the batch (measured by `shipyard deploy`): on the demo model at 8 sequences, off.
+FLASH_ATTN = {"auto": -1, "on": 1, "off": 0}
+
+
 class LlamaCppError(RuntimeError):
     pass
 
 
 class NativeLlama:
     def __init__(self, path: str | Path, *, n_seq: int, seq_len: int | None, n_batch: int, n_threads: int,
-                 n_gpu_layers: int = 0, verbose: bool = False):
+                 n_gpu_layers: int = 0, verbose: bool = False, flash_attn: str = "auto"):
         try:
             import llama_cpp
             from llama_cpp import _logger
@@ -55,6 +60,7 @@ class NativeLlama:
             params.n_batch = n_batch
             params.n_ubatch = min(n_batch, 512)
             params.n_threads = params.n_threads_batch = n_threads
+            params.flash_attn_type = FLASH_ATTN[flash_attn]
             self._ctx = llama_cpp.llama_init_from_model(self._model, params)
             if not self._ctx:
                 raise LlamaCppError(f"llama.cpp could not make a context of {params.n_ctx} tokens (out of memory?)")
