@@ -5,6 +5,8 @@ cannot apply, racing calls included, with each one audited exactly once."""
 
 from __future__ import annotations
 
+import time
+
 import threading
 
 import httpx
@@ -63,9 +65,14 @@ def test_every_response_names_what_served_it_and_a_user_stays_on_one_arm(server,
                             json={"model": "tiny", "prompt": "hi", "max_tokens": 2, "user": "user-1"}, timeout=60)
     user_1, _ = _chat(server, keys["mine"], "user-1")
     assert completion.headers["x-shipyard-variant"] == user_1["x-shipyard-variant"]  # the same user, the same arm
-    status = AdminClient(server.base_url).get("/admin/experiments/rollout").json()
+    deadline = time.monotonic() + 10  # usage rows are written in batches, after the responses
+    while True:
+        status = AdminClient(server.base_url).get("/admin/experiments/rollout").json()
+        if sum(status["requests"].values()) >= 48 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert sum(status["requests"].values()) >= 48 and set(status["requests"]) == {"champion", "challenger"}
-    assert status["sample_ratio"]["mismatch"] is False
+    assert status["sample_ratio"]["mismatch"] is False, status
     assert [e["kind"] for e in status["events"]] == ["created"] and status["events"][0]["actor"] == "shipyard.yaml"
 
 
