@@ -42,7 +42,7 @@ class Sampler:
         step's forward runs (their matchers' states are final since the last step); None when
         no row has a grammar. Hand the result to `__call__` with the same rows."""
         matchers = [s.matcher for s in seqs if s.matcher is not None]
-        if not matchers:
+        if len(matchers) < 2:  # one row's mask costs less than the hand-off to another thread
             return None
         if self._mask_thread is None:
             from concurrent.futures import ThreadPoolExecutor
