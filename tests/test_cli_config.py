@@ -48,3 +48,20 @@ def test_config_rejects_unknown_fields(tmp_path):
     path.write_text("deployments:\n  m1: {engine: transformers, model: /x, max_num_sequences: 4}\n")
     with pytest.raises(ValidationError):
         ShipyardConfig.load(path)
+
+
+def test_embedding_models_from_the_command_line_and_yaml(tmp_path):
+    from shipyard.engines.embedding_engine import builtin_model_path
+
+    folder = tmp_path / "my-embedder"
+    folder.mkdir()
+    config = ShipyardConfig().with_embedding_model("builtin").with_embedding_model(str(folder))
+    assert config.embeddings["shipyard-embed"].model == "builtin"  # the shipped MiniLM, by its own name
+    assert config.embeddings["my-embedder"].model == str(folder)  # a folder, under its folder's name
+    assert builtin_model_path().endswith("model")
+    path = tmp_path / "shipyard.yaml"
+    path.write_text("deployments: {}\nembeddings:\n  bge: {model: /models/bge, dimensions: [256, 128]}\n")
+    assert ShipyardConfig.load(path).embeddings["bge"].dimensions == [256, 128]
+    path.write_text("deployments:\n  same: {model: /m}\nembeddings:\n  same: {model: builtin}\n")
+    with pytest.raises(ValidationError, match="name both a deployment and an embedding model"):
+        ShipyardConfig.load(path)
