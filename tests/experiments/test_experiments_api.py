@@ -242,7 +242,7 @@ def test_a_replay_of_a_stored_dataset_feeds_the_decision_report(server, tmp_path
         assert set(worse) | set(better) <= {"latency_ms", "ttft_ms"}
         expected = "keep_champion" if worse else "promote" if better else "continue"
         assert report["recommendation"]["action"] == expected
-        shown = shipyard("report", "offline")
+        shown = shipyard("report", "offline", "--min-samples", "5")  # as the JSON report above
         assert shown.returncode == 0 and f"recommendation: {expected}" in shown.stdout
         assert call(server.base_url, ADMIN_KEY, "GET", "/admin/experiments/offline/replays/nope").status_code == 404
         bad = call(server.base_url, ADMIN_KEY, "POST", "/admin/experiments/offline/replay",
