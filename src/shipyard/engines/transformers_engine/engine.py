@@ -40,8 +40,7 @@ from shipyard.engines.transformers_engine.scheduler import Scheduler
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceGroup
 from shipyard.engines.settings import TransformersEngineConfig
 from shipyard.engines.stop_strings import StopStringMatcher, StopStrings
-from shipyard.engines.tools.formats import HERMES, detect_format, template_knows_tools
-from shipyard.engines.tools.parser import ToolCallParser
+from shipyard.engines.transformers_engine.output_shape import OutputShapes
 from shipyard.engines.tools.prompt import has_tool_turns, template_inputs
 
 log = logging.getLogger("shipyard.engine")
@@ -66,10 +65,7 @@ class TransformersEngine(Engine):
         self._ready = False
         self._failed: BaseException | None = None
         self._identity: str | None = None
-        self._tool_format = HERMES
-        self._native_tools = False
-        self._grammars = None  # GrammarCompiler, made on the first constrained request
-        self._grammars_lock = threading.Lock()
+        self._shapes: OutputShapes | None = None  # structured outputs and tool calls, once loaded
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -82,9 +78,6 @@ class TransformersEngine(Engine):
             raise
         loaded = self._loaded
         self.model.max_model_len = loaded.max_model_len
-        template = getattr(loaded.tokenizer, "chat_template", None)
-        self._tool_format = detect_format(template if isinstance(template, str) else None, self.config.tool_parser)
-        self._native_tools = template_knows_tools(template if isinstance(template, str) else None)
         self._token_text = TokenTextCache(loaded.tokenizer)
         self._core = EngineCore(
             runner,
@@ -94,6 +87,7 @@ class TransformersEngine(Engine):
             loaded.max_model_len,
             self._prefix_cache(runner),
         )
+        self._shapes = OutputShapes(loaded, self._core.sampler, self.config.tool_parser)
         self._thread = threading.Thread(target=self._run_loop, name="shipyard-engine", daemon=True)
         self._thread.start()
         self._ready = True
@@ -172,7 +166,7 @@ class TransformersEngine(Engine):
             if prompt.messages is not None:
                 tools = None
                 if has_tool_turns(prompt):
-                    messages, tools = template_inputs(prompt, self._tool_format, self._native_tools)
+                    messages, tools = template_inputs(prompt, self._shapes.format, self._shapes.native_tools)
                 else:
                     messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
                 try:
@@ -208,34 +202,12 @@ class TransformersEngine(Engine):
         self.tokenizer  # noqa: B018 - not loaded yet: EngineUnavailableError before the thread hop
         return await asyncio.to_thread(self.encode_prompt, prompt, add_special_tokens)
 
-    def _compiler(self):
-        """This tokenizer's grammar compiler (its vocabulary read once, ~15 ms to ~1 s)."""
-        with self._grammars_lock:
-            if self._grammars is None:
-                from shipyard.engines.grammar import GrammarCompiler
-
-                loaded = self._loaded
-                self._grammars = GrammarCompiler(loaded.tokenizer, loaded.vocab_size, loaded.eos_token_ids)
-                self._core.sampler.grammars = self._grammars
-            return self._grammars
-
-    def _grammar(self, prompt: Prompt, params: SamplingParams) -> str | None:
-        """Blocking: the request's grammar, compiled and remembered (call through `prepare`)."""
-        from shipyard.engines.grammar import check_grammar, needs_grammar
-
-        if not needs_grammar(prompt, params):
-            return None
-        grammar = check_grammar(prompt, params, self._tool_format)
-        if grammar is not None:
-            self._compiler().matcher(grammar)  # compiled now, so generate() only copies it
-        return grammar
-
     async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
         from shipyard.engines.grammar import needs_grammar
 
         if needs_grammar(prompt, params):
             self.tokenizer  # noqa: B018 - not loaded yet: EngineUnavailableError before the thread hop
-            await asyncio.to_thread(self._grammar, prompt, params)
+            await asyncio.to_thread(self._shapes.grammar, prompt, params)
 
     async def decode(self, token_ids: list[int]) -> str:
         tokenizer = self.tokenizer
@@ -295,10 +267,9 @@ class TransformersEngine(Engine):
         max_tokens = params.max_tokens if params.max_tokens is not None else self.model.max_model_len - len(prompt_ids)
         sequences = []
         stops = StopStrings(params.stop)  # one automaton, shared by the request's choices
-        grammar = self._grammar(request.prompt, params)  # remembered since prepare(): a copy
-        calls_tools = bool(request.prompt.tools) and params.tool_choice != "none"
-        # Call markers that are special tokens must reach the parser as text
-        skip_special = params.skip_special_tokens and not (calls_tools and self._tool_format.special_start)
+        shapes, prompt = self._shapes, request.prompt
+        grammar = shapes.grammar(prompt, params)  # remembered since prepare(): a copy
+        skip_special = shapes.skip_special_tokens(prompt, params)
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -317,9 +288,8 @@ class TransformersEngine(Engine):
                     stop_matcher=StopStringMatcher(stops),
                     timings=Timings(arrival=request.arrival_time or time.monotonic()),
                     generator=generator,
-                    matcher=self._compiler().matcher(grammar) if grammar is not None else None,
-                    tool_parser=ToolCallParser(self._tool_format, single=not params.parallel_tool_calls)
-                    if calls_tools else None,
+                    matcher=shapes.matcher(grammar),
+                    tool_parser=shapes.tool_parser(prompt, params),
                 )
             )
         return SequenceGroup(request_id=request.request_id, sequences=sequences, prompt_ids=prompt_ids,
