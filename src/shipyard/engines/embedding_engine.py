@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from shipyard.engines.base import EngineStats, ModelInfo, path_identity
-from shipyard.engines.errors import EngineOverloadedError, EngineUnavailableError, InvalidRequestError
+from shipyard.engines.errors import (
+    EngineOverloadedError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
 from shipyard.engines.settings import EmbeddingEngineConfig
 
 log = logging.getLogger("shipyard.embeddings")
@@ -173,7 +178,15 @@ class EmbeddingEngine:
             self._queued_inputs += len(ids)
             self._jobs.append(job)
             self._wake.notify()
-        vectors = await job.future
+        try:  # a model that hangs is a 504, never a request that waits forever
+            vectors = await asyncio.wait_for(asyncio.shield(job.future), self.config.timeout_s)
+        except asyncio.TimeoutError:
+            job.future.cancel()  # the thread skips it if it has not started it
+            raise EngineTimeoutError(f"The embedding model '{self.model.id}' did not answer within "
+                                     f"{self.config.timeout_s:g} s.") from None
+        except asyncio.CancelledError:
+            job.future.cancel()
+            raise
         if dimensions is not None and dimensions < vectors.shape[1]:  # Matryoshka: the head, renormalized
             vectors = vectors[:, :dimensions]
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -55,5 +55,6 @@ class EmbeddingEngineConfig(BaseModel):
     num_threads: int = Field(1, ge=1, description="torch threads for the model's forward")
     max_batch_inputs: int = Field(256, ge=1, description="Inputs embedded in one forward (across requests)")
     max_waiting: int = Field(4096, ge=1, description="Inputs queued beyond this are refused with 503")
+    timeout_s: float = Field(60.0, gt=0, description="A call not answered within this is a 504")
     dimensions: list[int] = Field(default_factory=list, description="Smaller sizes the model was trained to be "
                                   "truncated to (Matryoshka), offered through the `dimensions` field")

@@ -116,13 +116,13 @@ class _CallScanner:
             self.args_end = end
         self.expect = "comma"
 
-    def arguments_so_far(self) -> str:
-        """The arguments' text that can be sent now (objects and arrays stream; strings and
-        numbers are sent whole, once they end)."""
+    def arguments_so_far(self, sent: int = 0) -> str:
+        """The arguments' text that can be sent now, from character `sent` on (objects and arrays
+        stream, and only the new part is joined; strings and numbers are sent whole, once they end)."""
         if self.args_start is None:
             return ""
         if self.args_kind in "{[":
-            return "".join(self.chars[self.args_start: self.args_end or len(self.chars)])
+            return "".join(self.chars[self.args_start + sent: self.args_end or len(self.chars)])
         if self.args_end is None:
             return ""
         text = "".join(self.chars[self.args_start: self.args_end]).strip()
@@ -261,12 +261,14 @@ class ToolCallParser:
 
     def _emit_arguments(self, deltas: list[ToolCallDelta], final: bool) -> None:
         scanner = self._scanner
-        text = scanner.arguments_so_far()
         if final and scanner.args_start is None:
-            text = "{}"
-        if len(text) > self._sent:
-            piece = text[self._sent:]
-            self._sent = len(text)
+            piece = "{}"[self._sent:]
+        elif scanner.args_kind in "{[":
+            piece = scanner.arguments_so_far(self._sent)
+        else:  # sent whole when it ends
+            piece = scanner.arguments_so_far()[self._sent:]
+        if piece:
+            self._sent += len(piece)
             if deltas and deltas[-1].index == self._index:
                 deltas[-1].arguments += piece
             else:
