@@ -21,6 +21,18 @@ def _deploy(*args: str, data_dir, cwd) -> subprocess.CompletedProcess:
                           timeout=600, env=env, cwd=cwd)
 
 
+def _serve_and_read_plan(config: dict, name: str, data_dir, workdir) -> dict:
+    """Serve what deploy wrote; the deployment answers, and its saved plan is on the admin API."""
+    with ServerProcess(config, workdir, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "SHIPYARD_DATA_DIR": str(data_dir)}
+                       ) as server:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=ADMIN_KEY, max_retries=0) as client:
+            reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=4)
+            assert 1 <= reply.usage.completion_tokens <= 4
+        assert call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/nope/plan").status_code == 404
+        return call(server.base_url, ADMIN_KEY, "GET", f"/admin/deployments/{name}/plan").json()
+
+
 def test_plan_prints_and_exits_without_converting(tiny_model, tmp_path):
     result = _deploy(str(tiny_model), "--plan", "--no-measure", data_dir=tmp_path / "data", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -64,15 +76,8 @@ def test_measured_deploy_writes_what_it_measured_and_it_serves(tiny_model, tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     deployment = yaml.safe_load((tmp_path / "shipyard.yaml").read_text())["deployments"]["fast"]
     assert deployment["engine"] in ("transformers", "llamacpp") and deployment["num_threads"] >= 1
-    config = {"deployments": {"fast": deployment}}
-    with ServerProcess(config, tmp_path, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "SHIPYARD_DATA_DIR": str(data_dir)}
-                       ) as server:
-        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=ADMIN_KEY, max_retries=0) as client:
-            reply = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}],
-                                                   max_tokens=4)
-            assert 1 <= reply.usage.completion_tokens <= 4
-        plan = call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/fast/plan").json()
-        assert any("for latency" in reason for reason in plan["plan"]["reasons"])
+    plan = _serve_and_read_plan({"deployments": {"fast": deployment}}, "fast", data_dir, tmp_path)
+    assert any("for latency" in reason for reason in plan["plan"]["reasons"])
 
 
 def test_deploy_to_gguf_verifies_writes_and_serves(tiny_model, tmp_path):
@@ -87,18 +92,9 @@ def test_deploy_to_gguf_verifies_writes_and_serves(tiny_model, tmp_path):
     converted = os.stat(deployment["model"]).st_mtime_ns
     again = _deploy(str(tiny_model), "--optimize", "gguf-q8_0", "--no-serve", data_dir=data_dir, cwd=tmp_path)
     assert again.returncode == 0 and os.stat(deployment["model"]).st_mtime_ns == converted  # cached by content hash
-
-    with ServerProcess(config, tmp_path, env={"SHIPYARD_ADMIN_KEY": ADMIN_KEY, "SHIPYARD_DATA_DIR": str(data_dir)}
-                       ) as server:
-        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=ADMIN_KEY, max_retries=0) as client:
-            reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                                   max_tokens=4)
-            assert 1 <= reply.usage.completion_tokens <= 4
-        plan = call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/tiny/plan").json()
-        assert plan["plan"]["precision"] == "gguf-q8_0" and plan["verification"][0]["kept"] is True
-        assert plan["verification"][0]["loss_pct"] <= 2.0
-        missing = call(server.base_url, ADMIN_KEY, "GET", "/admin/deployments/nope/plan")
-        assert missing.status_code == 404
+    plan = _serve_and_read_plan(config, "tiny", data_dir, tmp_path)
+    assert plan["plan"]["precision"] == "gguf-q8_0" and plan["verification"][0]["kept"] is True
+    assert plan["verification"][0]["loss_pct"] <= 2.0
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "..", ".hidden"])

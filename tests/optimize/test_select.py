@@ -120,7 +120,7 @@ def test_gpu_plans_never_claim_a_quantization_they_cannot_serve():
     `--quantization awq` on fp16 weights), a quantization silently dropped without vLLM, and a
     compressed-tensors checkpoint served as GPTQ."""
     for option in ("awq", "gptq", "int8"):
-        with pytest.raises(PlanError, match="beforehand"):
+        with pytest.raises(PlanError, match="quantized beforehand"):
             plan(GPU_80, LLAMA_7B, option)
     gptq = ModelProfile("m", "LlamaForCausalLM", int(7e9), 32, 4096, 8, 128, 8192, "int32", int(4e9), "gptq")
     assert (plan(GPU_80, gptq).engine, plan(GPU_80, gptq).precision) == ("vllm", "gptq")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from functools import lru_cache
 
 from shipyard.engines.base import Prompt, SamplingParams
 from shipyard.engines.errors import InvalidRequestError
@@ -101,11 +100,28 @@ def grammar_for(prompt: Prompt, params: SamplingParams, fmt: ToolFormat = HERMES
     return None
 
 
-@lru_cache(maxsize=1024)
+_verdicts: OrderedDict[bytes, str] = OrderedDict()  # grammar digest → validation message ("" when valid)
+_verdicts_lock = threading.Lock()
+
+
 def _checked(grammar: str) -> str:
+    """llguidance's verdict on a grammar, remembered by digest: up to 1,024 of them, a few dozen
+    bytes each however large the grammars (the texts themselves are not kept)."""
+    import hashlib
+
     import llguidance
 
-    return llguidance.LLMatcher.validate_grammar(grammar)
+    digest = hashlib.blake2b(grammar.encode(), digest_size=16).digest()
+    with _verdicts_lock:
+        if digest in _verdicts:
+            _verdicts.move_to_end(digest)
+            return _verdicts[digest]
+    verdict = llguidance.LLMatcher.validate_grammar(grammar)
+    with _verdicts_lock:
+        _verdicts[digest] = verdict
+        while len(_verdicts) > 1024:
+            _verdicts.popitem(last=False)
+    return verdict
 
 
 def check_grammar(prompt: Prompt, params: SamplingParams, fmt: ToolFormat = HERMES) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -163,51 +164,83 @@ def _collect(model, batches, layers: dict, keep_rows: int = 0):
     return hessians, {name: torch.cat(rows)[:keep_rows] if rows else None for name, rows in samples.items()}
 
 
-def _awq_groups(model):
-    """(preceding module, [linears reading its output]) for llama-style decoder blocks."""
-    groups = []
-    for layer in getattr(getattr(model, "model", None), "layers", []):
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")) or not hasattr(mlp, "gate_proj"):
-            raise CalibrationError("AWQ here knows llama-style blocks (q/k/v_proj, gate/up/down_proj); this "
-                                   f"model is {type(model).__name__}")
-        groups.append((layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj]))
-        groups.append((layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]))
-        groups.append((mlp.up_proj, [mlp.down_proj]))
-    return groups
+def _blocks(layers: dict) -> list[dict]:
+    """The linears grouped by decoder block (`...layers.3.`), so calibration holds one block's
+    statistics at a time: a 7B model's Hessians all at once would be ~28 GB in float64."""
+    blocks: dict[str, dict] = {}
+    for name, module in layers.items():
+        match = re.match(r"(.*?\.(?:layers|h|blocks)\.\d+)\.", name)
+        blocks.setdefault(match.group(1) if match else "", {})[name] = module
+    return list(blocks.values())
 
 
-def awq_q4(model, samples: dict, grid: int = 11) -> dict:
-    """Search and fold AWQ scales into the model, then round every linear to the Q4_0 grid.
-    Returns the chosen α per group."""
+def _awq_groups(model, layer):
+    """(preceding module, [linears reading its output]) of one llama-style decoder block."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")) or not hasattr(mlp, "gate_proj"):
+        raise CalibrationError("AWQ here knows llama-style blocks (q/k/v_proj, gate/up/down_proj); this "
+                               f"model is {type(model).__name__}")
+    return [(layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj]),
+            (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]),
+            (mlp.up_proj, [mlp.down_proj])]
+
+
+def gptq_model(model, batches) -> None:
+    """GPTQ on every linear, a block's Hessians at a time (all from the unquantized model: the
+    quantized weights are written in at the end)."""
+    import torch
+
+    quantized = {}
+    for block in _blocks(_linears(model)):
+        hessians, _ = _collect(model, batches, block)
+        for name, module in block.items():
+            # rtn_q4 leaves GPTQ's values as they are, except the few blocks whose largest weight
+            # moved during the error updates: those it puts on the grid llama.cpp will use, so the
+            # folder and the Q4_0 GGUF made from it hold the same weights
+            quantized[name] = rtn_q4(gptq_q4(module.weight.detach().float(), hessians[name]))
+        del hessians
+    with torch.inference_mode():
+        for name, module in _linears(model).items():
+            module.weight.copy_(quantized[name])
+
+
+def awq_q4(model, batches, grid: int = 11, keep_rows: int = 2048) -> dict:
+    """Search and fold AWQ scales into the model, a decoder block at a time (folding is exact, so
+    later blocks see the same inputs), then round every linear to the Q4_0 grid. Returns the
+    chosen α per group."""
     import torch
 
     names = {module: name for name, module in model.named_modules()}
     chosen = {}
+    for layer in getattr(getattr(model, "model", None), "layers", []):
+        groups = _awq_groups(model, layer)
+        readers = {names[linears[0]]: linears[0] for _, linears in groups}  # each group's input, once
+        _, samples = _collect(model, batches, readers, keep_rows=keep_rows)
+        with torch.inference_mode():
+            for previous, linears in groups:
+                x = samples[names[linears[0]]]
+                if x is None:
+                    continue
+                magnitude = x.abs().mean(dim=0).clamp(min=1e-6)
+                reference = [x @ m.weight.T for m in linears]
+                best = (float("inf"), 0.0, torch.ones_like(magnitude))
+                for step in range(grid):
+                    alpha = step / (grid - 1)
+                    s = magnitude.pow(alpha)
+                    s = s / (s.max() * s.min()).sqrt()
+                    error = sum(float(((x @ (rtn_q4(m.weight * s) / s).T) - ref).pow(2).mean())
+                                for m, ref in zip(linears, reference))
+                    if error < best[0]:
+                        best = (error, alpha, s)
+                _, alpha, s = best
+                chosen[names[linears[0]]] = alpha
+                for m in linears:  # y = W x = (W·s)(x/s): the inputs' scale moves into what makes them
+                    m.weight.mul_(s)
+                if isinstance(previous, torch.nn.Linear):
+                    previous.weight.div_(s.unsqueeze(1))
+                else:
+                    previous.weight.div_(s)
     with torch.inference_mode():
-        for previous, linears in _awq_groups(model):
-            x = samples[names[linears[0]]]
-            if x is None:
-                continue
-            magnitude = x.abs().mean(dim=0).clamp(min=1e-6)
-            reference = [x @ m.weight.T for m in linears]
-            best = (float("inf"), 0.0, torch.ones_like(magnitude))
-            for step in range(grid):
-                alpha = step / (grid - 1)
-                s = magnitude.pow(alpha)
-                s = s / (s.max() * s.min()).sqrt()
-                error = sum(float(((x @ (rtn_q4(m.weight * s) / s).T) - ref).pow(2).mean())
-                            for m, ref in zip(linears, reference))
-                if error < best[0]:
-                    best = (error, alpha, s)
-            _, alpha, s = best
-            chosen[names[linears[0]]] = alpha
-            for m in linears:  # y = W x = (W·s)(x/s): the inputs' scale moves into what makes them
-                m.weight.mul_(s)
-            if isinstance(previous, torch.nn.Linear):
-                previous.weight.div_(s.unsqueeze(1))
-            else:
-                previous.weight.div_(s)
         for module in _linears(model).values():
             module.weight.copy_(rtn_q4(module.weight))
     return chosen
@@ -233,20 +266,12 @@ def quantize(model_dir: Path, method: str, out_dir: Path | None = None, text: st
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     batches = calibration_batches(tokenizer, text)
-    layers = _linears(model)
     report: dict = {"method": method, "group_size": GROUP, "grid": "ggml Q4_0", "calibration_windows": len(batches),
                     "calibration_tokens": sum(b.shape[1] for b in batches)}
     if method == "gptq":
-        hessians, _ = _collect(model, batches, layers)
-        with torch.inference_mode():
-            for name, module in layers.items():
-                # rtn_q4 leaves GPTQ's values as they are, except the few blocks whose largest weight
-                # moved during the error updates: those it puts on the grid llama.cpp will use, so the
-                # folder and the Q4_0 GGUF made from it hold the same weights
-                module.weight.copy_(rtn_q4(gptq_q4(module.weight.float(), hessians[name])))
+        gptq_model(model, batches)
     else:
-        _, samples = _collect(model, batches, layers, keep_rows=2048)
-        report["alphas"] = awq_q4(model, samples)
+        report["alphas"] = awq_q4(model, batches)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

@@ -37,8 +37,22 @@ def converter_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     return folder
 
 
+_fingerprints: dict[tuple[str, str], str] = {}  # (folder, its files' names, sizes and times) → content hash
+
+
 def model_fingerprint(model_dir: Path) -> str:
-    """A hash of the files that decide the converted output (weights, config, tokenizer)."""
+    """A hash of the files that decide the converted output (weights, config, tokenizer). Read
+    once per process while the files stay as they are: a deploy builds several candidates of one
+    model, and a 7B folder takes seconds to read."""
+    from shipyard.engines.base import path_identity
+
+    key = (str(model_dir), path_identity(str(model_dir)))
+    if key not in _fingerprints:
+        _fingerprints[key] = _content_hash(Path(model_dir))
+    return _fingerprints[key]
+
+
+def _content_hash(model_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
         digest.update(path.name.encode())

@@ -99,9 +99,7 @@ def precisions(hardware: HardwareProfile, model: ModelProfile) -> list[tuple[str
         pairs += [("llamacpp", p) for p in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0")]
         if model.architecture_is_llama_like:
             pairs += [("llamacpp", "gptq"), ("llamacpp", "awq")]
-    size = {"gguf-q4_0": 0.5625}
-    return [(e, p) for e, p in pairs
-            if model.parameters * size.get(p, BYTES_PER_PARAM.get(p, 0.5625)) * 1.2 < budget]
+    return [(e, p) for e, p in pairs if model.parameters * BYTES_PER_PARAM[p] * 1.2 < budget]
 
 
 def fingerprint(hardware: HardwareProfile, model_path: Path) -> str:

@@ -164,39 +164,34 @@ def _gpu_candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu
     compressed-tensors), else bf16, fp8 on fp8 tensor cores, then bitsandbytes' in-flight 4-bit.
     Without vLLM, the embedded engine: bf16, fp8 and int8 (torchao), never a 4-bit format it
     cannot run; a pre-quantized GPTQ/AWQ checkpoint then is a clear refusal, not a silent bf16."""
-    half = "bf16" if gpu.bf16 else "fp16"
     quantized = model.quantization if model.quantization in PREQUANTIZED else None
     if hw.vllm_installed:
+        engine = "vllm"
         if quantized:
-            return [("vllm", quantized, "the checkpoint is already quantized: vLLM serves it as it is")]
-        if optimize in ("gptq", "awq"):
-            raise PlanError(f"{optimize} serves a checkpoint quantized to {optimize.upper()} beforehand, and these "
-                            "weights are not: quantize them first (GPTQModel or llm-compressor on a GPU machine), "
-                            "or use fp8 or bnb-4bit, which vLLM quantizes as it loads")
-        if optimize == "int8":
-            raise PlanError("vLLM serves int8 (W8A8) from a checkpoint quantized beforehand, and these weights are "
-                            "not: use fp8 or bnb-4bit, which vLLM quantizes as it loads")
-        if optimize not in ("auto", "none"):
-            return [("vllm", optimize, "asked for")]
-        options = [("vllm", half, "full quality, and it fits with room for the KV cache")]
-        if optimize == "auto":
-            if gpu.fp8:
-                options.append(("vllm", "fp8", f"{gpu.name} has fp8 tensor cores: half the weights, near-lossless"))
-            options.append(("vllm", "bnb-4bit", "bitsandbytes quantizes to 4 bits as vLLM loads: a quarter of "
-                                                "the memory, no calibrated checkpoint needed"))
-        return options
-    if quantized:
-        raise PlanError(f"this checkpoint is {quantized}-quantized, which the embedded engine cannot run on a GPU; "
-                        "install vLLM (`pip install vllm`) to serve it as it is")
-    if optimize in ("gptq", "awq", "bnb-4bit"):
-        raise PlanError(f"{optimize} on a GPU is served by vLLM, which is not installed (`pip install vllm`)")
+            return [(engine, quantized, "the checkpoint is already quantized: vLLM serves it as it is")]
+        if optimize in ("gptq", "awq", "int8"):
+            raise PlanError(f"vLLM serves {optimize} from a checkpoint quantized beforehand, and these weights are "
+                            "not: quantize them first (GPTQModel or llm-compressor on a GPU machine), or use fp8 "
+                            "or bnb-4bit, which vLLM quantizes as it loads")
+        half_why = "full quality, and it fits with room for the KV cache"
+        smaller = [("fp8", f"{gpu.name} has fp8 tensor cores: half the weights, near-lossless"),
+                   ("bnb-4bit", "bitsandbytes quantizes to 4 bits as vLLM loads: a quarter of the memory, no "
+                                "calibrated checkpoint needed")]
+    else:
+        engine = "transformers"
+        if quantized:
+            raise PlanError(f"this checkpoint is {quantized}-quantized, which the embedded engine cannot run on a "
+                            "GPU; install vLLM (`pip install vllm`) to serve it as it is")
+        if optimize in ("gptq", "awq", "bnb-4bit"):
+            raise PlanError(f"{optimize} on a GPU is served by vLLM, which is not installed (`pip install vllm`)")
+        half_why = "full quality; vLLM is not installed, so the embedded engine serves it"
+        smaller = [("fp8", f"{gpu.name} has fp8 tensor cores (torchao)"),
+                   ("int8", "int8 weights (torchao) halve the memory")]
     if optimize not in ("auto", "none"):
-        return [("transformers", optimize, "asked for")]
-    options = [("transformers", half, "full quality; vLLM is not installed, so the embedded engine serves it")]
+        return [(engine, optimize, "asked for")]
+    options = [(engine, "bf16" if gpu.bf16 else "fp16", half_why)]
     if optimize == "auto":
-        if gpu.fp8:
-            options.append(("transformers", "fp8", f"{gpu.name} has fp8 tensor cores (torchao)"))
-        options.append(("transformers", "int8", "int8 weights (torchao) halve the memory"))
+        options += [(engine, precision, why) for precision, why in smaller if precision != "fp8" or gpu.fp8]
     return options
 
 

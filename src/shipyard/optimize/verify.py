@@ -70,12 +70,14 @@ def perplexity_hf(model_dir: str | Path, text: str, quantization: str = "none", 
     torch_device = torch.device(device)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     streamed = max_memory_bytes is not None and device == "cpu" and quantization == "none"
+    offload = None
     if streamed:  # weights past the budget stay on disk (memory-mapped safetensors), a layer at a time
         import tempfile
 
+        offload = tempfile.TemporaryDirectory(prefix="shipyard-offload-")  # only non-safetensors weights land here
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation="sdpa", device_map="auto",
-            max_memory={"cpu": int(max_memory_bytes)}, offload_folder=tempfile.mkdtemp(prefix="shipyard-offload-")).eval()
+            max_memory={"cpu": int(max_memory_bytes)}, offload_folder=offload.name).eval()
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                      attn_implementation="sdpa").to(torch_device).eval()
@@ -93,6 +95,9 @@ def perplexity_hf(model_dir: str | Path, text: str, quantization: str = "none", 
             count += chunk.shape[1] - 1
     speed = None if streamed and getattr(model, "hf_device_map", None) and "disk" in model.hf_device_map.values() \
         else _decode_speed_hf(model, torch_device)
+    if offload is not None:
+        del model
+        offload.cleanup()
     return Quality(math.exp(nll / count), count, speed)
 
 

@@ -137,8 +137,7 @@ class DeploymentEngine(Engine):
         return await engine.encode(prompt, add_special_tokens) if engine is not None else None
 
     async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
-        engine = self._any_engine()
-        if engine is not None:
+        if (engine := self._any_engine()) is not None:  # scaled to zero: the replica checks it when it starts
             await engine.prepare(prompt, params)
 
     async def decode(self, token_ids: list[int]) -> str:
