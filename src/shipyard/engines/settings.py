@@ -44,6 +44,10 @@ class LlamaCppEngineConfig(EmbeddedEngineConfig):
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all) by a CUDA build")
     flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp's flash attention (auto: "
                                                      "llama.cpp decides; `shipyard deploy` measures both)")
+    prefix_reuse: bool = Field(True, description="Start a prompt from the longest prefix a slot of its tenant "
+                               "already holds (llama-server's prompt cache); off: every prompt computed whole")
+    decode_loop: bool = Field(True, description="Run decode steps in the C loop while the batch stays the same and "
+                              "samples simply (built once with the system's C compiler; off: every step in Python)")
 
 
 class EmbeddingEngineConfig(BaseModel):

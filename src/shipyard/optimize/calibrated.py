@@ -253,7 +253,8 @@ def quantize(model_dir: Path, method: str, out_dir: Path | None = None, text: st
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shipyard.optimize.gguf import cache_root, model_fingerprint
+    from shipyard.optimize.gguf import model_fingerprint
+    from shipyard.engines.build_cache import cache_root
 
     if method not in METHODS:
         raise CalibrationError(f"method must be one of {', '.join(METHODS)}, not {method!r}")

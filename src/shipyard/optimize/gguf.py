@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+from shipyard.engines.build_cache import LLAMA_CPP_PYTHON_VERSION, cache_root, llama_cpp_sdist
+
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes itself
 QUANTIZED = ("q4_k_m", "q5_k_m", "q6_k", "q4_0")  # llama.cpp's quantizer, from an f16 file
 
@@ -24,13 +25,9 @@ class GGUFError(RuntimeError):
     pass
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shipyard"
-
-
 def converter_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     """The vendored llama.cpp folder holding convert_hf_to_gguf.py, or a clear error."""
-    folder = cache_root() / f"llama-cpp-python-{version}" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    folder = llama_cpp_sdist(version).parent / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
     if not (folder / "convert_hf_to_gguf.py").is_file():
         raise GGUFError(f"llama.cpp's converter is not in {folder}; run `scripts/llama-cpp.sh .venv/bin` "
                         "(make test and make serve do) to fetch llama-cpp-python's source release")

@@ -302,7 +302,7 @@ def choose(measurements: list[Measurement], objective: str, bound_pct: float,
 
 # ------------------------------------------------------------------ the whole selection
 def cache_path(key: str) -> Path:
-    from shipyard.optimize.gguf import cache_root
+    from shipyard.engines.build_cache import cache_root
 
     return cache_root() / "measurements" / f"{key}.json"
 

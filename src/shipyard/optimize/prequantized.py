@@ -91,7 +91,8 @@ def dequantize(model_dir: Path, out_dir: Path | None = None) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from shipyard.optimize.gguf import cache_root, model_fingerprint
+    from shipyard.optimize.gguf import model_fingerprint
+    from shipyard.engines.build_cache import cache_root
 
     model_dir = Path(model_dir)
     spec = quantization_config(model_dir)

@@ -11,15 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from shipyard.engines.base import GenerationChunk
+from shipyard.engines.llamacpp_engine.bursts import DecodeBursts
+from shipyard.engines.llamacpp_engine.decode_loop import DecodeLoop, library
 from shipyard.engines.llamacpp_engine.native import NativeLlama
 from shipyard.engines.llamacpp_engine.runner import LlamaCppRunner
+from shipyard.engines.llamacpp_engine.slots import SequenceSlots
 from shipyard.engines.settings import LlamaCppEngineConfig
+from shipyard.engines.transformers_engine.core import EngineCore
 from shipyard.engines.transformers_engine.engine import TransformersEngine
 from shipyard.engines.transformers_engine.loader import LoadedModel, ensure_chat_template, eos_token_ids
 
 
 class LlamaCppEngine(TransformersEngine):
     config: LlamaCppEngineConfig
+    _bursts: DecodeBursts | None | bool = None  # False: the C loop is off or unavailable
 
     def _load_backend(self) -> tuple[LoadedModel, LlamaCppRunner]:
         config = self.config
@@ -40,10 +47,34 @@ class LlamaCppEngine(TransformersEngine):
             vocab_size=min(len(tokenizer), native.n_vocab),
             num_layers=0,
         )
-        return loaded, LlamaCppRunner(native)
+        return loaded, LlamaCppRunner(native, config.max_num_seqs)
 
-    def _prefix_cache(self, runner) -> None:
-        return None  # llama.cpp's KV cells are its own; prompts are computed whole
+    def _prefix_cache(self, runner: LlamaCppRunner) -> SequenceSlots | None:
+        """Prompts start from the longest prefix a slot holds (slots.py): llama.cpp's cells, no pool."""
+        return runner.cache if self.config.prefix_reuse else None
+
+    def _steps(self, core: EngineCore) -> list[GenerationChunk]:
+        """While the batch stays the same and samples simply, the steps run in C (bursts.py)."""
+        bursts = self._decode_bursts(core)
+        steps = bursts.steps_possible() if bursts is not None else 0
+        if steps < 2:  # one step is as cheap in Python
+            return core.step()
+        bursts.run(steps, self._deliver, self._interrupted)
+        return []
+
+    def _decode_bursts(self, core: EngineCore) -> DecodeBursts | None:
+        if self._bursts is None:
+            lib = library() if self.config.decode_loop else None
+            native = core.runner.native
+            loop = DecodeLoop(lib, native.context, self.config.max_num_seqs, core.sampler.vocab_size) if lib else None
+            self._bursts = DecodeBursts(core, loop, native.n_vocab) if loop is not None else False
+            core.runner.on_close(self._bursts.close if self._bursts else None)
+        return self._bursts or None
+
+    @property
+    def decode_bursts(self) -> DecodeBursts | None:
+        """The C loop's driver, once the engine has stepped (None: steps run in Python)."""
+        return self._bursts or None
 
 
 def load_tokenizer(gguf: Path, folder: str | None):

@@ -79,6 +79,11 @@ class NativeLlama:
             self.close()
             raise
 
+    @property
+    def context(self):
+        """The llama_context pointer (for the C decode loop, which decodes on it between steps)."""
+        return self._ctx
+
     def eog_tokens(self) -> set[int]:
         """The ids the GGUF marks as ending a generation (eos, eot, ...)."""
         lib = self._lib
@@ -113,6 +118,10 @@ class NativeLlama:
     def drop(self, seq: int) -> None:
         """Forget every cached token of sequence `seq`."""
         self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def truncate(self, seq: int, length: int) -> None:
+        """Keep positions [0, length) of sequence `seq`."""
+        self._lib.llama_memory_seq_rm(self._memory, seq, length, -1)
 
     def copy(self, src: int, dst: int, length: int) -> None:
         """Sequence `dst` becomes positions [0, length) of `src` (and nothing else)."""

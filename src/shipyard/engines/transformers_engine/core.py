@@ -30,7 +30,11 @@ class EngineCore:
     def step(self) -> list[GenerationChunk]:
         started = time.perf_counter()
         chunks, rows = self._step()
-        elapsed = time.perf_counter() - started
+        self.account(time.perf_counter() - started, rows, chunks)
+        return chunks
+
+    def account(self, elapsed: float, rows: list[Sequence], chunks: list[GenerationChunk]) -> None:
+        """Compute time spent on `rows`, whose output is `chunks`."""
         self.busy_s += elapsed
         if rows:  # the step's time, shared among the sequences it computed: the compute-time cost basis
             share = elapsed / len(rows)
@@ -39,7 +43,6 @@ class EngineCore:
             for chunk in chunks:
                 if chunk.usage is not None:
                     chunk.usage.compute_s += share * sum(1 for s in rows if s.request_id == chunk.request_id)
-        return chunks
 
     def _step(self) -> tuple[list[GenerationChunk], list[Sequence]]:
         # Sequences already running decode one token; newly admitted prompts are prefilled in the
@@ -82,7 +85,7 @@ class EngineCore:
         finished = [s for s in self.scheduler.running if s.status is SequenceStatus.FINISHED]
         if finished:
             self.scheduler.remove_finished(finished)
-        return self._emit(touched), touched
+        return self.emit(touched), touched
 
     def abort(self, request_id: str) -> list[GenerationChunk]:
         group = self.scheduler.abort(request_id)
@@ -92,7 +95,7 @@ class EngineCore:
         for seq in group.sequences:
             if seq.timings.finished is None:
                 seq.timings.finished = now
-        return self._emit([s for s in group.sequences if s.finish_reason == "abort"])
+        return self.emit([s for s in group.sequences if s.finish_reason == "abort"])
 
     def fail_all(self) -> list[GenerationChunk]:
         """After an unrecoverable step error: end every request with finish_reason "error"."""
@@ -104,7 +107,7 @@ class EngineCore:
             for seq in group.sequences:
                 if seq.status is not SequenceStatus.FINISHED:
                     seq.status, seq.finish_reason, seq.timings.finished = SequenceStatus.FINISHED, "error", now
-            chunks += self._emit(group.sequences)
+            chunks += self.emit(group.sequences)
         return chunks
 
     def _start_groups(self, groups: list[SequenceGroup], logits) -> list[Sequence]:
@@ -129,9 +132,9 @@ class EngineCore:
     def _accept(self, seqs: list[Sequence], results: list[tuple[int, TokenLogprob | None]]) -> None:
         now = time.monotonic()
         for seq, (token, logprob) in zip(seqs, results):
-            self._append_token(seq, token, logprob, now)
+            self.accept_token(seq, token, logprob, now)
 
-    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
+    def accept_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         if seq.timings.first_token is None:
             seq.timings.first_token = now
         seq.output_ids.append(token)
@@ -189,7 +192,7 @@ class EngineCore:
         seq.stop_reason = stop_reason
         seq.timings.finished = now
 
-    def _emit(self, seqs: list[Sequence]) -> list[GenerationChunk]:
+    def emit(self, seqs: list[Sequence]) -> list[GenerationChunk]:
         chunks: list[GenerationChunk] = []
         last_of_group: dict[str, GenerationChunk] = {}
         for seq in seqs:

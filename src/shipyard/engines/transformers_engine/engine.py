@@ -325,7 +325,7 @@ class TransformersEngine(Engine):
                     chunks += core.abort(payload)
             if core.scheduler.has_work():
                 try:
-                    chunks += core.step()
+                    chunks += self._steps(core)
                 except Exception:  # a broken step must not hang every client
                     log.exception("engine step failed; failing in-flight requests")
                     chunks += core.fail_all()
@@ -334,6 +334,14 @@ class TransformersEngine(Engine):
                 self._wake.clear()
                 continue
             self._deliver(chunks)
+
+    def _steps(self, core: EngineCore) -> list[GenerationChunk]:
+        """One step (llama.cpp's engine may run several, delivering as it goes)."""
+        return core.step()
+
+    def _interrupted(self) -> bool:
+        """Whether the engine thread has something else to do than stepping (a request came or went)."""
+        return self._stopping or not self._inbox.empty()
 
     def _deliver(self, chunks: list[GenerationChunk]) -> None:
         # One loop callback per step, however many requests it served.

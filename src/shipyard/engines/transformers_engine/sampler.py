@@ -79,10 +79,7 @@ class Sampler:
             n = len(seqs)
             tokens = [int(t) for t in host[:n]]
             for seq, logprob, ent in zip(seqs, host[n: 2 * n], host[2 * n:]):
-                seq.logprob_min = logprob if not seq.scored_tokens else min(seq.logprob_min, logprob)
-                seq.logprob_sum += logprob
-                seq.entropy_sum += ent
-                seq.scored_tokens += 1
+                seq.score(logprob, ent)
         else:
             tokens = picks.tolist()  # the step's one copy to the host
 

@@ -92,7 +92,8 @@ class Scheduler:
 
     @property
     def num_running_requests(self) -> int:
-        return len({s.request_id for s in self.running})
+        """Requests with a sequence still generating (a finished one may wait for its slot to be freed)."""
+        return len({s.request_id for s in self.running if s.status is not SequenceStatus.FINISHED})
 
     def kv_tokens_used(self) -> int:
         return sum(s.length for s in self.running)

@@ -55,6 +55,13 @@ class Sequence:
     tool_parser: ToolCallParser | None = None
     pending_tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
+    def score(self, logprob: float, entropy: float) -> None:
+        """One more chosen token's logprob and its distribution's entropy."""
+        self.logprob_min = logprob if not self.scored_tokens else min(self.logprob_min, logprob)
+        self.logprob_sum += logprob
+        self.entropy_sum += entropy
+        self.scored_tokens += 1
+
     def confidence(self) -> dict | None:
         if not self.scored_tokens:
             return None
