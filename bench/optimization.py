@@ -18,7 +18,9 @@ is its tokens/s at concurrency 8 over the best variant within the 2% perplexity 
 llama.cpp's own C++ `llama-server` (built once from the vendored sources by
 scripts/llama-server.sh, 1 thread, 8 slots) serves the same q8_0 file, called directly:
 `llama_server_ratio_c1` / `_c8` are Shipyard's fastest path on that same file (llama.cpp's flash
-attention on or off, whichever measured faster at that concurrency) over it.
+attention on or off, whichever measured faster at that concurrency) over it. For those ratios the
+three servers run side by side and are measured in turn, round after round (at least 5), so both
+sides of each ratio come from the same minutes of this shared machine.
 Prints a table; writes bench/results/optimization.json.
 """
 
@@ -128,6 +130,27 @@ def _measure(proc: subprocess.Popen, url: str, key: str, args) -> dict:
     return figures
 
 
+SAME_FILE = ("gguf-q8_0", "gguf-q8_0 fa-off")  # Shipyard's paths on the file llama-server serves
+
+
+def _side_by_side(variants: dict, gguf: Path, workdir: Path, args, rounds: int) -> dict:
+    """Shipyard's q8_0 servers and llama-server up together, measured in turn, round after round:
+    the ratios compare the same minutes of this shared machine (medians per server)."""
+    servers = {name: serve_deployment(variants[name][0], workdir, f"same-{index}")
+               for index, name in enumerate(SAME_FILE)}
+    servers["llama-server"] = _llama_server(gguf, workdir)
+    try:
+        runs: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(rounds):
+            for name, (proc, url) in servers.items():
+                runs[name].append(_measure(proc, url, "none" if name == "llama-server" else ADMIN, args))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(60)
+    return {"same_file": {name: _median_of(measured) for name, measured in runs.items()}}
+
+
 def _median_of(runs: list[dict]) -> dict:
     """Field by field, the median of several measurements (nested dicts of numbers)."""
     merged = {}
@@ -192,12 +215,8 @@ def main() -> None:
                 proc.wait(60)
             figures["perplexity"] = round(quality().perplexity, 4)
             results["variants"][name] = figures
-        proc, url = _llama_server(ggufs["gguf-q8_0"], workdir)
-        try:
-            results["llama_server_q8_0"] = _median_of([_measure(proc, url, "none", args) for _ in range(args.repeat)])
-        finally:
-            proc.terminate()
-            proc.wait(60)
+        results["same_file_rounds"] = max(args.repeat, 5)
+        results.update(_side_by_side(variants, ggufs["gguf-q8_0"], workdir, args, results["same_file_rounds"]))
     v = results["variants"]
     reference = v["fp32"]["perplexity"]
     loss = {name: (f["perplexity"] - reference) / reference * 100 for name, f in v.items()}
@@ -205,12 +224,14 @@ def main() -> None:
     best = max(within, key=lambda name: v[name]["c8"]["tokens_per_s"])
     results["best_within_bound"] = best
     results["deploy_choice_vs_best_ratio"] = v["deploy choice"]["c8"]["tokens_per_s"] / v[best]["c8"]["tokens_per_s"]
-    # Shipyard's fastest path on the very same q8_0 file at each concurrency (flash attention as measured best)
-    same_file = ("gguf-q8_0", "gguf-q8_0 fa-off")
+    # Shipyard's fastest path on the very same q8_0 file at each concurrency (flash attention as measured
+    # best), against llama-server, all measured round by round in the same minutes
+    same = results["same_file"]
     for c in ("c1", "c8"):
-        fastest = max(same_file, key=lambda name: v[name][c]["tokens_per_s"])
-        results[f"llama_server_ratio_{c}"] = v[fastest][c]["tokens_per_s"] / results["llama_server_q8_0"][c]["tokens_per_s"]
+        fastest = max(SAME_FILE, key=lambda name: same[name][c]["tokens_per_s"])
+        results[f"llama_server_ratio_{c}"] = same[fastest][c]["tokens_per_s"] / same["llama-server"][c]["tokens_per_s"]
         results[f"llama_server_shipyard_path_{c}"] = fastest
+    results["llama_server_q8_0"] = same["llama-server"]
     results["best_vs_llama_server_c8"] = v[best]["c8"]["tokens_per_s"] / results["llama_server_q8_0"]["c8"]["tokens_per_s"]
     results["gptq_perplexity_loss_pct"] = loss["gptq"]
     results["awq_perplexity_loss_pct"] = loss["awq"]
@@ -223,6 +244,10 @@ def main() -> None:
         print(f"{name:<22}{f['c1']['tokens_per_s']:>10.1f}{f['c8']['tokens_per_s']:>10.1f}"
               f"{f['c1']['ttft_ms_p50'] or 0:>12.1f}{f['rss_mib']:>9.0f}{f['perplexity']:>12.3f}"
               f"{(f['perplexity'] - reference) / reference * 100:>8.3f}")
+    print(f"\nside by side, {results['same_file_rounds']} rounds in turn (medians):")
+    for name, f in results["same_file"].items():
+        print(f"{name:<22}{f['c1']['tokens_per_s']:>10.1f}{f['c8']['tokens_per_s']:>10.1f}"
+              f"{f['c1']['ttft_ms_p50'] or 0:>12.1f}")
     print(f"deploy choice {chosen.label}: {results['deploy_choice_vs_best_ratio']:.2f}x the best within the bound "
           f"({best}); Shipyard's q8_0 / llama-server: {results['llama_server_ratio_c1']:.2f}x at c=1, "
           f"{results['llama_server_ratio_c8']:.2f}x at c=8; GPTQ loss {results['gptq_perplexity_loss_pct']:.3f}%, "

@@ -213,6 +213,9 @@ class Generation:
                 self.first_token_at = now
                 self.record.ttft_ms = (now - self.record.arrival) * 1000
                 metrics.observe_latency(model, "ttft", now - self.record.arrival)
+            if previous is None and tokens > 1:  # a choice's first chunk brought more at once: no gaps between
+                metrics.observe_latency(model, "itl", 0.0, tokens - 1, window=False)
+                self._gaps.append((0.0, tokens - 1))
             elif previous is not None:
                 gap = (now - previous) / tokens
                 metrics.observe_latency(model, "itl", gap, tokens, window=False)

@@ -35,7 +35,7 @@ OBJECTIVES = ("throughput", "latency", "memory")
 TARGET_CONCURRENCY = 8
 DECODE_TOKENS = 64
 REPEATS = 3  # short runs on a shared machine: the median of three
-METHOD = 3  # how candidates are measured: a change re-measures every cached model
+METHOD = 4  # how candidates are measured (4: the llamacpp engine's C decode loop): a change re-measures every cached model
 QUALITY_TEXT_CHARS = 12_000
 
 

@@ -47,6 +47,8 @@ class LlamaCppEngine(TransformersEngine):
             vocab_size=min(len(tokenizer), native.n_vocab),
             num_layers=0,
         )
+        if config.decode_loop:
+            library()  # built (once per machine) while loading, not in the first request's step
         return loaded, LlamaCppRunner(native, config.max_num_seqs)
 
     def _prefix_cache(self, runner: LlamaCppRunner) -> SequenceSlots | None:

@@ -4,6 +4,7 @@ step loop on a dedicated thread, and hands each step's chunks back in one loop c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -377,6 +378,12 @@ class _RequestStream:
         if isinstance(item, BaseException):
             self._done = True
             raise item
+        # Chunks that piled up while the reader was busy leave as one: a reader slower than the
+        # engine (a small model decodes a token in a fraction of a millisecond) then frames fewer,
+        # fuller events instead of falling further behind. One that keeps up sees every step.
+        stream = self._stream
+        while not stream.empty() and _mergeable(item, stream._queue[0]):
+            item = _merged(item, stream.get_nowait())
         if item.usage is not None:
             self._done = True
         return item
@@ -386,3 +393,18 @@ class _RequestStream:
             self._done = True
             self._engine._streams.pop(self._request_id, None)
             await self._engine.cancel(self._request_id)
+
+
+def _mergeable(earlier: GenerationChunk, later) -> bool:
+    return (isinstance(later, GenerationChunk) and later.index == earlier.index and earlier.finish_reason is None
+            and (earlier.logprobs is None) == (later.logprobs is None) and later.prompt_logprobs is None)
+
+
+def _merged(earlier: GenerationChunk, later: GenerationChunk) -> GenerationChunk:
+    """One chunk carrying both: the later one's end (finish, usage, timings, confidence) if any."""
+    return dataclasses.replace(
+        later, text=earlier.text + later.text, token_ids=earlier.token_ids + later.token_ids,
+        logprobs=None if earlier.logprobs is None else earlier.logprobs + later.logprobs,
+        tool_calls=(earlier.tool_calls or []) + (later.tool_calls or []) or None,
+        prompt_logprobs=earlier.prompt_logprobs, served_by=earlier.served_by, cache=earlier.cache,
+        cache_similarity=earlier.cache_similarity)
