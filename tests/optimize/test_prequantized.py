@@ -1,6 +1,7 @@
-"""Pre-quantized GPTQ and AWQ checkpoints on a CPU: packed as AutoGPTQ's and AutoAWQ's reference
-packers write them (below, from their `pack` code), unpacked by optimize/prequantized.py into
-exactly the weights they stand for, and deployed by the measured selection."""
+"""Pre-quantized GPTQ, AWQ and compressed-tensors checkpoints on a CPU: packed as AutoGPTQ's and
+AutoAWQ's reference packers write them (below, from their `pack` code) and as compressed-tensors'
+own compressor does, unpacked by optimize/prequantized.py into exactly the weights they stand
+for, and deployed by the measured selection."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_packed_weights_unpack_to_exactly_what_they_stand_for(tiny_model, tmp_pa
 
 
 def test_what_is_not_a_4_bit_gptq_or_awq_checkpoint_is_refused(tiny_model, tmp_path):
-    with pytest.raises(PrequantizedError, match="not a GPTQ or AWQ"):
+    with pytest.raises(PrequantizedError, match="not a GPTQ, AWQ or compressed-tensors"):
         dequantize(tiny_model, tmp_path / "x")
     checkpoint, _ = _packed_checkpoint(tiny_model, tmp_path, "gptq")
     config = json.loads((checkpoint / "config.json").read_text())
@@ -100,14 +101,88 @@ def test_what_is_not_a_4_bit_gptq_or_awq_checkpoint_is_refused(tiny_model, tmp_p
         dequantize(checkpoint, tmp_path / "y")
 
 
-def test_a_gptq_checkpoint_deploys_on_a_cpu(tiny_model, tmp_path):
+@pytest.mark.parametrize("method", ["gptq", "compressed-tensors"])
+def test_a_prequantized_checkpoint_deploys_on_a_cpu(tiny_model, tmp_path, method):
     import os
     import subprocess
     import sys
 
-    checkpoint, _ = _packed_checkpoint(tiny_model, tmp_path, "gptq")
+    if method == "gptq":
+        checkpoint, _ = _packed_checkpoint(tiny_model, tmp_path, "gptq")
+        said = "unpacked the 4-bit GPTQ (group 32) checkpoint"
+    else:
+        checkpoint, _ = _compressed_checkpoint(tiny_model, tmp_path, symmetric=False)
+        said = "unpacked the compressed-tensors pack-quantized (4-bit int group 32) checkpoint"
     env = {**os.environ, "SHIPYARD_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "shipyard", "deploy", str(checkpoint), "--plan", "--remeasure"],
                             capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "unpacked the 4-bit GPTQ checkpoint" in result.stdout and "chose " in result.stdout
+    assert said in result.stdout and "chose " in result.stdout
+
+
+def _compressed_checkpoint(tiny_model, tmp_path, symmetric: bool, bits: int = 4):
+    """The tiny model as llm-compressor writes a W4A16 (or W8A16) checkpoint: compressed-tensors'
+    own packer and config; and the weights it stands for (the library's fake quantization)."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
+    out = tmp_path / f"tiny-ct-{bits}-{'sym' if symmetric else 'asym'}"
+    shutil.copytree(tiny_model, out)
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=GROUP)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    low_q, high_q = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    packed, expected = {}, {}
+    for name, tensor in load_file(out / "model.safetensors").items():
+        if not name.endswith("_proj.weight"):
+            packed[name] = tensor
+            continue
+        weight = tensor.float()
+        groups = weight.reshape(weight.shape[0], -1, GROUP)
+        if symmetric:
+            scale, zero = (groups.abs().amax(-1) / high_q).clamp(min=1e-8), None
+        else:
+            low, high = groups.amin(-1), groups.amax(-1)
+            scale = ((high - low) / (high_q - low_q)).clamp(min=1e-8)
+            zero = torch.round(low_q - low / scale).clamp(low_q, high_q).to(torch.int8)
+        state = {"weight": weight, "weight_scale": scale, **({"weight_zero_point": zero} if zero is not None else {})}
+        expected[name] = fake_quantize(weight, scale, zero, args)
+        prefix = name.removesuffix(".weight")
+        packed.update({f"{prefix}.{key}": value for key, value in PackedQuantizationCompressor.compress(state, scheme).items()})
+    save_file(packed, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    spec = QuantizationConfig(config_groups={"group_0": scheme}, format="pack-quantized", ignore=["lm_head"],
+                              quantization_status="compressed")
+    config["quantization_config"] = {**spec.model_dump(mode="json"), "quant_method": "compressed-tensors"}
+    (out / "config.json").write_text(json.dumps(config))
+    return out, expected
+
+
+@pytest.mark.parametrize("symmetric, bits", [(True, 4), (False, 4), (True, 8)])
+def test_compressed_tensors_checkpoints_unpack_to_what_they_stand_for(tiny_model, tmp_path, symmetric, bits):
+    from transformers import AutoModelForCausalLM
+
+    from shipyard.optimize.prequantized import describe, quantization_config
+
+    checkpoint, expected = _compressed_checkpoint(tiny_model, tmp_path, symmetric, bits)
+    assert load_file(checkpoint / "model.safetensors").keys().isdisjoint(expected)  # packed, not dense
+    assert describe(quantization_config(checkpoint)) == f"compressed-tensors pack-quantized ({bits}-bit int group 32)"
+    unpacked = dequantize(checkpoint, tmp_path / "ct-dense")
+    weights = load_file(unpacked / "model.safetensors")
+    assert expected and all(torch.equal(weights[name], dense) for name, dense in expected.items())
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())
+    config = json.loads((unpacked / "config.json").read_text())
+    assert "quantization_config" not in config and config["torch_dtype"] == "float32"
+    AutoModelForCausalLM.from_pretrained(unpacked)  # a plain model folder now
+    assert dequantize(checkpoint, tmp_path / "ct-dense") == unpacked  # cached
+
+
+def test_a_broken_compressed_tensors_checkpoint_is_refused(tiny_model, tmp_path):
+    checkpoint, _ = _compressed_checkpoint(tiny_model, tmp_path, symmetric=True)
+    tensors = load_file(checkpoint / "model.safetensors")
+    scale = next(name for name in tensors if name.endswith("weight_scale"))
+    save_file({name: t for name, t in tensors.items() if name != scale}, checkpoint / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(PrequantizedError, match="compressed-tensors could not unpack"):
+        dequantize(checkpoint, tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()

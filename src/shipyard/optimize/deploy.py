@@ -145,7 +145,7 @@ def deploy_measured(model_path: Path, objective: str, bound_pct: float, max_ttft
     """The measured choice (optimize/measure.py) as a deployment: what was measured is what is
     served, with the batch size and threads that measured best. Returns (deployed, selection)."""
     from shipyard.optimize.measure import engine_settings, select
-    from shipyard.optimize.prequantized import SUPPORTED, dequantize, quantization_config
+    from shipyard.optimize.prequantized import SUPPORTED, dequantize, describe, quantization_config
 
     hardware, model, predicted = make_plan(model_path, "auto")
     name = deployment_name(model_path)
@@ -153,10 +153,10 @@ def deploy_measured(model_path: Path, objective: str, bound_pct: float, max_ttft
     spec = quantization_config(model_path) if model_path.is_dir() else None
     if spec and spec.get("quant_method") in SUPPORTED:  # a CPU has no loader for the packed format
         if progress is not None:
-            progress(f"unpacking the {spec['quant_method'].upper()} checkpoint")
+            progress(f"unpacking the {describe(spec)} checkpoint")
         model_path = dequantize(model_path)
-        unpacked.append(f"unpacked the 4-bit {spec['quant_method'].upper()} checkpoint (group "
-                        f"{spec.get('group_size')}) into the weights it stands for; quality is measured against it")
+        unpacked.append(f"unpacked the {describe(spec)} checkpoint into the weights it stands for; "
+                        "quality is measured against it")
     selection = select(model_path, objective, bound_pct, max_ttft_ms, progress, hardware, refresh)
     selection.reasons[:0] = unpacked
     chosen = selection.chosen

@@ -1,11 +1,16 @@
-"""Pre-quantized GPTQ and AWQ checkpoints on a CPU: their packed 4-bit weights unpacked.
+"""Pre-quantized GPTQ, AWQ and compressed-tensors checkpoints on a CPU: their packed weights unpacked.
 
-On a GPU, vLLM serves such checkpoints as they are (`--quantization gptq|awq`). On a CPU the
-loaders transformers would use (gptqmodel, autoawq) do not install beside the pinned torch, so
-the checkpoint's int4 values are unpacked here with their group scales and zero points into a
-plain folder of the weights they stand for (cached by content hash). That folder then goes
+On a GPU, vLLM serves such checkpoints as they are (`--quantization gptq|awq|compressed-tensors`).
+On a CPU the loaders transformers would use (gptqmodel, autoawq) do not install beside the pinned
+torch, so the checkpoint's int4 values are unpacked here with their group scales and zero points
+into a plain folder of the weights they stand for (cached by content hash). That folder then goes
 through the measured selection like any model: the embedded engine, or llama.cpp's 4-bit and
 8-bit GGUF kernels.
+
+compressed-tensors checkpoints (llm-compressor's output: `pack-quantized` W4A16/W8A16, int8 and
+fp8 formats) are unpacked by the compressed-tensors library itself, shard by shard without
+loading the model (its `convert_checkpoint` with the `CompressedTensorsDequantizer`), so every
+format and scheme it writes is read back as it wrote it.
 
 The layouts, from the formats' reference packers:
 - GPTQ (AutoGPTQ / GPTQModel `QuantLinear.pack`): `qweight` int32 [in/8, out], eight 4-bit values
@@ -25,7 +30,7 @@ import shutil
 from pathlib import Path
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-SUPPORTED = ("gptq", "awq")
+SUPPORTED = ("gptq", "awq", "compressed-tensors")
 
 
 class PrequantizedError(ValueError):
@@ -35,6 +40,33 @@ class PrequantizedError(ValueError):
 def quantization_config(model_dir: Path) -> dict | None:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return config.get("quantization_config")
+
+
+def describe(spec: dict) -> str:
+    """The checkpoint's quantization in a few words (for the deploy's reasons)."""
+    method = spec.get("quant_method")
+    if method != "compressed-tensors":
+        return f"4-bit {method.upper()} (group {spec.get('group_size')})"
+    schemes = [group.get("weights") or {} for group in (spec.get("config_groups") or {}).values()]
+    shapes = sorted({f"{w.get('num_bits')}-bit {w.get('type')} {w.get('strategy')}"
+                     + (f" {w['group_size']}" if w.get("group_size") else "") for w in schemes})
+    return f"compressed-tensors {spec.get('format')} ({', '.join(shapes) or 'no weight scheme'})"
+
+
+def _dequantize_compressed(model_dir: Path, partial: Path) -> None:
+    """compressed-tensors' own model-free dequantizer, shard by shard, into `partial` (float32)."""
+    import torch
+    from loguru import logger
+
+    logger.disable("compressed_tensors")  # its per-file chatter; failures still raise
+    from compressed_tensors.entrypoints.convert import convert_checkpoint
+    from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
+
+    try:
+        convert_checkpoint(model_dir, partial, CompressedTensorsDequantizer(model_dir, dtype=torch.float32),
+                           max_workers=1, device="cpu")
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise PrequantizedError(f"{model_dir}: compressed-tensors could not unpack it: {exc}") from exc
 
 
 def _unpack_rows(packed, bits: int = 4):
@@ -98,14 +130,24 @@ def dequantize(model_dir: Path, out_dir: Path | None = None) -> Path:
     spec = quantization_config(model_dir)
     method = (spec or {}).get("quant_method")
     if method not in SUPPORTED:
-        raise PrequantizedError(f"{model_dir} is not a GPTQ or AWQ checkpoint (quant_method {method!r})")
-    if int(spec.get("bits", 4)) != 4:
+        raise PrequantizedError(f"{model_dir} is not a GPTQ, AWQ or compressed-tensors checkpoint "
+                                f"(quant_method {method!r})")
+    if method != "compressed-tensors" and int(spec.get("bits", 4)) != 4:
         raise PrequantizedError(f"only 4-bit {method.upper()} checkpoints are unpacked here, not {spec.get('bits')}-bit")
     if method == "awq" and str(spec.get("version", "gemm")).lower() != "gemm":
         raise PrequantizedError(f"AWQ {spec.get('version')} packing is not unpacked here (GEMM is)")
     out_dir = out_dir or cache_root() / "dequantized" / f"{model_dir.name}-{model_fingerprint(model_dir)}"
     if (out_dir / "config.json").is_file():
         return out_dir
+    if method == "compressed-tensors":
+        partial = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        _dequantize_compressed(model_dir, partial)
+        config = json.loads((partial / "config.json").read_text())
+        config.pop("quantization_config", None)
+        config["torch_dtype"] = "float32"
+        (partial / "config.json").write_text(json.dumps(config, indent=2))
+        return _finish(partial, out_dir, model_dir, spec)
     v1 = spec.get("checkpoint_format", "gptq") != "gptq_v2"
     tensors: dict[str, torch.Tensor] = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
@@ -139,8 +181,13 @@ def dequantize(model_dir: Path, out_dir: Path | None = None) -> Path:
         if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json",) \
                 and not extra.name.endswith(".index.json"):
             shutil.copy(extra, partial / extra.name)
+    return _finish(partial, out_dir, model_dir, spec)
+
+
+def _finish(partial: Path, out_dir: Path, model_dir: Path, spec: dict) -> Path:
+    """Say where the folder came from, then put it in place at once."""
     (partial / "shipyard-dequantized.json").write_text(json.dumps(
-        {"from": str(model_dir), "method": method, "bits": 4, "group_size": spec.get("group_size"),
+        {"from": str(model_dir), "quantization": describe(spec),
          "sha": hashlib.sha256(str(model_dir).encode()).hexdigest()[:12]}, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.replace(out_dir)
