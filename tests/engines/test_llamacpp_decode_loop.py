@@ -202,3 +202,18 @@ def test_without_a_compiler_the_loop_is_reported_unavailable(tmp_path, monkeypat
     monkeypatch.setenv("CC", "/bin/false")
     with pytest.raises(decode_loop.DecodeLoopUnavailable, match="compiling"):
         decode_loop._build()
+
+
+async def test_a_fast_models_tokens_leave_a_few_per_chunk(tiny_gguf):
+    """stream_interval_ms: while the loop decodes, output leaves at most that often."""
+    engine = await _engine(tiny_gguf, stream_interval_ms=200)
+    try:
+        request = GenerationRequest(request_id="coalesced", prompt=Prompt(text="import os"),
+                                    params=SamplingParams(max_tokens=120, temperature=0, ignore_eos=True))
+        chunks = [chunk async for chunk in engine.generate(request)]
+        alone = await _run(engine, "import os", max_tokens=120, temperature=0, ignore_eos=True)
+    finally:
+        await engine.stop()
+    assert sum(len(c.token_ids) for c in chunks) == 120 and [t for c in chunks for t in c.token_ids] == alone[0]
+    assert len(chunks) <= 4  # the prefill's token, then the rest in one or two (the tiny model takes ~20 ms)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 120

@@ -46,6 +46,9 @@ class LlamaCppEngineConfig(EmbeddedEngineConfig):
                                                      "llama.cpp decides; `shipyard deploy` measures both)")
     prefix_reuse: bool = Field(True, description="Start a prompt from the longest prefix a slot of its tenant "
                                "already holds (llama-server's prompt cache); off: every prompt computed whole")
+    stream_interval_ms: float = Field(2.0, ge=0, le=1000, description="While the C loop decodes, a stream's new "
+                                      "tokens leave at most this often (a fast model's go a few per chunk; 0: each "
+                                      "token on its own)")
     decode_loop: bool = Field(True, description="Run decode steps in the C loop while the batch stays the same and "
                               "samples simply (built once with the system's C compiler; off: every step in Python)")
 

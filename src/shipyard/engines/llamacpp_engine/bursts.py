@@ -22,13 +22,18 @@ from shipyard.engines.transformers_engine.core import EngineCore
 from shipyard.engines.transformers_engine.sequence import Sequence, SequenceStatus
 
 WAIT_S = 0.05  # at most this long between looks at the inbox, however slow a step is
+EVERYTHING = 1 << 30  # a wait for more steps than any run takes: until the timeout (or the run's end)
 
 
 class DecodeBursts:
-    def __init__(self, core: EngineCore, loop: DecodeLoop, n_vocab: int):
+    def __init__(self, core: EngineCore, loop: DecodeLoop, n_vocab: int, stream_interval_s: float = 0.0):
         self.core = core
         self.loop = loop
         self.n_vocab = n_vocab
+        # Output leaves at most this often: a small model's tokens go out a few per chunk, so the
+        # Python per chunk (here, on the event loop, in the client) does not compete with the loop
+        # for the cores. A model slower than this streams every token on its own.
+        self.interval_s = stream_interval_s
         self._samplers: dict[Sequence, RowSampler] = {}
         self.bursts = 0  # how many ran, and their steps: the engine's figures (and the tests')
         self.steps = 0
@@ -59,10 +64,14 @@ class DecodeBursts:
         starts = [(seq.slot, seq.length - 1, seq.last_token) for seq in rows]
         loop.start([(*start, self._sampler(seq)) for start, seq in zip(starts, rows)], steps, scoring)
         self.bursts += 1
-        seen, mark = 0, time.perf_counter()
+        seen = 0
+        mark = delivered = time.perf_counter()
         try:
             while True:
                 produced, done = loop.wait(seen, WAIT_S)
+                early = self.interval_s - (time.perf_counter() - delivered)
+                if produced > seen and not done and early > 0:  # gather what else comes within the interval
+                    produced, done = loop.wait(EVERYTHING, early)
                 if produced > seen:
                     live = [seq for seq in rows if seq.status is not SequenceStatus.FINISHED]
                     now = time.monotonic()
@@ -79,6 +88,7 @@ class DecodeBursts:
                     elapsed, mark = time.perf_counter() - mark, time.perf_counter()
                     core.account(elapsed, live, chunks)
                     deliver(chunks)
+                    delivered = time.perf_counter()
                     if any(seq.status is SequenceStatus.FINISHED for seq in live):
                         loop.stop()
                 if done:

@@ -69,7 +69,8 @@ class LlamaCppEngine(TransformersEngine):
             lib = library() if self.config.decode_loop else None
             native = core.runner.native
             loop = DecodeLoop(lib, native.context, self.config.max_num_seqs, core.sampler.vocab_size) if lib else None
-            self._bursts = DecodeBursts(core, loop, native.n_vocab) if loop is not None else False
+            self._bursts = (DecodeBursts(core, loop, native.n_vocab, self.config.stream_interval_ms / 1000)
+                            if loop is not None else False)
             core.runner.on_close(self._bursts.close if self._bursts else None)
         return self._bursts or None
 
