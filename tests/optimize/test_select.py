@@ -118,10 +118,12 @@ def test_a_gguf_file_is_served_by_llama_cpp_on_any_machine():
 def test_gpu_plans_never_claim_a_quantization_they_cannot_serve():
     """The three faults of the old GPU plan: 4-bit AWQ offered for unquantized weights (vLLM refuses
     `--quantization awq` on fp16 weights), a quantization silently dropped without vLLM, and a
-    compressed-tensors checkpoint served as GPTQ."""
-    for option in ("awq", "gptq", "int8"):
-        with pytest.raises(PlanError, match="quantized beforehand"):
-            plan(GPU_80, LLAMA_7B, option)
+    compressed-tensors checkpoint served as GPTQ. Asked for GPTQ/AWQ, unquantized weights are now
+    calibrated and exported as compressed-tensors for vLLM (tests/optimize/test_vllm_commands.py)."""
+    with pytest.raises(PlanError, match="quantized beforehand"):
+        plan(GPU_80, LLAMA_7B, "int8")
+    for option in ("awq", "gptq"):
+        assert any("compressed-tensors W4A16" in r for r in plan(GPU_80, LLAMA_7B, option).reasons)
     gptq = ModelProfile("m", "LlamaForCausalLM", int(7e9), 32, 4096, 8, 128, 8192, "int32", int(4e9), "gptq")
     assert (plan(GPU_80, gptq).engine, plan(GPU_80, gptq).precision) == ("vllm", "gptq")
     with pytest.raises(PlanError, match="install vLLM"):

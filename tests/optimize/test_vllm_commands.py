@@ -67,3 +67,18 @@ def test_the_written_command_parses_as_vllm_reads_it(hardware, model, optimize, 
     parsed = _parse(replica["args"])
     assert parsed["quantization"] == quantization
     assert parsed["max_model_len"] == chosen.max_model_len and parsed["max_num_seqs"] == chosen.max_num_seqs
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_our_own_gptq_awq_go_to_vllm_as_the_compressed_tensors_export(method, tmp_path):
+    """An unquantized model with --optimize gptq|awq on a GPU: calibrated here, exported as
+    compressed-tensors (optimize/export.py), and vLLM launched on the export."""
+    chosen = plan(H100, _model(7e9), method)
+    assert chosen.engine == "vllm" and chosen.precision == method
+    assert any("compressed-tensors W4A16" in reason for reason in chosen.reasons)
+    export = tmp_path / "m-gptq-compressed-tensors"
+    (replica,) = deployment_for(chosen, tmp_path, export)["replicas"]
+    assert replica["model"] == str(export)
+    assert _parse(replica["args"])["quantization"] == "compressed-tensors"
+    with pytest.raises(Exception, match="fp8 or bnb-4bit"):
+        plan(H100, _model(7e9), "int8")  # vLLM has no int8 it makes itself

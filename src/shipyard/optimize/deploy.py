@@ -67,14 +67,23 @@ def deployment_for(chosen: Plan, model_path: Path, artifact: Path | None = None)
             deployment["tokenizer"] = str(model_path)
         return deployment
     args = ["--max-model-len", str(chosen.max_model_len), "--max-num-seqs", str(chosen.max_num_seqs)]
-    if chosen.precision in VLLM_QUANTIZATION:
+    if artifact is not None:  # our own GPTQ/AWQ, exported for vLLM (apply())
+        args += ["--quantization", "compressed-tensors"]
+    elif chosen.precision in VLLM_QUANTIZATION:
         args += ["--quantization", VLLM_QUANTIZATION[chosen.precision]]
-    return {"replicas": [{"engine": "launch", "kind": "vllm", "model": str(model_path), "name": "vllm-0",
+    return {"replicas": [{"engine": "launch", "kind": "vllm", "model": str(artifact or model_path), "name": "vllm-0",
                           "args": args}]}
 
 
 def apply(model_path: Path, chosen: Plan, progress=None) -> Path | None:
     """Convert or quantize what the plan needs on disk (cached); None when nothing is needed."""
+    if chosen.engine == "vllm" and chosen.precision in ("gptq", "awq") and not _prequantized(model_path):
+        from shipyard.optimize.calibrated import quantize
+        from shipyard.optimize.export import export_compressed_tensors
+
+        if progress is not None:
+            progress(f"{chosen.precision.upper()} with a calibration set, exported as compressed-tensors for vLLM")
+        return export_compressed_tensors(quantize(model_path, chosen.precision))
     if chosen.engine != "llamacpp" or model_path.suffix == ".gguf":
         return None
     from shipyard.optimize.measure import Candidate, build
@@ -84,17 +93,26 @@ def apply(model_path: Path, chosen: Plan, progress=None) -> Path | None:
     return build(model_path, Candidate("llamacpp", chosen.precision))
 
 
+def _prequantized(model_path: Path) -> bool:
+    config = model_path / "config.json"
+    return model_path.is_dir() and config.is_file() and "quantization_config" in json.loads(config.read_text())
+
+
 def verify(model_path: Path, chosen: Plan, artifact: Path | None, bound_pct: float, progress=None) -> dict | None:
     """Perplexity of what will be served against the unquantized model (None: nothing to check)."""
     from shipyard.optimize.verify import compare, perplexity_gguf, perplexity_hf
 
     quantized = chosen.precision not in FULL_PRECISION and chosen.precision != "gguf-f16"
-    if not quantized or model_path.suffix == ".gguf" or chosen.engine == "vllm":
+    exported = chosen.engine == "vllm" and artifact is not None
+    if not quantized or model_path.suffix == ".gguf" or (chosen.engine == "vllm" and not exported):
         return None
     if progress is not None:
         progress(f"verifying {chosen.precision}: perplexity on held-out text")
     text, reference = _reference(model_path, chosen.budget_bytes)
-    if artifact is not None:
+    if exported:  # the calibrated folder holds exactly the exported weights; measured here, as the reference
+        source = Path(json.loads((artifact / "shipyard-export.json").read_text())["from"])
+        candidate = perplexity_hf(source, text, max_memory_bytes=chosen.budget_bytes)
+    elif artifact is not None:
         candidate = perplexity_gguf(artifact, text)
     else:
         candidate = perplexity_hf(model_path, text, chosen.precision, device=chosen.device)

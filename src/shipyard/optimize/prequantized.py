@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
+
+from shipyard.optimize.model_folder import complete, staging
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 SUPPORTED = ("gptq", "awq", "compressed-tensors")
@@ -121,7 +122,7 @@ def dequantize_awq(qweight, qzeros, scales):
 def dequantize(model_dir: Path, out_dir: Path | None = None) -> Path:
     """A plain folder of the weights a GPTQ/AWQ checkpoint stands for (cached by content hash)."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from shipyard.optimize.gguf import model_fingerprint
     from shipyard.engines.build_cache import cache_root
@@ -139,15 +140,15 @@ def dequantize(model_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or cache_root() / "dequantized" / f"{model_dir.name}-{model_fingerprint(model_dir)}"
     if (out_dir / "config.json").is_file():
         return out_dir
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = "float32"
+    note = ("shipyard-dequantized.json", {"from": str(model_dir), "quantization": describe(spec),
+                                          "sha": hashlib.sha256(str(model_dir).encode()).hexdigest()[:12]})
     if method == "compressed-tensors":
-        partial = out_dir.with_name(out_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        partial = staging(out_dir)
         _dequantize_compressed(model_dir, partial)
-        config = json.loads((partial / "config.json").read_text())
-        config.pop("quantization_config", None)
-        config["torch_dtype"] = "float32"
-        (partial / "config.json").write_text(json.dumps(config, indent=2))
-        return _finish(partial, out_dir, model_dir, spec)
+        return complete(partial, model_dir, out_dir, config, note)
     v1 = spec.get("checkpoint_format", "gptq") != "gptq_v2"
     tensors: dict[str, torch.Tensor] = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
@@ -169,26 +170,4 @@ def dequantize(model_dir: Path, out_dir: Path | None = None) -> Path:
             dense[name] = tensor.float() if tensor.is_floating_point() else tensor
     if not any(name.endswith(".qweight") for name in tensors):
         raise PrequantizedError(f"{model_dir} says {method} but holds no packed weights")
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file(dense, partial / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((model_dir / "config.json").read_text())
-    config.pop("quantization_config", None)
-    config["torch_dtype"] = "float32"
-    (partial / "config.json").write_text(json.dumps(config, indent=2))
-    for extra in model_dir.iterdir():
-        if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json",) \
-                and not extra.name.endswith(".index.json"):
-            shutil.copy(extra, partial / extra.name)
-    return _finish(partial, out_dir, model_dir, spec)
-
-
-def _finish(partial: Path, out_dir: Path, model_dir: Path, spec: dict) -> Path:
-    """Say where the folder came from, then put it in place at once."""
-    (partial / "shipyard-dequantized.json").write_text(json.dumps(
-        {"from": str(model_dir), "quantization": describe(spec),
-         "sha": hashlib.sha256(str(model_dir).encode()).hexdigest()[:12]}, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.replace(out_dir)
-    return out_dir
+    return complete(staging(out_dir), model_dir, out_dir, config, note, dense)

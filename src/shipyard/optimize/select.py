@@ -169,10 +169,14 @@ def _gpu_candidates(hw: HardwareProfile, model: ModelProfile, optimize: str, gpu
         engine = "vllm"
         if quantized:
             return [(engine, quantized, "the checkpoint is already quantized: vLLM serves it as it is")]
-        if optimize in ("gptq", "awq", "int8"):
-            raise PlanError(f"vLLM serves {optimize} from a checkpoint quantized beforehand, and these weights are "
-                            "not: quantize them first (GPTQModel or llm-compressor on a GPU machine), or use fp8 "
-                            "or bnb-4bit, which vLLM quantizes as it loads")
+        if optimize in ("gptq", "awq"):
+            return [(engine, optimize, f"{optimize.upper()} with a calibration set here (optimize/calibrated.py), "
+                                       "written as a compressed-tensors W4A16 checkpoint (group 32) that vLLM serves "
+                                       "with its 4-bit kernels (optimize/export.py)")]
+        if optimize == "int8":
+            raise PlanError("vLLM serves int8 from a checkpoint quantized beforehand, and these weights are not: "
+                            "use fp8 or bnb-4bit, which vLLM quantizes as it loads, or gptq/awq, which Shipyard "
+                            "calibrates and exports for it")
         half_why = "full quality, and it fits with room for the KV cache"
         smaller = [("fp8", f"{gpu.name} has fp8 tensor cores: half the weights, near-lossless"),
                    ("bnb-4bit", "bitsandbytes quantizes to 4 bits as vLLM loads: a quarter of the memory, no "
