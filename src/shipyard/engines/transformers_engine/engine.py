@@ -49,10 +49,6 @@ log = logging.getLogger("shipyard.engine")
 # No tokenizer makes a token out of more characters than this on average: a prompt longer than
 # max_model_len × this cannot fit, and is refused before it is tokenized.
 MAX_CHARS_PER_TOKEN = 32
-# Prompts up to this size (without tools) are tokenized on the event loop: rendering and
-# tokenizing a short chat costs about a tenth of a millisecond, less than handing it to a thread
-# and back. Longer ones go to a thread, so the loop never stalls on a big prompt.
-INLINE_ENCODE_CHARS = 2000
 
 
 class TransformersEngine(Engine):
@@ -194,7 +190,8 @@ class TransformersEngine(Engine):
             size, unit = len(prompt.token_ids), "tokens"
             limit = max_len
         else:
-            size, unit = _prompt_chars(prompt), "characters"
+            texts = [prompt.text or ""] if prompt.messages is None else [m.content for m in prompt.messages]
+            size, unit = sum(len(t) for t in texts), "characters"
             limit = max_len * MAX_CHARS_PER_TOKEN
         if size > limit:
             raise InvalidRequestError(
@@ -204,8 +201,6 @@ class TransformersEngine(Engine):
     async def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
         self.check_prompt_size(prompt)
         self.tokenizer  # noqa: B018 - not loaded yet: EngineUnavailableError before the thread hop
-        if prompt.tools is None and _prompt_chars(prompt) <= INLINE_ENCODE_CHARS:
-            return self.encode_prompt(prompt, add_special_tokens)  # ~0.1 ms: less than the hop to a thread
         return await asyncio.to_thread(self.encode_prompt, prompt, add_special_tokens)
 
     async def prepare(self, prompt: Prompt, params: SamplingParams) -> None:
@@ -367,10 +362,3 @@ class TransformersEngine(Engine):
             stream.put_nowait(chunk)
             if chunk.usage is not None:  # the request's last chunk
                 self._streams.pop(chunk.request_id, None)
-
-
-def _prompt_chars(prompt: Prompt) -> int:
-    if prompt.token_ids is not None:
-        return len(prompt.token_ids)
-    texts = [prompt.text or ""] if prompt.messages is None else [m.content for m in prompt.messages]
-    return sum(len(t) for t in texts)
