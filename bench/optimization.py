@@ -19,8 +19,9 @@ llama.cpp's own C++ `llama-server` (built once from the vendored sources by
 scripts/llama-server.sh, 1 thread, 8 slots) serves the same q8_0 file, called directly:
 `llama_server_ratio_c1` / `_c8` are Shipyard's fastest path on that same file (llama.cpp's flash
 attention on or off, whichever measured faster at that concurrency) over it. For those ratios the
-three servers run side by side and are measured in turn, round after round (at least 5), so both
-sides of each ratio come from the same minutes of this shared machine.
+three servers run side by side and are measured in turn, round after round (at least 5, each
+round starting with the next server, 4× the requests of a variant's measurement), so both sides
+of each ratio come from the same minutes of this shared machine.
 Prints a table; writes bench/results/optimization.json.
 """
 
@@ -131,6 +132,7 @@ def _measure(proc: subprocess.Popen, url: str, key: str, args) -> dict:
 
 
 SAME_FILE = ("gguf-q8_0", "gguf-q8_0 fa-off")  # Shipyard's paths on the file llama-server serves
+SAME_FILE_REQUESTS = 4  # × --requests per measurement there: a c=1 run of 8 requests lasts 0.2 s
 
 
 def _side_by_side(variants: dict, gguf: Path, workdir: Path, args, rounds: int) -> dict:
@@ -139,11 +141,14 @@ def _side_by_side(variants: dict, gguf: Path, workdir: Path, args, rounds: int) 
     servers = {name: serve_deployment(variants[name][0], workdir, f"same-{index}")
                for index, name in enumerate(SAME_FILE)}
     servers["llama-server"] = _llama_server(gguf, workdir)
+    longer = argparse.Namespace(**{**vars(args), "requests": args.requests * SAME_FILE_REQUESTS})
     try:
         runs: dict[str, list[dict]] = {name: [] for name in servers}
-        for _ in range(rounds):
-            for name, (proc, url) in servers.items():
-                runs[name].append(_measure(proc, url, "none" if name == "llama-server" else ADMIN, args))
+        names = list(servers)
+        for round_ in range(rounds):  # each round starts with the next server: no one always goes first
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                proc, url = servers[name]
+                runs[name].append(_measure(proc, url, "none" if name == "llama-server" else ADMIN, longer))
     finally:
         for proc, _ in servers.values():
             proc.terminate()

@@ -184,6 +184,14 @@ async def test_prompts_reuse_a_prefix_of_their_own_scope_only(tiny_gguf):
         assert again[0] == other[0] == reference[0]  # the reused cells give the same answer
         stats = engine.stats()
         assert 0 < stats.prefix_cache_hits < stats.prefix_cache_queries
+
+        # idle slots' cells go once a step admits nothing (they would slow every decode step);
+        # a lone request still starts from its own slot's previous prompt
+        await asyncio.gather(*[_run(engine, shared + f"        x{i} = token", max_tokens=30, temperature=0,
+                                    ignore_eos=True) for i in range(4)])
+        assert len(engine._core.runner.cache.holding()) >= 2  # what the finished ones left
+        alone = await _run(engine, shared + "        x0 = token", max_tokens=30, temperature=0, ignore_eos=True)
+        assert alone[2].usage.cached_tokens >= prefix and engine._core.runner.cache.holding() == [0]
     finally:
         await engine.stop()
         await plain.stop()

@@ -57,6 +57,8 @@ class LlamaCppEngine(TransformersEngine):
 
     def _steps(self, core: EngineCore) -> list[GenerationChunk]:
         """While the batch stays the same and samples simply, the steps run in C (bursts.py)."""
+        if not core.scheduler.waiting:  # nothing to admit: idle slots' cells would only slow the decode
+            core.runner.cache.release_free(len(core.scheduler.running))
         bursts = self._decode_bursts(core)
         steps = bursts.steps_possible() if bursts is not None else 0
         if steps < 2:  # one step is as cheap in Python
