@@ -38,7 +38,7 @@ def test_the_export_holds_exactly_the_calibrated_weights(tiny_model, tmp_path, m
     assert json.loads((exported / "shipyard-export.json").read_text())["quantization"]["method"] == method
 
 
-def test_negative_scales_and_the_extreme_step_are_kept():
+def test_negative_scales_and_the_extreme_step_are_kept(tmp_path):
     scale = torch.tensor([[0.5], [-0.25], [0.0]]).to(torch.float16).float()
     steps = torch.randint(-8, 8, (3, 32)).float()
     steps[:, 0] = -8  # the block's extreme: ggml's scale is it / -8, so it keeps that weight's sign
@@ -49,7 +49,7 @@ def test_negative_scales_and_the_extreme_step_are_kept():
     with pytest.raises(ExportError, match="not on the Q4_0 grid"):
         on_grid("w", weight + 0.01)
     with pytest.raises(ExportError, match="no shipyard-quantization.json"):
-        export_compressed_tensors(__import__("pathlib").Path("/nonexistent"))
+        export_compressed_tensors(tmp_path)  # a folder Shipyard's GPTQ/AWQ did not write
 
 
 def test_a_gpu_plan_calibrates_exports_verifies_and_launches_vllm_on_the_export(tiny_model):

@@ -11,7 +11,7 @@ import pytest
 
 from shipyard.optimize.deploy import deployment_for
 from shipyard.optimize.profile import GPU, GiB, HardwareProfile, ModelProfile
-from shipyard.optimize.select import plan
+from shipyard.optimize.select import PlanError, plan
 
 # vLLM's documented `--quantization` choices that a plan may write (a subset of QuantizationMethods)
 VLLM_QUANTIZATION_METHODS = {"awq", "gptq", "fp8", "compressed-tensors", "bitsandbytes", "gguf", "awq_marlin",
@@ -80,5 +80,5 @@ def test_our_own_gptq_awq_go_to_vllm_as_the_compressed_tensors_export(method, tm
     (replica,) = deployment_for(chosen, tmp_path, export)["replicas"]
     assert replica["model"] == str(export)
     assert _parse(replica["args"])["quantization"] == "compressed-tensors"
-    with pytest.raises(Exception, match="fp8 or bnb-4bit"):
+    with pytest.raises(PlanError, match="fp8 or bnb-4bit"):
         plan(H100, _model(7e9), "int8")  # vLLM has no int8 it makes itself

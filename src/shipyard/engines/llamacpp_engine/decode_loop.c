@@ -50,6 +50,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int produced;                     /* steps whose tokens are in `out` (under mu) */
+    int wanted;                       /* a waiter wakes once more than this are (under mu) */
     int done;                         /* the run has ended (under mu) */
     int status;                       /* 0, or what llama_decode returned */
     int started;
@@ -180,7 +181,7 @@ static void *run(void *arg) {
         }
         pthread_mutex_lock(&L->mu);
         L->produced = step + 1;
-        pthread_cond_signal(&L->cv);
+        if (L->produced > L->wanted) pthread_cond_signal(&L->cv); /* no wake-up a waiter would sleep through */
         pthread_mutex_unlock(&L->mu);
     }
     pthread_mutex_lock(&L->mu);
@@ -198,7 +199,7 @@ int sy_loop_start(sy_loop *L, int n_rows, int max_steps, int scoring) {
     L->n_rows = n_rows;
     L->scoring = scoring;
     L->max_steps = max_steps < L->capacity ? max_steps : L->capacity;
-    L->produced = L->done = L->status = 0;
+    L->produced = L->done = L->status = L->wanted = 0;
     atomic_store(&L->stop, 0);
     int err = pthread_create(&L->thread, NULL, run, L);
     if (err == 0) L->started = 1;
@@ -217,6 +218,7 @@ int sy_loop_wait(sy_loop *L, int seen, int timeout_us, int *done) {
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&L->mu);
+    L->wanted = seen;
     while (L->produced <= seen && !L->done) {
         if (pthread_cond_timedwait(&L->cv, &L->mu, &until) == ETIMEDOUT) break;
     }

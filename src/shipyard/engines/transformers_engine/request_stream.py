@@ -19,6 +19,7 @@ class RequestStream:
         self._stream = stream
         self._abandon = abandon  # the engine forgets the stream and cancels the request
         self._done = False
+        self._next = None  # taken from the queue while merging, not mergeable: the next one out
 
     def __aiter__(self):
         return self
@@ -26,16 +27,19 @@ class RequestStream:
     async def __anext__(self) -> GenerationChunk:
         if self._done:
             raise StopAsyncIteration
-        item = await self._stream.get()
+        item, self._next = (self._next, None) if self._next is not None else (await self._stream.get(), None)
         if isinstance(item, BaseException):
             self._done = True
             raise item
         # Chunks that piled up while the reader was busy leave as one: a reader slower than the
         # engine (a small model decodes a token in a fraction of a millisecond) then frames fewer,
         # fuller events instead of falling further behind. One that keeps up sees every step.
-        stream = self._stream
-        while not stream.empty() and _mergeable(item, stream._queue[0]):
-            item = _merged(item, stream.get_nowait())
+        while not self._stream.empty():
+            later = self._stream.get_nowait()
+            if not _mergeable(item, later):
+                self._next = later
+                break
+            item = _merged(item, later)
         if item.usage is not None:
             self._done = True
         return item
